@@ -1,0 +1,29 @@
+# make run: set up .venv and run the whole pipeline on the default data (README, "Run").
+# make test: set up .venv and run the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: setup run test lint
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) extract_img_links_from_csv.py $(ARGS)
+	$(PY) download_images.py $(ARGS)
+	$(PY) extract_visual_clip_embeddings.py $(ARGS)
+	$(PY) create_visual_knn_indices.py $(ARGS)
+	$(PY) test_visual_knn_index.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check .

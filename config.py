@@ -1,0 +1,43 @@
+"""Every constant the pipeline uses, in one place.
+
+Edit a value here, or override it for one run without editing this file:
+    python extract_visual_clip_embeddings.py --BATCH_SIZE=64 --DEVICE=cpu
+Every output goes below OUT_DIR, in the layout README.md describes.
+"""
+
+# --- data files -------------------------------------------------------------------------
+CSV_FILE = "data/1k.csv"  # open-prompts CSV (columns prompt, raw_data); the default is downloaded on first use
+CSV_URL = "https://raw.githubusercontent.com/krea-ai/open-prompts/main/data/1k.csv"  # source of the default CSV_FILE
+CSV_SHA256 = "d7072d0a07b0799e21e785cf224448be199826748353a89d40de439f0d3304f5"  # checksum of the default CSV_FILE
+LOCAL_DATA_DIR = "../shared/data"  # folder with already-downloaded data files, tried before the network
+OUT_DIR = "outputs"  # every output of every step goes below here
+
+# --- step 2: download images with img2dataset ------------------------------------------
+IMAGE_SIZE = 224  # shorter side of the saved images, in pixels (CLIP sees 224)
+RESIZE_MODE = "keep_ratio"  # img2dataset resize mode; keep_ratio never pads (see README)
+DOWNLOAD_THREADS = 64  # img2dataset threads per process
+DOWNLOAD_PROCESSES = 1  # img2dataset processes
+DOWNLOAD_TIMEOUT = 10  # seconds img2dataset waits for one image
+DOWNLOAD_RETRIES = 0  # img2dataset retries per failed image
+OUTPUT_FORMAT = "files"  # img2dataset output format; step 3 reads "files"
+
+# --- step 3: CLIP embeddings ------------------------------------------------------------
+IMG_DIR = ""  # images to embed: "" = what step 2 downloaded, or any folder of images
+MODEL = "ViT-B/32"  # CLIP model name, or path to a CLIP checkpoint file
+MODEL_DIR = "~/.cache/clip"  # where CLIP keeps downloaded weights
+DEVICE = ""  # "" = a GPU in fp16 when there is one, else the CPU in fp32; or "cpu", "cuda:1"
+BATCH_SIZE = 128  # images per batch and per .npy file
+NUM_WORKERS = -1  # image-decoding processes; -1 = one per CPU core, at most 8
+
+# --- step 4: knn index ------------------------------------------------------------------
+MAX_INDEX_MEMORY = "4G"  # largest index autofaiss may build
+CURRENT_MEMORY_AVAILABLE = "8G"  # memory autofaiss may use while building
+MAX_INDEX_QUERY_TIME_MS = 10.0  # query-time budget autofaiss tunes the index for
+
+# --- step 5: queries --------------------------------------------------------------------
+INPUT_PROMPT = "image of a blue robot with red background"  # text query
+INPUT_IMG_PATH = "data/prompt-search.png"  # image query; the default is downloaded on first use
+INPUT_IMG_URL = "https://raw.githubusercontent.com/krea-ai/prompt-search/master/prompt-search.png"  # source of the default INPUT_IMG_PATH
+INPUT_IMG_SHA256 = "8577ecb206cb7a7ec185427285f8a96a51052bd0dca5cea15c705c2bd200e0f5"  # checksum of the default INPUT_IMG_PATH
+NUM_RESULTS = 5  # results shown per query
+COMPARE_WITH_TORCH = True  # also run torch CLIP on the queries and say whether its top results agree

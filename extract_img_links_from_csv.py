@@ -1,0 +1,22 @@
+"""Step 1: open-prompts CSV -> img_links.txt, metadata.parquet and rejects.csv in OUT_DIR.
+
+    python extract_img_links_from_csv.py [--CSV_FILE=path/to/open-prompts.csv] [--OUT_DIR=outputs]
+"""
+
+import config
+from prompt_search.cli import load_config, run
+from prompt_search.files import ensure_data_file
+from prompt_search.links import extract_links, print_summary
+
+
+def main(argv: list[str]) -> None:
+    cfg = load_config(argv)
+    if cfg.CSV_FILE == config.CSV_FILE:
+        ensure_data_file(cfg.CSV_FILE, cfg.CSV_URL, cfg.CSV_SHA256, cfg.LOCAL_DATA_DIR)
+    summary = extract_links(cfg.CSV_FILE, cfg.OUT_DIR)
+    print_summary(summary, cfg.CSV_FILE, cfg.OUT_DIR)
+    print("next: python download_images.py")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,1 @@
+"""prompt-search: CLIP semantic search over AI-generated images and their prompts."""

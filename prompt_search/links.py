@@ -1,0 +1,239 @@
+"""Step 1: an open-prompts CSV to a link list, a metadata table and a rejects file.
+
+Outputs, in out_dir:
+  img_links.txt     one image URL per line (the reference's link list)
+  metadata.parquet  one row per kept CSV row: id, url, prompt and the generation's metadata
+  rejects.csv       csv_line, reason, detail for every row that was skipped
+"""
+
+import csv
+import hashlib
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from prompt_search.cli import UserError
+from prompt_search.files import atomic_path, is_http_url
+
+LINKS_FILE = "img_links.txt"
+METADATA_FILE = "metadata.parquet"
+REJECTS_FILE = "rejects.csv"
+
+CHUNK_ROWS = 50_000  # rows held in memory between writes: bounds memory whatever the CSV size
+PLACEHOLDERS = {"pending", "none", "null", "nan", "n/a", "undefined"}
+# Rows scraped from Discord messages sometimes lost their prompt; the bot's message keeps it.
+DREAM_PROMPT = re.compile(r'!dream\s+"\s*(.*?)\s*"', re.DOTALL)
+
+SCHEMA = pa.schema([
+    ("id", pa.string()),  # first 16 hex digits of blake2b(url): stable whatever the row order
+    ("url", pa.string()),  # the image downloaded (see choose_url)
+    ("prompt", pa.string()),
+    ("discord_url", pa.string()),
+    ("thumbnail_url", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("seed", pa.int64()),
+    ("cfg_scale", pa.float32()),
+    ("num_steps", pa.int32()),
+    ("num_generations", pa.int32()),
+    ("is_grid", pa.bool_()),
+    ("timestamp", pa.timestamp("s", tz="UTC")),
+    ("modifiers", pa.list_(pa.string())),
+    ("csv_line", pa.int64()),  # line in the CSV where the row starts
+])
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+
+def extract_links(csv_file: str, out_dir: str) -> Summary:
+    """Stream csv_file into out_dir's link list, metadata table and rejects file, replacing them atomically."""
+    if not os.path.isfile(csv_file):
+        raise UserError(f"CSV file not found: {csv_file}")
+    summary = Summary()
+    seen = np.empty(0, dtype=np.uint64)  # sorted url keys of kept rows, 8 bytes a row
+    with (
+        atomic_path(os.path.join(out_dir, LINKS_FILE)) as links_tmp,
+        atomic_path(os.path.join(out_dir, METADATA_FILE)) as metadata_tmp,
+        atomic_path(os.path.join(out_dir, REJECTS_FILE)) as rejects_tmp,
+        open(csv_file, "rb") as raw,
+        open(links_tmp, "w", encoding="utf-8") as links,
+        open(rejects_tmp, "w", encoding="utf-8", newline="") as rejects_file,
+        pq.ParquetWriter(metadata_tmp, SCHEMA) as metadata,
+        tqdm(total=os.path.getsize(csv_file), unit="B", unit_scale=True, desc="rows", disable=None) as bar,
+    ):
+        text = _TextReader(raw)
+        rows = csv.reader(text)
+        rejects = csv.writer(rejects_file)
+        rejects.writerow(["csv_line", "reason", "detail"])
+        columns = _header(rows, csv_file)
+        chunk: list[tuple[int, dict]] = []
+        while True:
+            line = rows.line_num + 1
+            try:
+                fields = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                fields, chunk_reject = None, Rejected("malformed_row", str(error))
+            summary.rows += 1
+            try:
+                if fields is None:
+                    raise chunk_reject
+                chunk.append((line, parse_row(fields, columns)))
+            except Rejected as rejected:
+                summary.rejected[rejected.reason] += 1
+                rejects.writerow([line, rejected.reason, rejected.detail[:200]])
+            if len(chunk) == CHUNK_ROWS:
+                seen = _write_chunk(chunk, seen, links, metadata, rejects, summary)
+                chunk = []
+                bar.update(raw.tell() - bar.n)
+        seen = _write_chunk(chunk, seen, links, metadata, rejects, summary)
+        bar.update(raw.tell() - bar.n)
+    return summary
+
+
+class _TextReader:
+    """Decode the CSV line by line; bad UTF-8 becomes U+FFFD instead of ending the run."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.raw.readline()
+        if not line:
+            raise StopIteration
+        return line.decode("utf-8", errors="replace")
+
+
+def _header(rows, csv_file: str) -> tuple[int, int]:
+    try:
+        header = next(rows)
+    except StopIteration:
+        raise UserError(f"{csv_file} is empty; expected a header with prompt and raw_data") from None
+    header = [name.strip().lstrip("\ufeff") for name in header]
+    if "prompt" not in header or "raw_data" not in header:
+        raise UserError(f"{csv_file}: the header must name prompt and raw_data columns, got {header}")
+    return header.index("prompt"), header.index("raw_data")
+
+
+def parse_row(fields: list[str], columns: tuple[int, int]) -> dict:
+    """One CSV row to a metadata record, or Rejected with the reason."""
+    prompt_col, raw_col = columns
+    if len(fields) <= max(columns):
+        raise Rejected("malformed_row", f"{len(fields)} fields")
+    try:
+        raw = orjson.loads(fields[raw_col])
+    except orjson.JSONDecodeError as error:
+        raise Rejected("invalid_json", str(error)) from None
+    if not isinstance(raw, dict):
+        raise Rejected("invalid_json", "raw_data is not a JSON object")
+    discord = raw.get("raw_discord_data")
+    discord = discord if isinstance(discord, dict) else {}
+    url = choose_url(raw.get("image_uri"), discord.get("image_uri"))
+    prompt = fields[prompt_col].strip() or _prompt_from_message(discord.get("content"))
+    modifiers = raw.get("modifiers")
+    return {
+        "url": url,
+        "prompt": prompt,
+        "discord_url": _http_or_none(discord.get("image_uri")),
+        "thumbnail_url": _http_or_none(raw.get("thumbnail_uri")),
+        "width": _int(discord.get("width")),
+        "height": _int(discord.get("height")),
+        "seed": _int(discord.get("seed")),
+        "cfg_scale": _number(discord.get("cfg_scale")),
+        "num_steps": _int(discord.get("num_step")),
+        "num_generations": _int(discord.get("num_generations")),
+        "is_grid": bool(discord["is_grid"]) if _int(discord.get("is_grid")) is not None else None,
+        "timestamp": _int(discord.get("timestamp")),
+        "modifiers": [m for m in modifiers if isinstance(m, str)] if isinstance(modifiers, list) else None,
+    }
+
+
+def choose_url(mirror_uri: object, discord_uri: object) -> str:
+    """The URL to download: krea's own copy (top-level image_uri) when the row has one, else Discord's.
+
+    Discord has refused unsigned attachment links since late 2023; krea's storage copy is the one
+    that can still answer, so it wins. Most rows only have the Discord link ("PENDING" upstream).
+    """
+    candidates = [u.strip() for u in (mirror_uri, discord_uri) if isinstance(u, str) and u.strip()]
+    for url in candidates:
+        if is_http_url(url):
+            return url
+    real = [u for u in candidates if u.lower() not in PLACEHOLDERS]
+    if real:
+        raise Rejected("non_http_url", real[0])
+    if candidates:
+        raise Rejected("placeholder_url", candidates[0])
+    raise Rejected("no_url")
+
+
+def _prompt_from_message(content: object) -> str:
+    match = DREAM_PROMPT.search(content) if isinstance(content, str) else None
+    return " ".join(match.group(1).split()) if match else ""
+
+
+def _http_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and is_http_url(value) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _write_chunk(chunk, seen, links, metadata, rejects, summary) -> np.ndarray:
+    """Drop URLs already kept (in this chunk or before), write the rest; return the new seen keys."""
+    if not chunk:
+        return seen
+    digests = [hashlib.blake2b(record["url"].encode(), digest_size=8).digest() for _, record in chunk]
+    keys = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64)
+    _, first = np.unique(keys, return_index=True)
+    fresh = np.zeros(len(keys), dtype=bool)
+    fresh[first] = True
+    fresh &= ~np.isin(keys, seen, assume_unique=False)
+    kept = []
+    for (line, record), digest, is_fresh in zip(chunk, digests, fresh):
+        if is_fresh:
+            record["id"], record["csv_line"] = digest.hex(), line
+            kept.append(record)
+        else:
+            summary.rejected["duplicate_url"] += 1
+            rejects.writerow([line, "duplicate_url", record["url"]])
+    summary.kept += len(kept)
+    links.writelines(record["url"] + "\n" for record in kept)
+    metadata.write_table(pa.Table.from_pylist(kept, schema=SCHEMA))
+    return np.union1d(seen, keys[fresh])
+
+
+def print_summary(summary: Summary, csv_file: str, out_dir: str) -> None:
+    print(f"{csv_file}: {summary.rows} rows, {summary.kept} kept, {sum(summary.rejected.values())} rejected")
+    for reason, count in summary.rejected.most_common():
+        print(f"  {reason}: {count}")
+    for name in (LINKS_FILE, METADATA_FILE, REJECTS_FILE):
+        print(f"wrote {os.path.join(out_dir, name)}")
+    sys.stdout.flush()
