@@ -217,7 +217,7 @@ def _write_chunk(chunk, seen, links, metadata, rejects, summary) -> np.ndarray:
     fresh[first] = True
     fresh &= ~np.isin(keys, seen, assume_unique=False)
     kept = []
-    for (line, record), digest, is_fresh in zip(chunk, digests, fresh):
+    for (line, record), digest, is_fresh in zip(chunk, digests, fresh, strict=True):
         if is_fresh:
             record["id"], record["csv_line"] = digest.hex(), line
             kept.append(record)
