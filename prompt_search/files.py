@@ -64,3 +64,11 @@ def _download(url: str, tmp: str, path: str) -> None:
             f"{path} is missing and could not be downloaded from {url} ({error}). "
             f"Download that file by hand and put it at {path}"
         ) from None
+
+
+def model_fingerprint(model: str) -> str:
+    """What identifies a model's weights: its name, or its checkpoint's path, size and mtime."""
+    if os.path.isfile(model):
+        stat = os.stat(model)
+        return f"{os.path.abspath(model)}:{stat.st_size}:{stat.st_mtime_ns}"
+    return model

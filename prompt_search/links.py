@@ -210,7 +210,7 @@ def _write_chunk(chunk, seen, links, metadata, rejects, summary) -> np.ndarray:
     """Drop URLs already kept (in this chunk or before), write the rest; return the new seen keys."""
     if not chunk:
         return seen
-    digests = [hashlib.blake2b(record["url"].encode(), digest_size=8).digest() for _, record in chunk]
+    digests = [_url_digest(record["url"]) for _, record in chunk]
     keys = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64)
     _, first = np.unique(keys, return_index=True)
     fresh = np.zeros(len(keys), dtype=bool)
@@ -228,6 +228,15 @@ def _write_chunk(chunk, seen, links, metadata, rejects, summary) -> np.ndarray:
     links.writelines(record["url"] + "\n" for record in kept)
     metadata.write_table(pa.Table.from_pylist(kept, schema=SCHEMA))
     return np.union1d(seen, keys[fresh])
+
+
+def _url_digest(url: str) -> bytes:
+    return hashlib.blake2b(url.encode(), digest_size=8).digest()
+
+
+def url_id(url: str) -> str:
+    """The id step 1 gives the row of this URL; lets images downloaded from img_links.txt find their row."""
+    return _url_digest(url).hex()
 
 
 def print_summary(summary: Summary, csv_file: str, out_dir: str) -> None:

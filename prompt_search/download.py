@@ -1,0 +1,81 @@
+"""Step 2: img2dataset downloads the images of the metadata table, each carrying its row's id.
+
+Output: images_dir/NNNNN/*.jpg with a .json sidecar per image (holding "id"), and
+images_dir/NNNNN_stats.json per shard, which the summary below reads.
+"""
+
+import glob
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prompt_search.cli import UserError
+
+
+@dataclass
+class DownloadSummary:
+    count: int = 0
+    successes: int = 0
+    failures: Counter = field(default_factory=Counter)
+
+
+def download_images(
+    metadata_file: str,
+    images_dir: str,
+    image_size: int,
+    resize_mode: str,
+    threads: int,
+    processes: int,
+    timeout: int,
+    retries: int,
+    output_format: str,
+) -> DownloadSummary:
+    """Run img2dataset on metadata_file; shards already complete in images_dir are kept (incremental)."""
+    if not os.path.isfile(metadata_file):
+        raise UserError(f"{metadata_file} not found: run extract_img_links_from_csv.py first")
+    from img2dataset import download  # heavy import, only for this step
+
+    download(
+        url_list=metadata_file,
+        input_format="parquet",
+        url_col="url",
+        caption_col="prompt",
+        save_additional_columns=["id"],
+        output_folder=images_dir,
+        output_format=output_format,
+        image_size=image_size,
+        resize_mode=resize_mode,
+        thread_count=threads,
+        processes_count=processes,
+        timeout=timeout,
+        retries=retries,
+        enable_wandb=False,
+        incremental_mode="incremental",
+    )
+    return read_stats(images_dir)
+
+
+def read_stats(images_dir: str) -> DownloadSummary:
+    """Add up img2dataset's per-shard stats files."""
+    summary = DownloadSummary()
+    for path in sorted(glob.glob(os.path.join(images_dir, "*_stats.json"))):
+        with open(path) as f:
+            stats = json.load(f)
+        summary.count += stats["count"]
+        summary.successes += stats["successes"]
+        summary.failures.update(stats["status_dict"])
+    summary.failures.pop("success", None)
+    return summary
+
+
+def print_summary(summary: DownloadSummary, images_dir: str) -> None:
+    print(f"{images_dir}: {summary.successes} of {summary.count} images downloaded")
+    for reason, count in summary.failures.most_common(10):
+        print(f"  {count} failed: {reason}")
+    if summary.count and not summary.successes:
+        print(
+            "No image arrived. The open-prompts links are old Discord attachment URLs, which Discord has "
+            "refused (HTTP 403) since late 2023; the prompt search (extract_textual_clip_embeddings.py) "
+            "still works on every row."
+        )

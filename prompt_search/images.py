@@ -1,0 +1,71 @@
+"""Find the images to embed and decode them safely.
+
+An image img2dataset wrote carries its row's id in its .json sidecar; any other image's id is
+its path relative to the folder, so a user's own folder of generations works as it is.
+"""
+
+import json
+import os
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from prompt_search.links import url_id
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs)
+
+
+def list_images(img_dir: str) -> list[tuple[str, str]]:
+    """(id, path) of every image below img_dir, in a deterministic order (sorted paths)."""
+    items = []
+    for root, dirs, files in os.walk(img_dir):
+        dirs.sort()
+        for name in sorted(files):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                path = os.path.join(root, name)
+                items.append((_image_id(path, img_dir), path))
+    return items
+
+
+def _image_id(path: str, img_dir: str) -> str:
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if os.path.isfile(sidecar):
+        with open(sidecar, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("id"):
+            return str(meta["id"])
+        if meta.get("url"):  # downloaded from the plain link list: step 1's id is the URL's hash
+            return url_id(meta["url"])
+    return os.path.relpath(path, img_dir).replace(os.sep, "/")
+
+
+def open_rgb(path: str) -> Image.Image:
+    """The image at path in RGB, or ValueError/OSError with the reason it can't be used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"too large ({width}x{height} pixels)")
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits first
+                image = image.point(lambda v: v / 256).convert("L")
+            return image.convert("RGB")
+
+
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)  # CLIP's normalisation
+STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+def to_pixels(image: Image.Image, size: int = 224) -> np.ndarray:
+    """CLIP's preprocess without torch: bicubic resize of the shorter side, centre crop, normalise; 3 x size x size."""
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    if scale != 1 or resized != image.size:
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+    left, top = int(round((image.width - size) / 2.0)), int(round((image.height - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size)).convert("RGB")
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return ((pixels - MEAN) / STD).transpose(2, 0, 1)

@@ -1,0 +1,56 @@
+"""Step 5: search the indices in OUT_DIR/knn_indices by text and by image, with ONNX CLIP on the CPU.
+
+    python test_visual_knn_index.py [--INPUT_PROMPT="a red car"] [--INPUT_IMG_PATH=my.png] [--NUM_RESULTS=10]
+
+The ONNX models are exported from MODEL into OUT_DIR/onnx on first use (that step needs torch).
+"""
+
+import os
+
+import config
+from prompt_search.cli import UserError, load_config, run
+from prompt_search.files import ensure_data_file
+from prompt_search.index import index_paths
+from prompt_search.links import METADATA_FILE
+from prompt_search.onnx_clip import is_current
+from prompt_search.query import (
+    compare_with_torch,
+    describe,
+    encode_queries,
+    open_index,
+    print_results,
+    read_image,
+    search,
+)
+from prompt_search.visual import IMAGES_FILE
+
+
+def main(argv: list[str]) -> None:
+    cfg = load_config(argv)
+    if cfg.INPUT_IMG_PATH == config.INPUT_IMG_PATH:
+        ensure_data_file(cfg.INPUT_IMG_PATH, cfg.INPUT_IMG_URL, cfg.INPUT_IMG_SHA256, cfg.LOCAL_DATA_DIR)
+    image = read_image(cfg.INPUT_IMG_PATH)
+    index_dir = os.path.join(cfg.OUT_DIR, "knn_indices")
+    sides = {side: open_index(index_paths(index_dir, name)) for side, name in (("images", "visual"),
+                                                                              ("prompts", "textual"))}
+    sides = {side: found for side, found in sides.items() if found}
+    if not sides:
+        raise UserError(f"no index in {index_dir}: run create_visual_knn_indices.py first")
+    onnx_dir = os.path.join(cfg.OUT_DIR, "onnx")
+    if not is_current(onnx_dir, cfg.MODEL):
+        from prompt_search.onnx_export import export_onnx  # torch, only to export
+
+        export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
+    queries = encode_queries(onnx_dir, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH)
+    for query in queries:
+        for side, (index, ids) in sides.items():
+            query.hits[side] = search(index, ids, query.vector, cfg.NUM_RESULTS)
+            describe(query.hits[side], os.path.join(cfg.OUT_DIR, METADATA_FILE),
+                     os.path.join(cfg.OUT_DIR, "visual_embeddings", IMAGES_FILE))
+    print_results(queries)
+    if cfg.COMPARE_WITH_TORCH:
+        compare_with_torch(queries, sides, cfg.MODEL, cfg.MODEL_DIR, image, cfg.NUM_RESULTS)
+
+
+if __name__ == "__main__":
+    run(main)
