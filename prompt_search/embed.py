@@ -9,17 +9,21 @@ A batch whose items were all skipped has no .npy files (autofaiss skips empty fi
 ids would drift from the vectors).
 """
 
+import csv
 import glob
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from prompt_search.cli import UserError
-from prompt_search.files import atomic_path
+from prompt_search.files import atomic_path, model_fingerprint
 
 MANIFEST = "manifest.json"
+Batch = tuple[np.ndarray, list[str], list[tuple[str, str]]]  # vectors, their ids, skipped (source, reason)
 
 
 def items_digest(items: list[tuple[str, str]]) -> str:
@@ -76,3 +80,26 @@ def batch_ranges(count: int, batch_size: int, done: set[int]) -> list[tuple[int,
         for batch, start in enumerate(range(0, count, batch_size))
         if batch not in done
     ]
+
+
+def embed_items(folder: str, items: list[tuple[str, str]], model_name: str, batch_size: int,
+                encode_batches: Callable[[list[range]], Iterator[Batch]], unit: str) -> list[tuple[str, str]]:
+    """Embed items (id, source) into folder, resuming after the batches already complete.
+
+    encode_batches(ranges) loads the model and yields, for each range of item indices in order,
+    (vectors, ids, skipped (source, reason)). Returns every skipped item.
+    """
+    manifest = {"model": model_fingerprint(model_name), "batch_size": batch_size,
+                "items": items_digest(items), "count": len(items)}
+    todo = batch_ranges(len(items), batch_size, open_folder(folder, manifest))
+    if todo:
+        remaining = sum(len(r) for _, r in todo)
+        with tqdm(total=len(items), initial=len(items) - remaining, unit=unit, disable=None) as bar:
+            batches = encode_batches([r for _, r in todo])
+            for (batch, _), (vectors, ids, skipped) in zip(todo, batches, strict=True):
+                save_batch(folder, batch, vectors, ids, skipped)
+                bar.update(len(ids) + len(skipped))
+    skipped = read_skipped(folder)
+    with atomic_path(os.path.join(folder, "skipped.csv")) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([("source", "reason"), *skipped])
+    return skipped

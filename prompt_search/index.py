@@ -69,7 +69,6 @@ def build_index(folder: str, paths: IndexPaths, max_memory: str, memory_availabl
             np.save(f, ids)
         check_alignment(index, ids, pairs)
     infos["size on disk"] = os.path.getsize(paths.index)
-    infos["memory budget"] = max_memory
     return infos
 
 
@@ -91,10 +90,12 @@ def check_alignment(index, ids: np.ndarray, pairs: list[tuple[str, str]], k: int
                         f"their own id (first: {misses[0]}); nothing was replaced")
 
 
-def print_summary(paths: IndexPaths, infos: dict) -> None:
+def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float) -> None:
+    """Build out_dir/knn_indices/{name}_* from out_dir/{name}_embeddings and say what was built."""
+    paths = index_paths(os.path.join(out_dir, "knn_indices"), name)
+    infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), paths, max_memory, memory_available,
+                        max_query_ms)
     print(f"{paths.index}: {infos['index_key']} index of {infos['nb vectors']} vectors of dimension "
           f"{infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
-          f"(memory budget {infos['memory budget']})")
+          f"(memory budget {max_memory})")
     print(f"ids in {paths.ids}, autofaiss infos in {paths.infos}")
-
-

@@ -1,18 +1,17 @@
 """Step 3: CLIP image embeddings of every image in a folder, batch by batch (layout in embed.py)."""
 
-import csv
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from prompt_search.cli import UserError
-from prompt_search.embed import batch_ranges, items_digest, open_folder, read_skipped, save_batch
-from prompt_search.files import atomic_path, model_fingerprint
+from prompt_search.embed import Batch, embed_items
+from prompt_search.files import atomic_path
 from prompt_search.images import list_images, open_rgb
 from prompt_search.model import choose_device, load_clip
 
@@ -47,45 +46,38 @@ def workers(num_workers: int) -> int:
     return min(os.cpu_count() or 1, 8) if num_workers < 0 else num_workers
 
 
-def embed_images(
-    img_dir: str, folder: str, model_name: str, model_dir: str, device: str, batch_size: int, num_workers: int
-) -> tuple[int, list[tuple[str, str]]]:
+def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, device: str, batch_size: int,
+                 num_workers: int) -> tuple[int, list[tuple[str, str]]]:
     """Embed every image below img_dir into folder; return (vectors written, skipped (path, reason))."""
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
     items = list_images(img_dir)
     if not items:
         raise UserError(f"no images in {img_dir}: nothing to embed (see download_images.py's summary)")
-    manifest = {"model": model_fingerprint(model_name), "batch_size": batch_size,
-                "items": items_digest(items), "count": len(items)}
-    todo = batch_ranges(len(items), batch_size, open_folder(folder, manifest))
-    if todo:
-        device = choose_device(device)
-        model, preprocess = load_clip(model_name, device, model_dir)
-        print(f"embedding {sum(len(r) for _, r in todo)} of {len(items)} images with {model_name} "
-              f"on {device} in {model.dtype}")
-        loader = DataLoader(ImageDataset(items, preprocess), batch_sampler=[list(r) for _, r in todo],
-                            num_workers=workers(num_workers), collate_fn=collate, pin_memory=device != "cpu")
-        done = len(items) - sum(len(r) for _, r in todo)
-        width = model.visual.output_dim
-        with torch.inference_mode(), tqdm(total=len(items), initial=done, unit="img", disable=None) as bar:
-            for (batch, _), (pixels, ids, skipped) in zip(todo, loader, strict=True):
-                vectors = np.empty((0, width), np.float32)
+
+    def encode_batches(ranges: list[range]) -> Iterator[Batch]:
+        chosen = choose_device(device)
+        model, preprocess = load_clip(model_name, chosen, model_dir)
+        print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} "
+              f"in {model.dtype}")
+        loader = DataLoader(ImageDataset(items, preprocess), batch_sampler=[list(r) for r in ranges],
+                            num_workers=workers(num_workers), collate_fn=collate, pin_memory=chosen != "cpu")
+        with torch.inference_mode():
+            for pixels, ids, skipped in loader:
+                vectors = np.empty((0, model.visual.output_dim), np.float32)
                 if ids:
-                    vectors = model.encode_image(pixels.to(device, model.dtype)).float().cpu().numpy()
-                save_batch(folder, batch, vectors, ids, skipped)
-                bar.update(len(ids) + len(skipped))
+                    vectors = model.encode_image(pixels.to(chosen, model.dtype)).float().cpu().numpy()
+                yield vectors, ids, skipped
+
+    skipped = embed_items(folder, items, model_name, batch_size, encode_batches, unit="img")
     with atomic_path(os.path.join(folder, IMAGES_FILE)) as tmp:
         pq.write_table(pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]}), tmp)
-    skipped = read_skipped(folder)
-    with atomic_path(os.path.join(folder, "skipped.csv")) as tmp, open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([("path", "reason"), *skipped])
     return len(items) - len(skipped), skipped
 
 
 def print_summary(folder: str, written: int, skipped: list[tuple[str, str]]) -> None:
-    print(f"{folder}: {written} image embeddings, {len(skipped)} images skipped")
-    for path, reason in skipped[:20]:
-        print(f"  skipped {path}: {reason}")
+    print(f"{folder}: {written} embeddings, {len(skipped)} skipped")
+    for source, reason in skipped[:20]:
+        print(f"  skipped {source}: {reason}")
     if len(skipped) > 20:
         print(f"  ... all {len(skipped)} in {os.path.join(folder, 'skipped.csv')}")

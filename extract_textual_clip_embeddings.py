@@ -1,0 +1,26 @@
+"""Prompt side, step 3: CLIP text embeddings of each distinct prompt of OUT_DIR/metadata.parquet,
+into OUT_DIR/textual_embeddings (same layout and restart rules as the images).
+
+    python extract_textual_clip_embeddings.py [--BATCH_SIZE=128] [--MODEL=ViT-B/32]
+
+Needs no downloaded image: the prompt search works even when no link answers.
+"""
+
+import os
+
+from prompt_search.cli import load_config, run
+from prompt_search.links import METADATA_FILE
+from prompt_search.textual import embed_prompts
+
+
+def main(argv: list[str]) -> None:
+    cfg = load_config(argv)
+    folder = os.path.join(cfg.OUT_DIR, "textual_embeddings")
+    embedded, empty = embed_prompts(os.path.join(cfg.OUT_DIR, METADATA_FILE), folder, cfg.MODEL, cfg.MODEL_DIR,
+                                    cfg.DEVICE, cfg.BATCH_SIZE)
+    print(f"{folder}: {embedded} distinct prompts embedded ({empty} rows have no prompt)")
+    print("next: python create_textual_knn_indices.py")
+
+
+if __name__ == "__main__":
+    run(main)
