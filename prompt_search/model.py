@@ -56,3 +56,19 @@ def torch_vectors(model_name: str, model_dir: str, prompt: str, image) -> tuple[
         text = model.encode_text(clip.tokenize([prompt], truncate=True)).float()
         picture = model.encode_image(preprocess(image)[None]).float()
     return tuple(v[0].numpy() / np.linalg.norm(v[0].numpy()) for v in (text, picture))
+
+
+def save_random_clip(path: str, full_size: bool = False, seed: int = 0) -> None:
+    """Save a CLIP of the real architecture with random weights, in a file clip.load(path) reads.
+
+    Real weights cannot be downloaded everywhere; tests use the tiny one, speed benchmarks the
+    full-size ViT-B/32 (speed does not depend on the values).
+    """
+    from clip.model import CLIP
+
+    torch.manual_seed(seed)
+    if full_size:  # ViT-B/32
+        model = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)
+    else:
+        model = CLIP(32, 224, 2, 64, 32, 77, 49408, 64, 1, 2)
+    torch.save(model.state_dict(), path)
