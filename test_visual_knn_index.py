@@ -10,6 +10,7 @@ import os
 import config
 from prompt_search.cli import UserError, load_config, run
 from prompt_search.files import ensure_data_file
+from prompt_search.images import IMAGES_FILE
 from prompt_search.index import index_paths
 from prompt_search.links import METADATA_FILE
 from prompt_search.onnx_clip import is_current
@@ -22,7 +23,6 @@ from prompt_search.query import (
     read_image,
     search,
 )
-from prompt_search.visual import IMAGES_FILE
 
 
 def main(argv: list[str]) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from prompt_search.links import url_id
 
+IMAGES_FILE = "images.parquet"  # written beside the embeddings: id and path of every image, to show results
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs)
 

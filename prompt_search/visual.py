@@ -12,10 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from prompt_search.cli import UserError
 from prompt_search.embed import Batch, embed_items
 from prompt_search.files import atomic_path
-from prompt_search.images import list_images, open_rgb
+from prompt_search.images import IMAGES_FILE, list_images, open_rgb
 from prompt_search.model import choose_device, load_clip
-
-IMAGES_FILE = "images.parquet"  # id and path of every image found, for showing results
 
 
 class ImageDataset(Dataset):
