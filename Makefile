@@ -9,17 +9,19 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.installed
 
+# The image side needs images: when none downloaded, it says why and the prompt side goes on alone.
 run: setup
 	$(PY) extract_img_links_from_csv.py $(ARGS)
 	$(PY) download_images.py $(ARGS)
-	$(PY) extract_visual_clip_embeddings.py $(ARGS)
-	$(PY) create_visual_knn_indices.py $(ARGS)
+	$(PY) extract_textual_clip_embeddings.py $(ARGS)
+	$(PY) create_textual_knn_indices.py $(ARGS)
+	$(PY) extract_visual_clip_embeddings.py $(ARGS) && $(PY) create_visual_knn_indices.py $(ARGS) \
+		|| echo "(no image index this run: see the message above)"
 	$(PY) test_visual_knn_index.py $(ARGS)
 
 test: setup

@@ -75,7 +75,7 @@ def print_summary(summary: DownloadSummary, images_dir: str) -> None:
         print(f"  {count} failed: {reason}")
     if summary.count and not summary.successes:
         print(
-            "No image arrived. The open-prompts links are old Discord attachment URLs, which Discord has "
-            "refused (HTTP 403) since late 2023; the prompt search (extract_textual_clip_embeddings.py) "
-            "still works on every row."
+            "No image arrived (the reasons are above). Most open-prompts links are old Discord attachment "
+            "URLs, which Discord has refused (HTTP 403) since late 2023; the prompt search "
+            "(extract_textual_clip_embeddings.py) still works on every row."
         )
