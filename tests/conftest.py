@@ -1,0 +1,99 @@
+"""Shared test fixtures: the real data beside the checkout, a tiny CLIP, generated images, a loopback image server."""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """A CLIP of the real architecture with random weights, small, saved for clip.load(path)."""
+    from prompt_search.model import save_random_clip
+
+    path = tmp_path_factory.mktemp("model") / "tiny-clip.pt"
+    save_random_clip(str(path))
+    return str(path)
+
+
+def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a top-level script as a user would, from cwd, with --NAME=value overrides."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_image(path: Path, size: tuple[int, int], mode: str = "RGB", seed: int = 0) -> Path:
+    """A picture of stripes and noise, different for each seed, saved in the given mode."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    base = rng.integers(0, 256, (3,), dtype=np.uint8)
+    pixels = np.broadcast_to(base, (height, width, 3)).copy()
+    pixels[:: 1 + seed % 7] = rng.integers(0, 256, (3,), dtype=np.uint8)
+    pixels = (pixels.astype(int) + rng.integers(-30, 30, pixels.shape)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/forbidden/"):  # how Discord answers unsigned attachment links
+            self.send_error(403)
+        else:
+            super().do_GET()
+
+
+@contextmanager
+def serve(folder: Path):
+    """Serve folder over http on 127.0.0.1 (paths under /forbidden/ answer 403); yields the base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_open_prompts_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """An open-prompts CSV (prompt, raw_data) whose rows point at the given (prompt, url)s, as Discord rows do."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "raw_data"])
+        for i, (prompt, url) in enumerate(rows):
+            raw = {"image_uri": "PENDING", "modifiers": prompt.split()[:3], "thumbnail_uri": "PENDING",
+                   "raw_discord_data": {"seed": i, "width": 512, "height": 512, "num_step": 50, "cfg_scale": 7.0,
+                                        "image_uri": url, "timestamp": 1660000000 + i, "is_grid": 0}}
+            writer.writerow([prompt, json.dumps(raw)])
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The folder of already-downloaded data files beside the checkout (../shared/data); it may not exist."""
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -1,0 +1,129 @@
+"""Step 3 on a plain folder of images: modes, bad files, restarts, changed inputs, missing weights."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, make_image, run_script
+from PIL import Image
+
+from prompt_search.cli import UserError
+from prompt_search.visual import embed_images
+
+MODES = ["RGB", "RGBA", "P", "L", "CMYK", "I;16"]
+
+
+def read_folder(folder):
+    """All ids and vectors of an embeddings folder, in file order."""
+    ids = [np.load(p, allow_pickle=False) for p in sorted((folder / "ids").glob("*.npy"))]
+    vectors = [np.load(p, allow_pickle=False) for p in sorted((folder / "embeddings").glob("*.npy"))]
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
+def test_plain_folder_every_mode_nested_and_bad_files(tmp_path, tiny_clip):
+    images = tmp_path / "mine"
+    for seed, mode in enumerate(MODES):
+        name = f"{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
+        make_image(images / ("deep/er" if seed % 2 else "") / name, (200 + 40 * seed, 260), mode, seed)
+    (images / "zero.png").write_bytes(b"")
+    (images / "notes.png").write_text("not an image")
+    (images / "truncated.png").write_bytes((images / "RGB.png").read_bytes()[:200])
+    Image.new("L", (9000, 9000)).save(images / "bomb.png")  # 81 Mpixel, a few KB on disk
+    (images / "readme.txt").write_text("ignored: not an image extension")
+    written, skipped = embed_images(str(images), str(tmp_path / "out"), tiny_clip, "", "cpu", 4, 0)
+    assert written == len(MODES)
+    reasons = {path.rsplit("/", 1)[-1]: reason for path, reason in skipped}
+    assert set(reasons) == {"zero.png", "notes.png", "truncated.png", "bomb.png"}
+    assert "too large" in reasons["bomb.png"]
+    ids, vectors = read_folder(tmp_path / "out")
+    expected = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png") if p.name[0].isupper())
+    expected += ["CMYK.jpg"]
+    assert sorted(ids) == sorted(expected) and len(vectors) == len(ids)
+    assert len(set(map(bytes, vectors))) == len(vectors)  # every image its own vector
+    with open(tmp_path / "out" / "skipped.csv") as f:
+        assert len(f.readlines()) == 1 + 4
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    from prompt_search.images import open_rgb
+
+    path = make_image(tmp_path / "deep.png", (64, 64), "I;16", 3)
+    as_8bit = np.asarray(Image.open(path)) // 257
+    assert np.abs(np.asarray(open_rgb(str(path)))[..., 0].astype(int) - as_8bit).max() <= 1
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_clip):
+    images = tmp_path / "images"
+    for seed in range(150):
+        make_image(images / f"{seed:03d}.png", (64, 64 + seed % 5), "RGB", seed)
+    args = ["--IMG_DIR=images", f"--MODEL={tiny_clip}", "--BATCH_SIZE=1", "--NUM_WORKERS=0"]
+    run_script("extract_visual_clip_embeddings.py", *args, "--OUT_DIR=whole", cwd=tmp_path)
+
+    env = {"PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([sys.executable, str(REPO / "extract_visual_clip_embeddings.py"), *args,
+                                "--OUT_DIR=killed"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    batches = tmp_path / "killed" / "visual_embeddings" / "batches"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(batches.glob("*.json"))) < 20:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 20 <= len(list(batches.glob("*.json"))) < 150
+
+    resumed = run_script("extract_visual_clip_embeddings.py", *args, "--OUT_DIR=killed", cwd=tmp_path)
+    assert re.search(r"embedding \d+ of 150 images", resumed.stdout)
+    ids, vectors = read_folder(tmp_path / "killed" / "visual_embeddings")
+    whole_ids, whole_vectors = read_folder(tmp_path / "whole" / "visual_embeddings")
+    assert list(ids) == list(whole_ids) and len(set(ids)) == 150
+    np.testing.assert_allclose(vectors, whole_vectors, atol=1e-6)
+    assert not list((tmp_path / "killed").rglob("*.partial"))  # the batch cut by the kill was redone
+    again = run_script("extract_visual_clip_embeddings.py", *args, "--OUT_DIR=killed", cwd=tmp_path)
+    assert not re.search(r"embedding \d+ of", again.stdout)  # nothing left to do
+
+
+def test_changed_inputs_are_refused_not_mixed(tmp_path, tiny_clip):
+    images = tmp_path / "images"
+    for seed in range(3):
+        make_image(images / f"{seed}.png", (64, 64), "RGB", seed)
+    out = tmp_path / "out"
+    embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+    before = {p: p.read_bytes() for p in out.rglob("*.npy")}
+    make_image(images / "3.png", (64, 64), "RGB", 3)
+    with pytest.raises(UserError, match="items, count changed"):
+        embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+    (images / "3.png").unlink()
+    with pytest.raises(UserError, match="batch_size changed"):
+        embed_images(str(images), str(out), tiny_clip, "", "cpu", 3, 0)
+    assert before == {p: p.read_bytes() for p in out.rglob("*.npy")}
+
+
+def test_missing_weights_offline_say_where_to_put_them(tmp_path):
+    make_image(tmp_path / "images" / "a.png", (64, 64))
+    result = run_script("extract_visual_clip_embeddings.py", "--IMG_DIR=images", f"--MODEL_DIR={tmp_path}/w",
+                        cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{tmp_path}/w/ViT-B-32.pt" in result.stderr and "--MODEL=" in result.stderr
+
+
+def test_unknown_model_and_missing_folder(tmp_path):
+    result = run_script("extract_visual_clip_embeddings.py", "--IMG_DIR=nowhere", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "nowhere not found" in result.stderr
+    make_image(tmp_path / "images" / "a.png", (64, 64))
+    result = run_script("extract_visual_clip_embeddings.py", "--IMG_DIR=images", "--MODEL=ViT-Z/99", cwd=tmp_path,
+                        check=False)
+    assert result.returncode == 1 and "ViT-Z/99 is neither a CLIP model name" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_manifest_records_the_inputs(tmp_path, tiny_clip):
+    make_image(tmp_path / "images" / "a.png", (64, 64))
+    embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 8, 0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["count"] == 1 and manifest["batch_size"] == 8 and tiny_clip in manifest["model"]

@@ -1,0 +1,137 @@
+"""Every script in order, as a user runs them: a loopback image server, a tiny CLIP, temp OUT_DIR."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_image, run_script, serve, write_open_prompts_csv
+from PIL import Image
+
+# (size, mode, file name): generated images are rarely square, and come in every mode
+SERVED = [((512, 768), "RGB", "a.png"), ((768, 512), "RGBA", "b.png"), ((512, 512), "P", "c.png"),
+          ((300, 200), "L", "d.png"), ((512, 512), "CMYK", "e.jpg"), ((1024, 512), "RGB", "f.webp"),
+          ((640, 640), "RGB", "g.jpg")]
+PROMPTS = ["a blue robot on a red background", "a corgi astronaut on the moon", "portrait of a kangaroo",
+           "A Corgi   astronaut on the MOON", "inmates with cow heads", "a castle in the clouds", "neon city",
+           "broken file", "missing file", "forbidden file"]
+HIT = re.compile(r"^\s+(\d+)\s+([\d.]+)\s+(\S+)\s+'(.*)'\s+(\S*)$")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_clip):
+    """Run steps 1 to 5 and the prompt side; return (work dir, outputs of the query script)."""
+    work = tmp_path_factory.mktemp("pipeline")
+    served = work / "served"
+    for seed, (size, mode, name) in enumerate(SERVED):
+        make_image(served / name, size, mode, seed)
+    (served / "broken.png").write_bytes((served / "a.png").read_bytes()[:400])
+    with serve(served) as base:
+        urls = [f"{base}/{name}" for _, _, name in SERVED] + [f"{base}/broken.png", f"{base}/missing.png",
+                                                               f"{base}/forbidden/h.png"]
+        write_open_prompts_csv(work / "prompts.csv", list(zip(PROMPTS, urls, strict=True)))
+        common = ["--OUT_DIR=out", f"--MODEL={tiny_clip}", "--BATCH_SIZE=3", "--NUM_WORKERS=0"]
+        run_script("extract_img_links_from_csv.py", "--CSV_FILE=prompts.csv", *common, cwd=work)
+        download = run_script("download_images.py", "--DOWNLOAD_THREADS=4", *common, cwd=work)
+    visual = run_script("extract_visual_clip_embeddings.py", *common, cwd=work)
+    run_script("create_visual_knn_indices.py", *common, cwd=work)
+    run_script("extract_textual_clip_embeddings.py", *common, cwd=work)
+    run_script("create_textual_knn_indices.py", *common, cwd=work)
+    query_image = sorted((work / "out" / "images" / "00000").glob("*.jpg"))[0]
+    query = run_script("test_visual_knn_index.py", *common, f"--INPUT_IMG_PATH={query_image}",
+                       f"--INPUT_PROMPT={PROMPTS[1]}", "--NUM_RESULTS=4", cwd=work)
+    return work, download.stdout, visual.stdout, query.stdout, query_image
+
+
+def sections(stdout: str) -> dict[str, list[tuple]]:
+    """The query script's result lists: title -> [(rank, score, id, prompt, link)]."""
+    found, title = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("SIMILAR "):
+            title = line.split(" TO THE ")[0][8:].lower() + " for " + line.split(" TO THE ")[1].split()[0].lower()
+            found[title] = []
+        elif title and (match := HIT.match(line)):
+            rank, score, hit_id, prompt, link = match.groups()
+            found[title].append((int(rank), float(score), hit_id, prompt, link))
+    return found
+
+
+def test_download_says_what_arrived_and_why_not(pipeline):
+    work, download, *_ = pipeline
+    assert f"{len(SERVED)} of {len(PROMPTS)} images downloaded" in download
+    assert "404" in download and "403" in download and "decoding error" in download.lower()
+    sidecars = [json.loads(p.read_text()) for p in (work / "out" / "images" / "00000").glob("*.json")]
+    metadata = pd.read_parquet(work / "out" / "metadata.parquet")
+    assert {s["id"] for s in sidecars if s["status"] == "success"} <= set(metadata.id)
+
+
+def test_every_downloaded_image_is_embedded_with_its_own_id(pipeline, tiny_clip):
+    import clip
+
+    work, *_ = pipeline
+    images = sorted((work / "out" / "images").glob("*/*.jpg"))
+    assert len(images) == len(SERVED)
+    folder = work / "out" / "visual_embeddings"
+    ids = np.concatenate([np.load(p, allow_pickle=False) for p in sorted((folder / "ids").glob("*.npy"))])
+    vectors = np.concatenate([np.load(p, allow_pickle=False) for p in sorted((folder / "embeddings").glob("*.npy"))])
+    sidecar_ids = [json.loads(p.with_suffix(".json").read_text())["id"] for p in images]
+    assert list(ids) == sidecar_ids
+    model, preprocess = clip.load(tiny_clip, device="cpu", jit=False)
+    with torch.no_grad():
+        direct = model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in images]))
+    direct = (direct / direct.norm(dim=-1, keepdim=True)).numpy()
+    np.testing.assert_allclose(vectors, direct, atol=1e-5)  # same model, same pixels: float noise only
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_image_query_finds_itself_first_and_text_query_finds_real_rows(pipeline):
+    work, _, _, query, query_image = pipeline
+    results = sections(query)
+    own_id = json.loads(query_image.with_suffix(".json").read_text())["id"]
+    first = results["images for image"][0]
+    assert first[2] == own_id and first[1] == pytest.approx(1.0, abs=1e-4)
+    metadata = pd.read_parquet(work / "out" / "metadata.parquet").set_index("id")
+    for _, _, hit_id, prompt, link in results["images for text"]:
+        assert metadata.loc[hit_id, "prompt"].startswith(prompt) and metadata.loc[hit_id, "url"] == link
+    assert [r[0] for r in results["images for text"]] == [1, 2, 3, 4]
+
+
+def test_prompt_side_dedupes_and_finds_the_prompt_itself(pipeline):
+    _, _, _, query, _ = pipeline
+    results = sections(query)
+    first = results["prompts for text"][0]
+    assert first[3] == PROMPTS[1] and first[1] == pytest.approx(1.0, abs=1e-4)
+    for title in ("prompts for text", "prompts for image"):
+        shown = [" ".join(hit[3].split()).casefold() for hit in results[title]]
+        assert len(shown) == 4 and len(set(shown)) == len(shown)
+    assert PROMPTS[3] not in [hit[3] for hit in results["prompts for text"]]  # the same prompt, re-cased
+
+
+def test_onnx_and_torch_agree(pipeline):
+    _, _, _, query, _ = pipeline
+    verdicts = [line for line in query.splitlines() if line.startswith("torch CLIP and ONNX CLIP")]
+    assert len(verdicts) == 4 and all(line.endswith("the same") for line in verdicts)
+
+
+def test_prompt_search_works_when_no_image_arrives(tmp_path, tiny_clip):
+    prompts = ["a lighthouse in a storm", "a bowl of ramen, studio photo", "a lighthouse in a storm ",
+               "an owl wearing a crown"]
+    with serve(tmp_path) as base:
+        write_open_prompts_csv(tmp_path / "p.csv", [(p, f"{base}/forbidden/{i}.png") for i, p in enumerate(prompts)])
+        common = ["--OUT_DIR=out", f"--MODEL={tiny_clip}", "--CSV_FILE=p.csv"]
+        run_script("extract_img_links_from_csv.py", *common, cwd=tmp_path)
+        download = run_script("download_images.py", "--DOWNLOAD_THREADS=2", *common, cwd=tmp_path)
+    assert "0 of 4 images downloaded" in download.stdout and "No image arrived" in download.stdout
+    visual = run_script("extract_visual_clip_embeddings.py", *common, cwd=tmp_path, check=False)
+    assert visual.returncode == 1 and "no images in out/images" in visual.stderr
+    run_script("extract_textual_clip_embeddings.py", *common, cwd=tmp_path)
+    run_script("create_textual_knn_indices.py", *common, cwd=tmp_path)
+    make_image(tmp_path / "query.png", (300, 200))
+    query = run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=query.png",
+                       f"--INPUT_PROMPT={prompts[1]}", cwd=tmp_path)
+    results = sections(query.stdout)
+    assert set(results) == {"prompts for text", "prompts for image"}
+    assert results["prompts for text"][0][3] == prompts[1]
+    assert len(results["prompts for image"]) == 3  # three distinct prompts, the repeated one once
