@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ run: setup
 		|| echo "(no image index this run: see the message above)"
 	$(PY) test_visual_knn_index.py $(ARGS)
 
-test: setup
+# tests/test_gallery.py drives Debian's chromium through chromedriver: install both when missing (CI runs as root).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest -q tests
 
 lint: setup

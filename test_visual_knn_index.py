@@ -10,6 +10,7 @@ import os
 import config
 from prompt_search.cli import UserError, load_config, run
 from prompt_search.files import ensure_data_file
+from prompt_search.gallery import write_gallery
 from prompt_search.images import IMAGES_FILE
 from prompt_search.index import index_paths
 from prompt_search.links import METADATA_FILE
@@ -48,6 +49,9 @@ def main(argv: list[str]) -> None:
             describe(query.hits[side], os.path.join(cfg.OUT_DIR, METADATA_FILE),
                      os.path.join(cfg.OUT_DIR, "visual_embeddings", IMAGES_FILE))
     print_results(queries)
+    gallery = os.path.join(cfg.OUT_DIR, "results.html")
+    write_gallery(queries, gallery)
+    print(f"\nall results as a page: {gallery}")
     if cfg.COMPARE_WITH_TORCH:
         compare_with_torch(queries, sides, cfg.MODEL, cfg.MODEL_DIR, image, cfg.NUM_RESULTS)
 

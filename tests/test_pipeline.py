@@ -135,3 +135,11 @@ def test_prompt_search_works_when_no_image_arrives(tmp_path, tiny_clip):
     assert set(results) == {"prompts for text", "prompts for image"}
     assert results["prompts for text"][0][3] == prompts[1]
     assert len(results["prompts for image"]) == 3  # three distinct prompts, the repeated one once
+
+
+def test_query_script_writes_the_gallery(pipeline):
+    work, _, _, query, _ = pipeline
+    page = (work / "out" / "results.html").read_text()
+    assert "all results as a page: out/results.html" in query
+    assert page.count('class="card"') == 4 * 4  # 4 results for each of 2 queries x 2 indices
+    assert "../out/images/" not in page and 'src="images/00000/' in page  # relative to the page's folder
