@@ -1,0 +1,112 @@
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import config
+from prompt_search.cli import UserError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_defaults():
+    module = types.ModuleType("fake_config")
+    module.COUNT = 3
+    module.RATE = 0.5
+    module.ENABLED = True
+    module.NAME = "default"
+    module.lower_case_ignored = 1
+    return module
+
+
+def test_no_arguments_gives_config_py_values():
+    cfg = load_config([])
+    for name in ("CSV_FILE", "BATCH_SIZE", "MAX_INDEX_QUERY_TIME_MS", "COMPARE_WITH_TORCH", "DEVICE"):
+        assert getattr(cfg, name) == getattr(config, name)
+    assert not hasattr(cfg, "__name__")
+
+
+def test_overrides_of_each_type():
+    cfg = load_config(["--COUNT=7", "--RATE=1e-3", "--ENABLED=false", "--NAME=other"], fake_defaults())
+    assert (cfg.COUNT, cfg.RATE, cfg.ENABLED, cfg.NAME) == (7, 0.001, False, "other")
+    assert type(cfg.COUNT) is int and type(cfg.RATE) is float and type(cfg.ENABLED) is bool
+    assert not hasattr(cfg, "lower_case_ignored")
+
+
+def test_overrides_of_the_real_config_leave_config_py_alone():
+    cfg = load_config(["--BATCH_SIZE=64", "--MAX_INDEX_QUERY_TIME_MS=2.5", "--COMPARE_WITH_TORCH=no", "--DEVICE=cpu"])
+    assert (cfg.BATCH_SIZE, cfg.MAX_INDEX_QUERY_TIME_MS, cfg.COMPARE_WITH_TORCH, cfg.DEVICE) == (64, 2.5, False, "cpu")
+    assert config.BATCH_SIZE == 128 and config.COMPARE_WITH_TORCH is True and config.DEVICE == ""
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("true", True), ("True", True), ("1", True), ("yes", True), ("FALSE", False), ("0", False), ("no", False)],
+)
+def test_bool_spellings(text, expected):
+    assert load_config([f"--ENABLED={text}"], fake_defaults()).ENABLED is expected
+
+
+def test_int_setting_accepts_a_float_setting_accepts_an_int():
+    cfg = load_config(["--RATE=2", "--COUNT=-4"], fake_defaults())
+    assert cfg.RATE == 2.0 and type(cfg.RATE) is float and cfg.COUNT == -4
+
+
+def test_string_values_keep_everything_after_the_first_equals_sign():
+    assert load_config(["--NAME=a=b c"], fake_defaults()).NAME == "a=b c"
+    assert load_config(["--DEVICE="]).DEVICE == ""
+
+
+def test_the_last_override_of_a_name_wins():
+    assert load_config(["--COUNT=1", "--COUNT=2"], fake_defaults()).COUNT == 2
+
+
+@pytest.mark.parametrize("arg, name", [("--NOPE=1", "NOPE"), ("--batch_size=1", "batch_size"), ("--=1", "''")])
+def test_unknown_name_is_refused_naming_it(arg, name):
+    with pytest.raises(UserError, match="unknown setting") as error:
+        load_config([arg])
+    assert name in str(error.value)
+    assert "BATCH_SIZE" in str(error.value)  # the message lists the settings there are
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--BATCH_SIZE=abc",
+        "--BATCH_SIZE=1.5",
+        "--BATCH_SIZE=",
+        "--COMPARE_WITH_TORCH=maybe",
+        "--COMPARE_WITH_TORCH=",
+        "--MAX_INDEX_QUERY_TIME_MS=fast",
+    ],
+)
+def test_wrong_type_is_refused_naming_setting_and_value(arg):
+    with pytest.raises(UserError, match="expected a") as error:
+        load_config([arg])
+    assert arg in str(error.value)
+
+
+@pytest.mark.parametrize("arg", ["BATCH_SIZE=64", "-BATCH_SIZE=64", "--BATCH_SIZE", "BATCH_SIZE", ""])
+def test_malformed_argument_is_refused(arg):
+    with pytest.raises(UserError, match="--NAME=value") as error:
+        load_config([arg])
+    assert repr(arg) in str(error.value)
+
+
+@pytest.mark.parametrize("arg, words", [("--BATCH_SIZE=abc", ["BATCH_SIZE", "abc", "int"]), ("--NOPE=1", ["NOPE"])])
+def test_script_with_bad_override_exits_1_with_one_error_line(tmp_path, arg, words):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "extract_img_links_from_csv.py"), arg],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0]
+    assert list(tmp_path.iterdir()) == []  # refused before fetching or writing anything

@@ -1,0 +1,531 @@
+import csv
+import datetime
+import gc
+import hashlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import config
+from prompt_search import links
+from prompt_search.cli import UserError
+from prompt_search.files import ensure_data_file
+from prompt_search.links import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "extract_img_links_from_csv.py"
+OUTPUTS = (LINKS_FILE, METADATA_FILE, REJECTS_FILE)
+COLUMNS = [
+    "id", "url", "prompt", "discord_url", "thumbnail_url", "width", "height", "seed", "cfg_scale",
+    "num_steps", "num_generations", "is_grid", "timestamp", "modifiers", "csv_line",
+]
+
+# What 1k.csv holds, established by reading it with the csv and json modules (see test_independent_reading).
+ROWS_1K = 998
+DUPLICATE_LINE_1K = 70  # same Discord URL as line 69, both without a krea copy
+KREA_ROWS_1K = 90  # rows whose top-level image_uri is krea's storage copy
+EMPTY_PROMPT_LINES_1K = [107, 114, 160, 362, 626, 696, 810, 813, 817]
+MULTI_LINE_ROW_1K = (349, 351)  # the one row whose prompt holds newlines: physical lines 349 to 351
+LAST_LINE_1K = 1001
+THUMBNAIL_ONLY_ROWS_1K = 2  # rows with a krea thumbnail but "PENDING" as krea's copy of the image
+
+
+# --- the real data ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def csv_1k(shared_data, tmp_path_factory):
+    """1k.csv, always through ensure_data_file: copied from shared_data (sha256 checked) or downloaded."""
+    path = tmp_path_factory.mktemp("data") / "1k.csv"
+    ensure_data_file(str(path), config.CSV_URL, config.CSV_SHA256, str(shared_data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def out_1k(csv_1k, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    summary = extract_links(str(csv_1k), str(out))
+    return summary, out, pq.read_table(out / METADATA_FILE).to_pylist()
+
+
+def read_csv_rows(path):
+    """(first physical line, prompt, raw_data as parsed JSON) for each row: the test's own reading."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        assert next(reader) == ["prompt", "raw_data"]
+        rows = []
+        while True:
+            line = reader.line_num + 1
+            try:
+                prompt, raw = next(reader)
+            except StopIteration:
+                return rows
+            rows.append((line, prompt, json.loads(raw)))
+
+
+def test_independent_reading(csv_1k):
+    """The constants above, from the CSV itself."""
+    rows = read_csv_rows(csv_1k)
+    assert len(rows) == ROWS_1K
+    assert rows[-1][0] == LAST_LINE_1K
+    starts = [line for line, _, _ in rows]
+    assert [(a, b - 1) for a, b in zip(starts, starts[1:], strict=False) if b - a > 1] == [MULTI_LINE_ROW_1K]
+    assert sum(raw["image_uri"].startswith("https://") for _, _, raw in rows) == KREA_ROWS_1K
+    assert all(raw["image_uri"] == "PENDING" for _, _, raw in rows if not raw["image_uri"].startswith("https://"))
+    assert [line for line, prompt, _ in rows if not prompt.strip()] == EMPTY_PROMPT_LINES_1K
+    discord = [raw["raw_discord_data"]["image_uri"] for _, _, raw in rows if raw["image_uri"] == "PENDING"]
+    thumbnails = [raw["thumbnail_uri"] for _, _, raw in rows if raw["image_uri"] == "PENDING"]
+    assert len(thumbnails) - thumbnails.count("PENDING") == THUMBNAIL_ONLY_ROWS_1K
+    assert len(discord) - len(set(discord)) == 1
+
+
+def test_1k_counts(out_1k):
+    summary, out, _ = out_1k
+    assert (summary.rows, summary.kept) == (ROWS_1K, ROWS_1K - 1)
+    assert dict(summary.rejected) == {"duplicate_url": 1}
+
+
+def test_1k_rejects_file(out_1k, csv_1k):
+    _, out, _ = out_1k
+    with open(out / REJECTS_FILE, newline="", encoding="utf-8") as f:
+        rejects = list(csv.reader(f))
+    by_line = {line: raw for line, _, raw in read_csv_rows(csv_1k)}
+    url = by_line[DUPLICATE_LINE_1K]["raw_discord_data"]["image_uri"]
+    assert url == by_line[DUPLICATE_LINE_1K - 1]["raw_discord_data"]["image_uri"]
+    assert rejects == [["csv_line", "reason", "detail"], [str(DUPLICATE_LINE_1K), "duplicate_url", url]]
+
+
+def test_1k_url_sources(out_1k):
+    _, _, table = out_1k
+    krea = [r for r in table if "supabase.co/storage/" in r["url"]]
+    discord = [r for r in table if r["url"].startswith("https://cdn.discordapp.com/attachments/")]
+    assert (len(krea), len(discord)) == (KREA_ROWS_1K, ROWS_1K - 1 - KREA_ROWS_1K)
+    assert all(r["discord_url"].startswith("https://cdn.discordapp.com/") for r in table)
+    assert all(r["thumbnail_url"].endswith("_thumbnail.webp") for r in krea)
+    # Two rows have krea's thumbnail but no krea copy of the image; the others' thumbnail is "PENDING" upstream.
+    assert sum(r["thumbnail_url"] is not None for r in discord) == THUMBNAIL_ONLY_ROWS_1K
+
+
+def test_1k_url_choice_against_csv(out_1k, csv_1k):
+    _, _, table = out_1k
+    by_line = {line: raw for line, _, raw in read_csv_rows(csv_1k)}
+    for record in table:
+        raw = by_line[record["csv_line"]]
+        expected = raw["image_uri"] if raw["image_uri"] != "PENDING" else raw["raw_discord_data"]["image_uri"]
+        assert record["url"] == expected
+
+
+def test_1k_empty_prompts_recovered_from_the_bot_message(out_1k):
+    _, _, table = out_1k
+    by_line = {r["csv_line"]: r for r in table}
+    assert by_line[114]["prompt"] == (
+        "Doctor Manhattan as a wolf meditating in outer space, stars, artstation, digital art, spiritual, "
+        "award winning, colourful"
+    )
+    assert by_line[696]["prompt"] == "stunning fantasy soap bubbles"
+    # The message quotes this one with newlines and a double space; they become single spaces.
+    assert by_line[107]["prompt"].startswith("little wood bridge painting of Atlantis zeus statue")
+    assert "tower ivy plant" in by_line[107]["prompt"] and by_line[107]["prompt"].endswith("global illumination")
+    assert all(by_line[line]["prompt"] for line in EMPTY_PROMPT_LINES_1K)
+    assert all(r["prompt"] and r["prompt"] == r["prompt"].strip() for r in table)
+
+
+def test_1k_csv_lines_follow_physical_lines(out_1k):
+    _, _, table = out_1k
+    lines = [r["csv_line"] for r in table]
+    first, last = MULTI_LINE_ROW_1K
+    expected = [n for n in range(2, LAST_LINE_1K + 1) if n != DUPLICATE_LINE_1K and not first < n <= last]
+    assert lines == expected
+    assert max(lines) == LAST_LINE_1K
+    by_line = {r["csv_line"]: r for r in table}
+    assert by_line[first]["prompt"].startswith("Statue of liberty in the New York")  # newlines around it stripped
+    assert by_line[first]["prompt"].endswith("rossdraws global illumination")
+
+
+def test_1k_links_file_is_one_url_per_kept_row_in_table_order(out_1k):
+    _, out, table = out_1k
+    text = (out / LINKS_FILE).read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    assert text.splitlines() == [r["url"] for r in table]
+
+
+def test_1k_ids(out_1k):
+    _, _, table = out_1k
+    ids = [r["id"] for r in table]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and set(i) <= set("0123456789abcdef") for i in ids)
+    assert all(r["id"] == hashlib.blake2b(r["url"].encode(), digest_size=8).hexdigest() for r in table)
+    assert all(links.url_id(r["url"]) == r["id"] for r in table)
+
+
+def test_1k_metadata_columns(out_1k):
+    _, out, _ = out_1k
+    schema = pq.read_schema(out / METADATA_FILE)
+    assert schema.names == COLUMNS
+
+
+def expected_record(line, prompt, raw):
+    discord = raw["raw_discord_data"]
+    return {
+        "id": hashlib.blake2b(
+            (raw["image_uri"] if raw["image_uri"] != "PENDING" else discord["image_uri"]).encode(), digest_size=8
+        ).hexdigest(),
+        "url": raw["image_uri"] if raw["image_uri"] != "PENDING" else discord["image_uri"],
+        "prompt": prompt,
+        "discord_url": discord["image_uri"],
+        "thumbnail_url": None if raw["thumbnail_uri"] == "PENDING" else raw["thumbnail_uri"],
+        "width": discord["width"],
+        "height": discord["height"],
+        "seed": discord.get("seed"),
+        "cfg_scale": discord.get("cfg_scale"),
+        "num_steps": discord.get("num_step"),
+        "num_generations": discord.get("num_generations"),
+        "is_grid": None if "is_grid" not in discord else bool(discord["is_grid"]),
+        "timestamp": None if "timestamp" not in discord
+        else datetime.datetime.fromtimestamp(discord["timestamp"], datetime.timezone.utc),
+        "modifiers": raw["modifiers"],
+        "csv_line": line,
+    }
+
+
+def test_1k_rows_fully_against_the_csv(out_1k, csv_1k):
+    _, _, table = out_1k
+    by_line = {r["csv_line"]: r for r in table}
+    rows = {line: (line, prompt, raw) for line, prompt, raw in read_csv_rows(csv_1k)}
+    discord_row = expected_record(*rows[2])  # a Discord-only row with full generation metadata
+    assert discord_row["seed"] == 556046175 and discord_row["is_grid"] is False  # the row is the one meant
+    assert by_line[2] == discord_row
+    krea_line = next(line for line, (_, _, raw) in rows.items() if raw["image_uri"] != "PENDING")
+    krea_row = expected_record(*rows[krea_line])  # a row with krea's copy and thumbnail, and less metadata
+    assert krea_row["url"].startswith("https://") and krea_row["seed"] is None
+    assert by_line[krea_line] == krea_row
+
+
+# --- generated CSVs with bad rows -----------------------------------------------------------
+
+
+def raw_json(mirror="PENDING", discord=None, **extra):
+    data = {"image_uri": mirror, "modifiers": ["m1", "m2"], "thumbnail_uri": "PENDING", "raw_discord_data": {}}
+    if discord is not None:
+        data["raw_discord_data"]["image_uri"] = discord
+    data["raw_discord_data"].update(extra)
+    return json.dumps(data)
+
+
+def csv_line(*fields):
+    """One row as the csv module writes it, as bytes."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(fields)
+    return buffer.getvalue().encode("utf-8")
+
+
+URL_A = "https://cdn.discordapp.com/attachments/1/2/a.png"
+URL_B_KREA = "https://example.supabase.co/storage/v1/object/public/b.png"
+URL_C = "https://cdn.discordapp.com/attachments/1/2/c.png"
+URL_D = "https://cdn.discordapp.com/attachments/1/2/d.png"
+
+# (bytes of one CSV row, the reason it is rejected or None when kept); its line number follows from its position.
+BAD_ROWS = [
+    (csv_line("good a", raw_json(discord=URL_A, width=512, seed=7, timestamp=1660001285)), None),
+    (csv_line("bad json", '{"image_uri": "https://x/y.png",'), "invalid_json"),
+    (csv_line("json list", '["https://x/y.png"]'), "invalid_json"),
+    (csv_line("no url", json.dumps({"modifiers": []})), "no_url"),
+    (csv_line("empty url", raw_json(mirror="", discord="  ")), "no_url"),
+    (csv_line("ftp url", raw_json(discord="ftp://example.com/a.png")), "non_http_url"),
+    (csv_line("javascript url", raw_json(mirror="javascript:alert(1)")), "non_http_url"),
+    (csv_line("pending", raw_json(mirror="PENDING", discord="PENDING")), "placeholder_url"),
+    (csv_line("good b", raw_json(mirror=URL_B_KREA, discord=URL_C)), None),
+    (csv_line("same url as a", raw_json(discord=URL_A)), "duplicate_url"),
+    (csv_line("only a prompt"), "malformed_row"),
+    (b'"broken "quoting" here",' + csv_line(raw_json(discord=URL_D)), "malformed_row"),
+    (b"caf\xe9 latin-1 prompt," + csv_line(raw_json(discord=URL_D)), "invalid_utf8"),
+    (csv_line("url with bad bytes", raw_json(discord=URL_D + "X")).replace(b"X", b"\xff\xfe"), "invalid_utf8"),
+    (csv_line("good multi\nline\nprompt", raw_json(discord=URL_D)), None),
+    (csv_line("good odd ints", raw_json(discord=URL_C + "?2", width=2**40, seed=2**63, timestamp=2**62)), None),
+    (csv_line("same url as b's krea copy", raw_json(discord=URL_B_KREA)), "duplicate_url"),
+    (b'"never closed,' + csv_line(raw_json(discord=URL_C + "?4")), "malformed_row"),  # a quote then a {
+    (b'"never closed till the end of the file,{}\n', "malformed_row"),
+]
+
+
+def write_rows(path, rows, header=b"prompt,raw_data\n"):
+    """Write header + rows; return the first physical line of each row."""
+    lines, line = [], 2
+    for data, _ in rows:
+        lines.append(line)
+        line += data.count(b"\n")
+    path.write_bytes(header + b"".join(data for data, _ in rows))
+    return lines
+
+
+def read_rejects(out):
+    with open(out / REJECTS_FILE, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        assert next(reader) == ["csv_line", "reason", "detail"]
+        return [(int(line), reason, detail) for line, reason, detail in reader]
+
+
+@pytest.mark.parametrize("chunk_rows", [links.CHUNK_ROWS, 1, 3])
+def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypatch, chunk_rows):
+    monkeypatch.setattr(links, "CHUNK_ROWS", chunk_rows)  # duplicates found within a chunk and across chunks
+    source = tmp_path / "bad.csv"
+    lines = write_rows(source, BAD_ROWS)
+    summary = extract_links(str(source), str(tmp_path / "out"))
+
+    expected_rejects = [(line, reason) for line, (_, reason) in zip(lines, BAD_ROWS, strict=True) if reason]
+    kept_lines = [line for line, (_, reason) in zip(lines, BAD_ROWS, strict=True) if reason is None]
+    assert summary.rows == len(BAD_ROWS)
+    assert summary.kept == len(kept_lines) == 4
+    counts = {}
+    for _, reason in expected_rejects:
+        counts[reason] = counts.get(reason, 0) + 1
+    assert dict(summary.rejected) == counts
+    assert set(counts) == {
+        "invalid_json", "no_url", "non_http_url", "placeholder_url", "duplicate_url", "malformed_row", "invalid_utf8",
+    }
+
+    rejects = read_rejects(tmp_path / "out")
+    assert sorted((line, reason) for line, reason, _ in rejects) == expected_rejects
+    details = {line: detail for line, _, detail in rejects}
+    assert details[lines[5]] == "ftp://example.com/a.png"
+    assert details[lines[6]] == "javascript:alert(1)"
+    assert details[lines[7]] == "PENDING"
+    assert details[lines[9]] == URL_A and details[lines[16]] == URL_B_KREA
+
+    table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
+    assert [r["csv_line"] for r in table] == kept_lines
+    assert [r["url"] for r in table] == [URL_A, URL_B_KREA, URL_D, URL_C + "?2"]
+    assert (tmp_path / "out" / LINKS_FILE).read_text().splitlines() == [r["url"] for r in table]
+    assert table[0]["prompt"] == "good a" and table[0]["modifiers"] == ["m1", "m2"]
+    assert (table[0]["width"], table[0]["seed"]) == (512, 7)
+    assert table[0]["timestamp"] == datetime.datetime(2022, 8, 8, 23, 28, 5, tzinfo=datetime.timezone.utc)
+    assert table[1]["discord_url"] == URL_C
+    assert table[2]["prompt"] == "good multi\nline\nprompt"
+    # Values that do not fit their column are dropped, not fatal.
+    assert (table[3]["width"], table[3]["seed"], table[3]["timestamp"]) == (None, None, None)
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_unclosed_quote_mid_file_rejects_from_its_line_and_reading_resumes(tmp_path):
+    rows = [
+        (csv_line("good a", raw_json(discord=URL_A)), None),
+        (b'"opened quote never closed,{}\n', "malformed_row"),
+        # The csv reader reads the next line as the rest of the unclosed field, up to its first quote (then fails):
+        # this row goes with the malformed one, and reading resumes on the line after.
+        (csv_line("swallowed", raw_json(discord=URL_D)), None),
+        (b"plain prompt," + csv_line(raw_json(discord=URL_B_KREA)), None),
+    ]
+    lines = write_rows(tmp_path / "q.csv", rows)
+    summary = extract_links(str(tmp_path / "q.csv"), str(tmp_path / "out"))
+    assert [(line, reason) for line, reason, _ in read_rejects(tmp_path / "out")] == [(lines[1], "malformed_row")]
+    table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
+    assert [r["url"] for r in table] == [URL_A, URL_B_KREA]
+    assert [r["csv_line"] for r in table] == [lines[0], lines[3]]
+    assert summary.rows == 3 and summary.kept == 2
+
+
+def test_crlf_line_ends_read_like_lf(tmp_path):
+    rows = [r for r in BAD_ROWS if r[1] is None and b"multi" not in r[0]]
+    write_rows(tmp_path / "lf.csv", rows)
+    (tmp_path / "crlf.csv").write_bytes((tmp_path / "lf.csv").read_bytes().replace(b"\n", b"\r\n"))
+    extract_links(str(tmp_path / "lf.csv"), str(tmp_path / "lf"))
+    summary = extract_links(str(tmp_path / "crlf.csv"), str(tmp_path / "crlf"))
+    assert summary.kept == len(rows) and not summary.rejected
+    assert pq.read_table(tmp_path / "lf" / METADATA_FILE).equals(pq.read_table(tmp_path / "crlf" / METADATA_FILE))
+
+
+def test_utf8_bom_before_the_header_is_accepted(tmp_path):
+    write_rows(tmp_path / "bom.csv", BAD_ROWS[:1], header=b"\xef\xbb\xbfprompt,raw_data\n")
+    assert extract_links(str(tmp_path / "bom.csv"), str(tmp_path / "out")).kept == 1
+
+
+def test_columns_found_by_header_name_in_any_order(tmp_path):
+    source = tmp_path / "swapped.csv"
+    source.write_bytes(b"raw_data,extra,prompt\n" + csv_line(raw_json(discord=URL_A), "x", "swapped prompt"))
+    extract_links(str(source), str(tmp_path / "out"))
+    table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
+    assert [(r["url"], r["prompt"]) for r in table] == [(URL_A, "swapped prompt")]
+
+
+@pytest.mark.parametrize("header", [b"text,raw_data\n", b"prompt,data\n", b"a\n", b""])
+def test_csv_without_prompt_and_raw_data_header_is_a_user_error(tmp_path, header):
+    source = tmp_path / "no_header.csv"
+    source.write_bytes(header + (csv_line("p", raw_json(discord=URL_A)) if header else b""))
+    with pytest.raises(UserError) as error:
+        extract_links(str(source), str(tmp_path / "out"))
+    assert str(source) in str(error.value)
+    assert not (tmp_path / "out" / LINKS_FILE).exists() and not list(tmp_path.rglob("*.partial"))
+
+
+def test_missing_csv_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not found") as error:
+        extract_links(str(tmp_path / "nowhere.csv"), str(tmp_path / "out"))
+    assert "nowhere.csv" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+# --- atomic outputs ---------------------------------------------------------------------------
+
+
+def output_bytes(out):
+    return {name: (out / name).read_bytes() for name in OUTPUTS}
+
+
+def test_rerun_replaces_outputs_instead_of_appending(csv_1k, tmp_path):
+    out = tmp_path / "out"
+    extract_links(str(csv_1k), str(out))
+    first = output_bytes(out)
+    extract_links(str(csv_1k), str(out))
+    assert output_bytes(out) == first
+    assert len((out / LINKS_FILE).read_text().splitlines()) == ROWS_1K - 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+
+def fail_on_call(n, error, real=None):
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return real(*args, **kwargs)
+
+    return failing
+
+
+@pytest.mark.parametrize("where", ["parse_row", "write_table", "interrupt"])
+def test_interrupted_run_leaves_previous_outputs_intact(csv_1k, tmp_path, monkeypatch, where):
+    out = tmp_path / "out"
+    extract_links(str(csv_1k), str(out))
+    before = output_bytes(out)
+    monkeypatch.setattr(links, "CHUNK_ROWS", 100)  # several chunks already written when it fails
+    if where == "write_table":
+        real = links.pq.ParquetWriter.write_table
+        monkeypatch.setattr(links.pq.ParquetWriter, "write_table", fail_on_call(4, OSError("disk full"), real))
+        error = OSError
+    else:
+        error = RuntimeError if where == "parse_row" else KeyboardInterrupt
+        monkeypatch.setattr(links, "parse_row", fail_on_call(500, error("boom"), links.parse_row))
+    with pytest.raises(error):
+        extract_links(str(csv_1k), str(out))
+    assert output_bytes(out) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no *.partial left
+
+
+def test_interrupted_first_run_leaves_nothing(csv_1k, tmp_path, monkeypatch):
+    monkeypatch.setattr(links, "parse_row", fail_on_call(10, RuntimeError("boom"), links.parse_row))
+    with pytest.raises(RuntimeError):
+        extract_links(str(csv_1k), str(tmp_path / "out"))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- the script and the default CSV -------------------------------------------------------------
+
+
+def run_script(cwd, *args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_one_error_line(result, *words):
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_offline_download_says_which_url_and_where_to_put_the_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    url = "http://127.0.0.1:9/1k.csv"  # the discard port: nothing listens there
+    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={tmp_path / 'empty'}", f"--CSV_URL={url}")
+    assert_one_error_line(result, url, config.CSV_FILE, "put it at")
+    assert not (tmp_path / config.CSV_FILE).exists()
+    assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / "outputs").exists()
+
+
+def test_default_csv_copied_from_local_data_dir_and_checked(csv_1k, tmp_path):
+    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={csv_1k.parent}", "--CSV_URL=http://127.0.0.1:9/1k.csv")
+    assert result.returncode == 0, result.stderr
+    copied = tmp_path / config.CSV_FILE
+    assert hashlib.sha256(copied.read_bytes()).hexdigest() == config.CSV_SHA256
+    assert copied.read_bytes() == csv_1k.read_bytes()
+    assert "fetched from" in result.stdout
+    links_file = tmp_path / config.OUT_DIR / LINKS_FILE
+    assert len(links_file.read_text().splitlines()) == ROWS_1K - 1
+    assert f"{ROWS_1K} rows, {ROWS_1K - 1} kept, 1 rejected" in result.stdout
+    # Once there, the file is used as it is: no copy, no download.
+    again = run_script(tmp_path, f"--LOCAL_DATA_DIR={tmp_path / 'nowhere'}", "--CSV_URL=http://127.0.0.1:9/1k.csv")
+    assert again.returncode == 0, again.stderr
+    assert "fetched from" not in again.stdout
+
+
+def test_local_copy_with_wrong_sha256_is_refused(tmp_path):
+    fake_dir = tmp_path / "fake"
+    fake_dir.mkdir()
+    (fake_dir / "1k.csv").write_bytes(b"prompt,raw_data\n" + csv_line("p", raw_json(discord=URL_A)))
+    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={fake_dir}", "--CSV_URL=http://127.0.0.1:9/1k.csv")
+    assert_one_error_line(result, "sha256", config.CSV_SHA256, str(fake_dir / "1k.csv"))
+    assert not (tmp_path / config.CSV_FILE).exists()
+    assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/1k.csv"])
+def test_non_http_url_is_refused(tmp_path, url):
+    (tmp_path / "empty").mkdir()
+    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={tmp_path / 'empty'}", f"--CSV_URL={url}")
+    assert_one_error_line(result, url, "only http(s)")
+    assert not (tmp_path / config.CSV_FILE).exists() and not list(tmp_path.rglob("*.partial"))
+
+
+def test_script_with_another_csv_file_does_not_fetch(tmp_path):
+    source = tmp_path / "mine.csv"
+    write_rows(source, BAD_ROWS)
+    result = run_script(tmp_path, f"--CSV_FILE={source}", "--OUT_DIR=elsewhere", "--CSV_URL=http://127.0.0.1:9/x")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "data").exists()
+    assert len((tmp_path / "elsewhere" / LINKS_FILE).read_text().splitlines()) == 4
+    assert f"{len(BAD_ROWS)} rows, 4 kept, {len(BAD_ROWS) - 4} rejected" in result.stdout
+
+
+# --- internals that speed makes subtle ------------------------------------------------------------
+
+
+def test_duplicates_found_within_and_across_chunks(tmp_path, monkeypatch):
+    rng = random.Random(2)
+    urls = [f"https://example.com/{rng.randrange(300)}.png" for _ in range(1000)]
+    write_rows(tmp_path / "dups.csv", [(csv_line("p", raw_json(discord=url)), None) for url in urls])
+    monkeypatch.setattr(links, "CHUNK_ROWS", 7)
+    summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"))
+    first = list(dict.fromkeys(urls))
+    assert summary.kept == len(first) and summary.rejected["duplicate_url"] == len(urls) - len(first)
+    table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
+    assert [r["url"] for r in table] == first
+    assert [r["csv_line"] for r in table] == [urls.index(url) + 2 for url in first]
+    duplicate_lines = sorted(line for line, reason, _ in read_rejects(tmp_path / "out") if reason == "duplicate_url")
+    kept_lines = {r["csv_line"] for r in table}
+    assert duplicate_lines == [n for n in range(2, len(urls) + 2) if n not in kept_lines]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_garbage_collector_left_as_it_was(tmp_path, monkeypatch, enabled):
+    write_rows(tmp_path / "ok.csv", BAD_ROWS)
+    monkeypatch.setattr(gc, "isenabled", lambda: enabled)  # what extract_links finds
+    calls = []
+    monkeypatch.setattr(gc, "enable", lambda: calls.append("enable"))
+    monkeypatch.setattr(gc, "disable", lambda: calls.append("disable"))
+    extract_links(str(tmp_path / "ok.csv"), str(tmp_path / "out"))
+    monkeypatch.setattr(links, "parse_row", fail_on_call(2, RuntimeError("boom"), links.parse_row))
+    with pytest.raises(RuntimeError):
+        extract_links(str(tmp_path / "ok.csv"), str(tmp_path / "out"))
+    assert calls == (["disable", "enable"] * 2 if enabled else ["disable"] * 2)
