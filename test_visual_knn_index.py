@@ -42,7 +42,8 @@ def main(argv: list[str]) -> None:
         from prompt_search.onnx_export import export_onnx  # torch, only to export
 
         export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
-    queries = encode_queries(onnx_dir, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH)
+    queries = encode_queries(onnx_dir, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH, cfg.QUANTIZE_INT8,
+                             cfg.QUERY_THREADS)
     for query in queries:
         for side, (index, ids) in sides.items():
             query.hits[side] = search(index, ids, query.vector, cfg.NUM_RESULTS)

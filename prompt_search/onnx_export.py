@@ -11,12 +11,13 @@ import os
 import warnings
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
 from prompt_search.files import atomic_path, model_fingerprint
 from prompt_search.model import choose_device, load_clip
-from prompt_search.onnx_clip import MODEL_RECORD, TEXTUAL_FILE, VISUAL_FILE, start_session
+from prompt_search.onnx_clip import MODEL_RECORD, PROVIDERS, TEXTUAL_FILE, VISUAL_FILE
 
 MIN_COSINE = 0.9999  # onnxruntime against torch on random inputs, or the export is refused
 
@@ -86,7 +87,7 @@ def _export(module: torch.nn.Module, reference, example: torch.Tensor, input_nam
         inputs = [example]
         if input_name == "tokens":  # and the same rows cut after their longest end token
             inputs.append(example[:, : int(example.argmax(dim=-1).max()) + 1])
-        session = start_session(tmp)
+        session = ort.InferenceSession(tmp, providers=PROVIDERS)  # not start_session: it would save a graph of tmp
         for given in inputs:
             try:
                 got = session.run(None, {input_name: given.numpy()})[0]

@@ -11,7 +11,7 @@ from PIL import Image
 from prompt_search.cli import UserError
 from prompt_search.images import open_rgb, to_pixels
 from prompt_search.index import IndexPaths
-from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, start_session
+from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, model_path, start_session
 from prompt_search.tokenizer import tokenize
 
 
@@ -43,15 +43,21 @@ def read_image(path: str) -> Image.Image:
         raise UserError(f"query image {path} cannot be read: {error}") from None
 
 
-def encode_queries(onnx_dir: str, prompt: str, image: Image.Image, image_path: str) -> list[Query]:
-    """The text query and the image query, each as an L2-normalised ONNX CLIP embedding."""
+def encode_queries(onnx_dir: str, prompt: str, image: Image.Image, image_path: str, int8: bool = False,
+                   threads: int = 0) -> list[Query]:
+    """The text query and the image query, each as an L2-normalised ONNX CLIP embedding.
+
+    The tokens stop at the end token (CLIP's text transformer is causal and reads the end token,
+    so padding after it cannot change the result); int8 uses the quantised models; threads=0 is
+    one per physical core.
+    """
     if not prompt.strip():
         raise UserError("the text query is empty: set --INPUT_PROMPT to some text")
     tokens, truncated = tokenize([prompt])
     note = "longer than CLIP's 77 tokens: only its beginning was searched" if truncated[0] else ""
-    text = encode_text(start_session(os.path.join(onnx_dir, TEXTUAL_FILE)), tokens)[0]
+    text = encode_text(start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads), tokens)[0]
     pixels = to_pixels(image)[None]
-    picture = encode_image(start_session(os.path.join(onnx_dir, VISUAL_FILE)), pixels)[0]
+    picture = encode_image(start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads), pixels)[0]
     return [Query("text", prompt, text, note), Query("image", image_path, picture)]
 
 

@@ -1,0 +1,166 @@
+"""Issue 6's fast CPU queries, on a tiny random CLIP: the query script without torch, token rows cut
+after the end token, CLIP's tokenizer and preprocess without torch, the saved optimised graphs and
+the int8 models. Their speed on the full-size model is benchmarks/bench_query.py's business."""
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import clip
+import faiss
+import numpy as np
+import onnxruntime as ort
+import pytest
+from clip.clip import _transform
+from clip.simple_tokenizer import SimpleTokenizer
+from conftest import REPO, make_image
+
+from prompt_search.images import open_rgb, to_pixels
+from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, int8_model, start_session
+from prompt_search.onnx_export import export_onnx
+from prompt_search.tokenizer import CONTEXT_LENGTH, tokenize
+
+MIN_TRIM_COSINE = 0.99999  # cut rows against 77-token rows: the same sums, in another order
+MIN_INT8_COSINE = 0.98  # int8 against fp32, tiny model; measured worst: text 0.992 (of 998 prompts), image 0.9997
+# (size, mode, file name): query images come in every size and mode; open_rgb makes them RGB
+IMAGES = [((300, 200), "RGB", "a.png"), ((200, 300), "RGBA", "b.png"), ((640, 480), "P", "c.png"),
+          ((224, 224), "L", "d.png"), ((500, 333), "CMYK", "e.jpg"), ((123, 457), "I;16", "f.png"),
+          ((50, 80), "LA", "g.png"), ((1024, 17), "1", "h.png"), ((225, 224), "RGB", "i.webp")]
+# Run a script with torch, torchvision and clip made uninstalled: argv is the script and its arguments.
+WITHOUT_TORCH = """
+import runpy, sys
+
+class Uninstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "torchvision", "clip"):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)", name=name)
+
+sys.meta_path.insert(0, Uninstalled())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def prompts(shared_data: Path) -> list[str]:
+    with open(shared_data / "1k.csv", newline="", encoding="utf-8") as f:
+        return [row["prompt"] for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_clip: str, prompts: list[str]) -> Path:
+    """A folder with out/onnx exported from the tiny CLIP, and out/knn_indices over the prompts and a few images."""
+    work = tmp_path_factory.mktemp("fast_query")
+    onnx_dir = work / "out" / "onnx"
+    export_onnx(tiny_clip, str(work), str(onnx_dir))
+    texts = encode_text(start_session(str(onnx_dir / TEXTUAL_FILE)), tokenize(prompts)[0])
+    images = [make_image(work / "images" / name, size, "RGB", seed) for seed, (size, _, name) in enumerate(IMAGES)]
+    pixels = np.stack([to_pixels(open_rgb(str(path))) for path in images])
+    pictures = encode_image(start_session(str(onnx_dir / VISUAL_FILE)), pixels)
+    write_index(work / "out" / "knn_indices", "textual", texts, [f"prompt-{i}" for i in range(len(prompts))])
+    write_index(work / "out" / "knn_indices", "visual", pictures, [path.name for path in images])
+    return work
+
+
+def write_index(index_dir: Path, name: str, vectors: np.ndarray, ids: list[str]) -> None:
+    """A flat inner-product index and its ids, in the files create_*_knn_indices.py writes."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    faiss.write_index(index, str(index_dir / f"{name}_prompts.index"))
+    np.save(index_dir / f"{name}_ids.npy", np.array(ids))
+
+
+def query_without_torch(work: Path, tiny_clip: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    command = [sys.executable, "-c", WITHOUT_TORCH, str(REPO / "test_visual_knn_index.py"), "--OUT_DIR=out",
+               f"--MODEL={tiny_clip}", "--COMPARE_WITH_TORCH=False", *args]
+    return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+
+def first_hit(stdout: str, title: str) -> tuple[float, str]:
+    """(score, id) of the first result under the section whose title starts with title."""
+    section = stdout.split(title, 1)[1]
+    score, hit_id = re.search(r"^\s+1\s+([\d.]+)\s+(\S+)", section, re.MULTILINE).groups()
+    return float(score), hit_id
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_query_script_runs_without_torch(work: Path, tiny_clip: str, prompts: list[str]):
+    k = next(i for i, p in enumerate(prompts) if prompts.count(p) == 1 and not tokenize([p])[1][0])
+    result = query_without_torch(work, tiny_clip, f"--INPUT_PROMPT={prompts[k]}", "--INPUT_IMG_PATH=images/c.png")
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+    # cut to its end token, the prompt finds its own 77-token embedding; the image finds itself
+    assert first_hit(result.stdout, "SIMILAR PROMPTS TO THE TEXT") == (1.0, f"prompt-{k}")
+    assert first_hit(result.stdout, "SIMILAR IMAGES TO THE IMAGE") == (1.0, "c.png")
+
+
+def test_hidden_torch_cannot_be_imported(work: Path, tiny_clip: str):
+    """The check above means something: the same run, asked to compare with torch, fails for want of it."""
+    result = query_without_torch(work, tiny_clip, "--INPUT_IMG_PATH=images/c.png", "--COMPARE_WITH_TORCH=True")
+    assert result.returncode != 0 and "No module named 'torch' (hidden by the test)" in result.stderr
+
+
+def test_int8_query_script_runs_without_torch(work: Path, tiny_clip: str):
+    result = query_without_torch(work, tiny_clip, "--INPUT_PROMPT=a blue robot", "--INPUT_IMG_PATH=images/a.png",
+                                 "--QUANTIZE_INT8=True", "--QUERY_THREADS=1")
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+    assert first_hit(result.stdout, "SIMILAR IMAGES TO THE IMAGE")[1] == "a.png"
+    assert all((work / "out" / "onnx" / f"{name}.int8.onnx").exists() for name in ("textual", "visual"))
+
+
+def test_tokenizer_equals_clip_tokenize_on_every_prompt(prompts: list[str]):
+    tokens, truncated = tokenize(prompts, trim=False)
+    assert np.array_equal(tokens, clip.tokenize(prompts, truncate=True).numpy())
+    clip_bpe = SimpleTokenizer()
+    assert truncated == [len(clip_bpe.encode(p)) + 2 > CONTEXT_LENGTH for p in prompts]
+
+
+def test_rows_cut_after_the_end_token_give_the_77_token_embedding(work: Path, prompts: list[str]):
+    """Each prompt alone, cut as a query cuts it, through the saved optimised graph; against the plain export."""
+    path = str(work / "out" / "onnx" / TEXTUAL_FILE)
+    full = encode_text(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), tokenize(prompts, trim=False)[0])
+    session = start_session(path)
+    cut = np.concatenate([encode_text(session, tokenize([prompt])[0]) for prompt in prompts])
+    assert cosines(cut, full).min() >= MIN_TRIM_COSINE
+
+
+@pytest.mark.parametrize(("size", "mode", "name"), IMAGES)
+def test_to_pixels_equals_clip_preprocess(tmp_path: Path, size: tuple[int, int], mode: str, name: str):
+    image = open_rgb(str(make_image(tmp_path / name, size, mode, seed=3)))
+    assert np.array_equal(to_pixels(image), _transform(224)(image).numpy())
+
+
+def test_int8_models_stay_close_to_fp32(work: Path, prompts: list[str]):
+    onnx_dir = work / "out" / "onnx"
+    tokens = tokenize(prompts)[0]
+    pixels = np.stack([to_pixels(open_rgb(str(path))) for path in sorted((work / "images").iterdir())])
+    for name, encode, given in ((TEXTUAL_FILE, encode_text, tokens), (VISUAL_FILE, encode_image, pixels)):
+        fp32 = encode(start_session(str(onnx_dir / name)), given)
+        int8 = encode(start_session(int8_model(str(onnx_dir / name))), given)
+        assert cosines(int8, fp32).min() > MIN_INT8_COSINE, name
+
+
+@pytest.mark.parametrize("kind", ["opt", "int8"])
+def test_derived_models_are_reused_and_remade_when_the_export_changes(work: Path, tmp_path: Path, kind: str):
+    source = tmp_path / TEXTUAL_FILE
+    shutil.copyfile(work / "out" / "onnx" / TEXTUAL_FILE, source)
+    derived = tmp_path / f"textual.{kind}.onnx"
+    make = start_session if kind == "opt" else int8_model
+    make(str(source))
+    made = derived.stat()
+    make(str(source))
+    assert derived.stat().st_ino == made.st_ino  # reused
+    os.utime(source, ns=(made.st_mtime_ns + 10**9,) * 2)  # as a new export would
+    make(str(source))
+    assert derived.stat().st_ino != made.st_ino  # made again (atomically: a new file replaced it)
