@@ -107,7 +107,11 @@ def print_results(queries: list[Query]) -> None:
 def compare_with_torch(queries: list[Query], sides: dict, model_name: str, model_dir: str, image: Image.Image,
                        k: int) -> bool:
     """Run torch CLIP on the same queries and say whether its top k equal the ONNX ones; True if all do."""
-    from prompt_search.model import torch_vectors  # torch only when asked for
+    try:
+        from prompt_search.model import torch_vectors  # torch only when asked for
+    except ImportError as error:  # the torch-free install (requirements-query.txt)
+        print(f"\nno comparison with torch CLIP: {error}; set --COMPARE_WITH_TORCH=False for this install")
+        return False
 
     vectors = torch_vectors(model_name, model_dir, queries[0].value, image)
     agree = True
