@@ -1,5 +1,6 @@
 """Step 3: CLIP image embeddings of every image in a folder, batch by batch (layout in embed.py)."""
 
+import glob
 import os
 from collections.abc import Iterator
 
@@ -51,6 +52,9 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
     items = list_images(img_dir)
     if not items:
+        if glob.glob(os.path.join(img_dir, "*.tar")):
+            raise UserError(f"{img_dir} holds webdataset .tar shards: this step reads img2dataset's "
+                            "OUTPUT_FORMAT=files; download again with --OUTPUT_FORMAT=files")
         raise UserError(f"no images in {img_dir}: nothing to embed (see download_images.py's summary)")
 
     def encode_batches(ranges: list[range]) -> Iterator[Batch]:

@@ -127,3 +127,10 @@ def test_manifest_records_the_inputs(tmp_path, tiny_clip):
     embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 8, 0)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["count"] == 1 and manifest["batch_size"] == 8 and tiny_clip in manifest["model"]
+
+
+def test_webdataset_shards_get_a_hint(tmp_path, tiny_clip):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "00000.tar").write_bytes(b"")
+    with pytest.raises(UserError, match="OUTPUT_FORMAT=files"):
+        embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 2, 0)
