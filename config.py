@@ -12,6 +12,9 @@ CSV_SHA256 = "d7072d0a07b0799e21e785cf224448be199826748353a89d40de439f0d3304f5" 
 LOCAL_DATA_DIR = "../shared/data"  # folder with already-downloaded data files, tried before the network
 OUT_DIR = "outputs"  # every output of every step goes below here
 
+# --- step 1: links from the CSV ---------------------------------------------------------
+LINK_WORKERS = -1  # CSV-parsing processes; -1 = one per CPU core, 1 = all in the script's own process
+
 # --- step 2: download images with img2dataset ------------------------------------------
 IMAGE_SIZE = 224  # shorter side of the saved images, in pixels (CLIP sees 224)
 RESIZE_MODE = "keep_ratio"  # img2dataset resize mode; keep_ratio never pads (see README)

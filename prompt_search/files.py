@@ -32,8 +32,8 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def is_http_url(url: str) -> bool:
-    return url.startswith(("http://", "https://"))
+def is_http_url(url: object) -> bool:
+    return type(url) is str and url.startswith(("http://", "https://"))
 
 
 def ensure_data_file(path: str, url: str, sha256: str, local_dir: str) -> None:

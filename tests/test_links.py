@@ -272,12 +272,14 @@ def read_rejects(out):
         return [(int(line), reason, detail) for line, reason, detail in reader]
 
 
-@pytest.mark.parametrize("chunk_rows", [links.CHUNK_ROWS, 1, 3])
-def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypatch, chunk_rows):
-    monkeypatch.setattr(links, "CHUNK_ROWS", chunk_rows)  # duplicates found within a chunk and across chunks
+# Pieces of the default size (the whole file), of one row each (1 byte: cut at the first row end), of a few rows;
+# duplicates are then found within a piece and across pieces. 2 workers parse the pieces in other processes.
+@pytest.mark.parametrize(("chunk_bytes", "workers"), [(links.CHUNK_BYTES, 1), (1, 1), (300, 1), (300, 2)])
+def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypatch, chunk_bytes, workers):
+    monkeypatch.setattr(links, "CHUNK_BYTES", chunk_bytes)
     source = tmp_path / "bad.csv"
     lines = write_rows(source, BAD_ROWS)
-    summary = extract_links(str(source), str(tmp_path / "out"))
+    summary = extract_links(str(source), str(tmp_path / "out"), workers)
 
     expected_rejects = [(line, reason) for line, (_, reason) in zip(lines, BAD_ROWS, strict=True) if reason]
     kept_lines = [line for line, (_, reason) in zip(lines, BAD_ROWS, strict=True) if reason is None]
@@ -405,7 +407,8 @@ def test_interrupted_run_leaves_previous_outputs_intact(csv_1k, tmp_path, monkey
     out = tmp_path / "out"
     extract_links(str(csv_1k), str(out))
     before = output_bytes(out)
-    monkeypatch.setattr(links, "CHUNK_ROWS", 100)  # several chunks already written when it fails
+    monkeypatch.setattr(links, "CHUNK_BYTES", 100_000)  # several pieces already written when it fails
+    monkeypatch.setattr(links, "ROW_GROUP_ROWS", 100)
     if where == "write_table":
         real = links.pq.ParquetWriter.write_table
         monkeypatch.setattr(links.pq.ParquetWriter, "write_table", fail_on_call(4, OSError("disk full"), real))
@@ -501,12 +504,13 @@ def test_script_with_another_csv_file_does_not_fetch(tmp_path):
 # --- internals that speed makes subtle ------------------------------------------------------------
 
 
-def test_duplicates_found_within_and_across_chunks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, workers):
     rng = random.Random(2)
     urls = [f"https://example.com/{rng.randrange(300)}.png" for _ in range(1000)]
     write_rows(tmp_path / "dups.csv", [(csv_line("p", raw_json(discord=url)), None) for url in urls])
-    monkeypatch.setattr(links, "CHUNK_ROWS", 7)
-    summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"))
+    monkeypatch.setattr(links, "CHUNK_BYTES", 700)  # about 7 rows a piece
+    summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"), workers)
     first = list(dict.fromkeys(urls))
     assert summary.kept == len(first) and summary.rejected["duplicate_url"] == len(urls) - len(first)
     table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
@@ -515,6 +519,62 @@ def test_duplicates_found_within_and_across_chunks(tmp_path, monkeypatch):
     duplicate_lines = sorted(line for line, reason, _ in read_rejects(tmp_path / "out") if reason == "duplicate_url")
     kept_lines = {r["csv_line"] for r in table}
     assert duplicate_lines == [n for n in range(2, len(urls) + 2) if n not in kept_lines]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_1k_in_pieces_gives_the_same_outputs(out_1k, csv_1k, tmp_path, monkeypatch, workers):
+    _, out, table = out_1k
+    monkeypatch.setattr(links, "CHUNK_BYTES", 64_000)  # 16 pieces, the multi-line row's lines among them
+    summary = extract_links(str(csv_1k), str(tmp_path / "out"), workers)
+    assert (summary.rows, summary.kept) == (ROWS_1K, ROWS_1K - 1)
+    assert pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist() == table
+    for name in (LINKS_FILE, REJECTS_FILE):
+        assert (tmp_path / "out" / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_pieces_end_where_rows_end(csv_1k, monkeypatch):
+    monkeypatch.setattr(links, "CHUNK_BYTES", 5_000)
+    data = csv_1k.read_bytes()
+    with open(csv_1k, "rb") as raw:
+        raw.readline()
+        pieces = list(links._pieces(raw))
+    assert len(pieces) > 100 and b"".join(piece for _, piece in pieces) == data[data.index(b"\n") + 1 :]
+    for start, piece in pieces:
+        assert data[start : start + len(piece)] == piece
+        rows = list(csv.reader(io.StringIO(piece.decode("utf-8"), newline=""), strict=True))
+        assert rows and all(len(row) == 2 for row in rows)  # whole rows only, the multi-line one included
+
+
+def test_a_stray_quote_does_not_make_one_huge_piece(tmp_path, monkeypatch):
+    # A quote inside an unquoted field is read as a character, but it leaves an odd number of quotes before every
+    # later line end, so no line end looks like a row end: the piece is cut at its last line end once MAX is reached.
+    rows = [(b'a 5" robot,' + csv_line(raw_json(discord=URL_A)), None)]
+    rows += [(csv_line(f"row {i}", raw_json(discord=f"{URL_C}?{i}")), None) for i in range(200)]
+    lines = write_rows(tmp_path / "stray.csv", rows)
+    monkeypatch.setattr(links, "CHUNK_BYTES", 1_000)
+    monkeypatch.setattr(links, "MAX_CHUNK_BYTES", 4_000)
+    with open(tmp_path / "stray.csv", "rb") as raw:
+        raw.readline()
+        sizes = [len(piece) for _, piece in links._pieces(raw)]
+    assert len(sizes) > 10 and max(sizes) < 4_000 + 1_000
+    summary = extract_links(str(tmp_path / "stray.csv"), str(tmp_path / "out"))
+    assert (summary.rows, summary.kept) == (201, 201)
+    table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
+    assert [r["csv_line"] for r in table] == lines and table[0]["prompt"] == 'a 5" robot'
+
+
+def test_failure_while_workers_parse_leaves_previous_outputs_intact(csv_1k, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    extract_links(str(csv_1k), str(out))
+    before = output_bytes(out)
+    monkeypatch.setattr(links, "CHUNK_BYTES", 50_000)
+    monkeypatch.setattr(links, "ROW_GROUP_ROWS", 100)
+    real = links.pq.ParquetWriter.write_table
+    monkeypatch.setattr(links.pq.ParquetWriter, "write_table", fail_on_call(3, OSError("disk full"), real))
+    with pytest.raises(OSError, match="disk full"):
+        extract_links(str(csv_1k), str(out), workers=2)
+    assert output_bytes(out) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
 
 
 @pytest.mark.parametrize("enabled", [True, False])
