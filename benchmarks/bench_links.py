@@ -124,11 +124,12 @@ def main() -> None:
     # Targets on the slowest run of the default setting.
     default = {n: max(results[n, -1], key=lambda run: run["seconds"]) for n in (args.small_rows, args.rows)}
     ratio = peak_mb(default[args.rows], -1) / peak_mb(default[args.small_rows], -1)
-    speed = min(r["rows"] / r["seconds"] for r in default.values())
     peak = max(peak_mb(r, -1) for r in default.values())
     print(f"peak RSS {args.rows}/{args.small_rows} (workers -1): {ratio:.2f}")
-    print(f"targets (workers -1, slowest round): >= 50000 rows/s: {'met' if speed >= 50_000 else 'NOT met'} "
-          f"({speed:.0f}); peak RSS < 1 GB: {'met' if peak < 1024 else 'NOT met'} ({peak:.0f} MB); "
+    speeds = ", ".join(f"at {n} rows {'met' if r['rows'] / r['seconds'] >= 50_000 else 'NOT met'} "
+                       f"({r['rows'] / r['seconds']:.0f})" for n, r in default.items())
+    print(f"targets (workers -1, slowest round): >= 50000 rows/s: {speeds}; "
+          f"peak RSS < 1 GB: {'met' if peak < 1024 else 'NOT met'} ({peak:.0f} MB); "
           f"flat (ratio <= 1.2): {'met' if ratio <= 1.2 else 'NOT met'} ({ratio:.2f})")
 
 

@@ -84,7 +84,7 @@ def extract_links(csv_file: str, out_dir: str, workers: int = 1) -> Summary:
     """
     if not os.path.isfile(csv_file):
         raise UserError(f"CSV file not found: {csv_file}")
-    if os.path.getsize(csv_file) <= CHUNK_BYTES:  # one piece: starting processes would only cost time
+    if os.path.getsize(csv_file) < 4 * CHUNK_BYTES:  # a worker takes a second to start: not worth it for a few pieces
         workers = 1
     elif workers < 0:
         workers = os.cpu_count() or 1

@@ -272,6 +272,18 @@ def read_rejects(out):
         return [(int(line), reason, detail) for line, reason, detail in reader]
 
 
+def count_pools(monkeypatch):
+    """The process pools extract_links starts, from now on."""
+    pools, real = [], links.ProcessPoolExecutor
+
+    def pool(*args, **kwargs):
+        pools.append(real(*args, **kwargs))
+        return pools[-1]
+
+    monkeypatch.setattr(links, "ProcessPoolExecutor", pool)
+    return pools
+
+
 # Pieces of the default size (the whole file), of one row each (1 byte: cut at the first row end), of a few rows;
 # duplicates are then found within a piece and across pieces. 2 workers parse the pieces in other processes.
 @pytest.mark.parametrize(("chunk_bytes", "workers"), [(links.CHUNK_BYTES, 1), (1, 1), (300, 1), (300, 2)])
@@ -279,7 +291,9 @@ def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypat
     monkeypatch.setattr(links, "CHUNK_BYTES", chunk_bytes)
     source = tmp_path / "bad.csv"
     lines = write_rows(source, BAD_ROWS)
+    pools = count_pools(monkeypatch)
     summary = extract_links(str(source), str(tmp_path / "out"), workers)
+    assert len(pools) == (workers > 1)
 
     expected_rejects = [(line, reason) for line, (_, reason) in zip(lines, BAD_ROWS, strict=True) if reason]
     kept_lines = [line for line, (_, reason) in zip(lines, BAD_ROWS, strict=True) if reason is None]
@@ -521,11 +535,19 @@ def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, worker
     assert duplicate_lines == [n for n in range(2, len(urls) + 2) if n not in kept_lines]
 
 
+def test_no_workers_for_a_csv_of_a_few_pieces(csv_1k, tmp_path, monkeypatch):
+    pools = count_pools(monkeypatch)
+    summary = extract_links(str(csv_1k), str(tmp_path / "out"), workers=-1)  # 1 MB, one piece
+    assert summary.kept == ROWS_1K - 1 and pools == []
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_1k_in_pieces_gives_the_same_outputs(out_1k, csv_1k, tmp_path, monkeypatch, workers):
     _, out, table = out_1k
     monkeypatch.setattr(links, "CHUNK_BYTES", 64_000)  # 16 pieces, the multi-line row's lines among them
+    pools = count_pools(monkeypatch)
     summary = extract_links(str(csv_1k), str(tmp_path / "out"), workers)
+    assert len(pools) == (workers > 1)
     assert (summary.rows, summary.kept) == (ROWS_1K, ROWS_1K - 1)
     assert pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist() == table
     for name in (LINKS_FILE, REJECTS_FILE):
