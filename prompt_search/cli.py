@@ -41,8 +41,11 @@ def _parse(name: str, text: str, default: object) -> object:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a script's main(argv); a UserError exits with status 1 and its message."""
+    """Run a script's main(argv); a UserError exits with status 1 and its message, Ctrl-C with status 130."""
     try:
         main(sys.argv[1:])
     except UserError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        print("interrupted: outputs already complete are kept; run it again to go on", file=sys.stderr)
+        sys.exit(130)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import config
-from prompt_search.cli import UserError, load_config
+from prompt_search.cli import UserError, load_config, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,3 +110,20 @@ def test_script_with_bad_override_exits_1_with_one_error_line(tmp_path, arg, wor
     for word in words:
         assert word in lines[0]
     assert list(tmp_path.iterdir()) == []  # refused before fetching or writing anything
+
+
+@pytest.mark.parametrize(("raised", "status", "message"), [
+    (UserError("no such file: x.csv"), 1, "error: no such file: x.csv"),
+    (KeyboardInterrupt(), 130, "interrupted: outputs already complete are kept; run it again to go on"),
+])
+def test_run_turns_errors_into_one_line_and_an_exit_status(capsys, raised, status, message):
+    def main(argv):
+        raise raised
+
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    printed = capsys.readouterr().err.strip()
+    code = exit_.value.code
+    if isinstance(code, str):  # sys.exit(message): Python prints it and exits with 1
+        printed, code = code, 1
+    assert (code, printed) == (status, message)
