@@ -191,7 +191,7 @@ class ParsedPiece:
     size: int  # bytes
     rejects: list[tuple[int, str, str]]  # (csv line, reason, detail)
     keys: np.ndarray  # url key of each row of table
-    table: pa.Table  # the rows kept so far, in SCHEMA
+    table: pa.Table  # the rows parse_row took, in SCHEMA
 
     def number_lines_from(self, first_line: int) -> None:
         """Turn line numbers counted from the piece's start (0) into the CSV's, the piece starting at first_line."""
