@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -524,6 +525,7 @@ def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, worker
     urls = [f"https://example.com/{rng.randrange(300)}.png" for _ in range(1000)]
     write_rows(tmp_path / "dups.csv", [(csv_line("p", raw_json(discord=url)), None) for url in urls])
     monkeypatch.setattr(links, "CHUNK_BYTES", 700)  # about 7 rows a piece
+    monkeypatch.setattr(links._KeptUrls, "RECENT_KEYS", 16)  # the latest keys merged into the rest now and then
     summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"), workers)
     first = list(dict.fromkeys(urls))
     assert summary.kept == len(first) and summary.rejected["duplicate_url"] == len(urls) - len(first)
@@ -597,6 +599,20 @@ def test_failure_while_workers_parse_leaves_previous_outputs_intact(csv_1k, tmp_
         extract_links(str(csv_1k), str(out), workers=2)
     assert output_bytes(out) == before
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+
+def test_kept_urls_say_which_keys_are_new_like_a_set(monkeypatch):
+    monkeypatch.setattr(links._KeptUrls, "RECENT_KEYS", 50)
+    rng = np.random.default_rng(3)
+    kept, seen = links._KeptUrls(), set()
+    for _ in range(100):
+        keys = rng.integers(0, 2_000, rng.integers(0, 60), dtype=np.uint64) << np.uint64(52)  # high bits, repeats
+        expected = []
+        for key in keys.tolist():
+            expected.append(key not in seen)
+            seen.add(key)
+        assert kept.add(keys).tolist() == expected
+    assert len(kept.large) > 1_000 and sorted(seen) == sorted(np.concatenate([kept.large, kept.recent]).tolist())
 
 
 @pytest.mark.parametrize("enabled", [True, False])
