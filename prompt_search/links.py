@@ -200,7 +200,7 @@ class ParsedPiece:
         self.rejects = [(line + first_line, reason, detail) for line, reason, detail in self.rejects]
 
 
-def _parse_file_piece(csv_file: str, start: int, size: int, columns: Columns) -> "ParsedPiece":
+def _parse_file_piece(csv_file: str, start: int, size: int, columns: Columns) -> ParsedPiece:
     with open(csv_file, "rb") as f:
         f.seek(start)
         return parse_piece(f.read(size), columns)

@@ -285,8 +285,8 @@ def count_pools(monkeypatch):
     return pools
 
 
-# Pieces of the default size (the whole file), of one row each (1 byte: cut at the first row end), of a few rows;
-# duplicates are then found within a piece and across pieces. 2 workers parse the pieces in other processes.
+# Pieces of the default size (the whole file), of about one row (1 byte: the read doubles until it holds a row end),
+# of a few rows; duplicates are then found within a piece and across pieces. 2 workers parse in other processes.
 @pytest.mark.parametrize(("chunk_bytes", "workers"), [(links.CHUNK_BYTES, 1), (1, 1), (300, 1), (300, 2)])
 def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypatch, chunk_bytes, workers):
     monkeypatch.setattr(links, "CHUNK_BYTES", chunk_bytes)
