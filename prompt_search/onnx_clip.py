@@ -68,13 +68,15 @@ def int8_model(path: str) -> str:
     int8 = _derived_path(path, "int8")
     if _is_made_from(int8, path):
         return int8
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # needs the onnx package: only for int8
+    from onnx import TensorProto  # the onnx package is needed only for int8
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.WARNING)  # its advice to pre-process first, whose shape inference fails on CLIP
     try:
         with atomic_path(int8) as tmp:
             # 7-bit weights: without VNNI, onnxruntime's u8 x s8 kernel saturates on full-range int8 weights
-            quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, reduce_range=True)
+            quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, reduce_range=True,
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})  # behind contrib ops' outputs
     finally:
         logging.disable(logging.NOTSET)
     _record(int8, path)

@@ -15,11 +15,13 @@ import faiss
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from clip.clip import _transform
 from clip.simple_tokenizer import SimpleTokenizer
 from conftest import REPO, make_image
 
 from prompt_search.images import open_rgb, to_pixels
+from prompt_search.model import load_clip
 from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, int8_model, start_session
 from prompt_search.onnx_export import export_onnx
 from prompt_search.tokenizer import CONTEXT_LENGTH, tokenize
@@ -134,6 +136,19 @@ def test_rows_cut_after_the_end_token_give_the_77_token_embedding(work: Path, pr
     session = start_session(path)
     cut = np.concatenate([encode_text(session, tokenize([prompt])[0]) for prompt in prompts])
     assert cosines(cut, full).min() >= MIN_TRIM_COSINE
+
+
+def test_text_graph_equals_torch_encode_text_on_every_prompt(work: Path, tiny_clip: str, prompts: list[str]):
+    """The ONNX text graph, written out by hand, against the model's own encode_text at 77 tokens: every
+    prompt, in batches of 16 cut after each batch's longest end token, so that shorter rows carry padding."""
+    model, _ = load_clip(tiny_clip, "cpu", str(work))
+    with torch.inference_mode():
+        expected = model.float().encode_text(clip.tokenize(prompts, truncate=True)).numpy()
+    session = start_session(str(work / "out" / "onnx" / TEXTUAL_FILE))
+    batches = [tokenize(prompts[i : i + 16])[0] for i in range(0, len(prompts), 16)]
+    assert sum(batch.shape[1] < CONTEXT_LENGTH for batch in batches) > len(batches) / 2  # most were cut
+    got = np.concatenate([encode_text(session, batch) for batch in batches])
+    assert cosines(got, expected).min() >= MIN_TRIM_COSINE
 
 
 @pytest.mark.parametrize(("size", "mode", "name"), IMAGES)
