@@ -29,8 +29,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import clip  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from prompt_search.images import open_rgb, to_pixels  # noqa: E402
@@ -50,6 +53,7 @@ from prompt_search.tokenizer import tokenize  # noqa: E402
 CSV_FILE = REPO.parent / "shared" / "data" / "1k.csv"
 IMAGE_FILE = REPO.parent / "shared" / "data" / "prompt-search.png"
 BASELINE_FILE = "textual77.onnx"  # the reference's ONNX CLIP text model: 77 tokens, always
+TRACED_FILE = "textual_traced.onnx"  # the cut text encoder as torch.onnx.export made it, before text_graph
 TEXT_ROUNDS = 40  # calls of each text variant per length and thread count, unless RACE_SECONDS run out first
 IMAGE_ROUNDS = 20  # calls of each image variant per thread count, likewise
 MIN_ROUNDS = 8  # calls of each variant however long they take
@@ -74,12 +78,54 @@ class FixedText(torch.nn.Module):
         return self.model.encode_text(tokens)
 
 
+class TracedText(torch.nn.Module):
+    """The text encoder as torch.onnx.export traces it with a dynamic length: what text_graph replaced."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.token_embedding(tokens) + m.positional_embedding[: tokens.shape[1]]
+        for block in m.transformer.resblocks:
+            attn = block.attn
+            heads = [part.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+                     for part in F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)]
+            x = x + attn.out_proj(F.scaled_dot_product_attention(*heads, is_causal=True).transpose(1, 2).flatten(2))
+            x = x + block.mlp(block.ln_2(x))
+        x = m.ln_final(x)
+        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ m.text_projection
+
+
+def export_traced(model: torch.nn.Module, path: str) -> None:
+    tokens = clip.tokenize(["a photo of a cat"] * 2)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TracedText(model), (tokens,), path, input_names=["tokens"], output_names=["embedding"],
+                          dynamic_axes={"tokens": {0: "batch", 1: "length"}}, opset_version=17, dynamo=False)
+
+
 def export_baseline(model: torch.nn.Module, path: str) -> None:
     tokens = clip.tokenize(["a photo of a cat"] * 2)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings, as in the reference
         torch.onnx.export(FixedText(model), (tokens,), path, input_names=["tokens"], output_names=["embedding"],
                           dynamic_axes={"tokens": {0: "batch"}}, opset_version=17, dynamo=False)
+
+
+def kernel_speed(work: Path, int8: bool, m: int = 1024, k: int = 2048, n: int = 2048) -> float:
+    """Giga-operations per second of onnxruntime's MatMul on one large m x k x n product, 1 thread."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    path = str(work / "matmul.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    session = start_session(int8_model(path) if int8 else path, threads=1)
+    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    seconds = race({"matmul": lambda: session.run(None, {"x": x})}, 10)["matmul"] / 1000
+    return 2 * m * k * n / float(np.median(seconds)) / 1e9
 
 
 def race(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, np.ndarray]:
@@ -159,6 +205,7 @@ class Bench:
         self.checkpoint = str(work / "vit-b-32-random.pt")
         self.paths: dict[str, str] = {}  # model name (":int8" for the int8 twin) to file
         self.sessions: dict[tuple[str, int], ort.InferenceSession] = {}
+        self.baseline_ms: dict[int, float] = {}  # threads to the 77-token baseline's median over the prompts
 
     @staticmethod
     def say(line: str = "") -> None:
@@ -171,8 +218,9 @@ class Bench:
         self.model, self.preprocess = load_clip(self.checkpoint, "cpu", str(self.work))
         self.model = self.model.float().eval()
         export_baseline(self.model, str(self.onnx_dir / BASELINE_FILE))
-        self.paths = {name: str(self.onnx_dir / name) for name in (TEXTUAL_FILE, VISUAL_FILE)}
-        self.paths.update({f"{name}:int8": int8_model(path) for name, path in self.paths.items()})
+        export_traced(self.model, str(self.onnx_dir / TRACED_FILE))
+        self.paths = {name: str(self.onnx_dir / name) for name in (TEXTUAL_FILE, VISUAL_FILE, TRACED_FILE)}
+        self.paths.update({f"{name}:int8": int8_model(self.paths[name]) for name in (TEXTUAL_FILE, VISUAL_FILE)})
         print(f"(models built and exported in {time.perf_counter() - start:.0f} s)", flush=True)
 
     def session(self, name: str, threads: int) -> ort.InferenceSession:
@@ -196,6 +244,7 @@ class Bench:
         self.say("|---|---|---|---|---|---|---|---|---|---|")
         baseline = self.session(BASELINE_FILE, threads)
         fp32, int8 = self.session(TEXTUAL_FILE, threads), self.session(f"{TEXTUAL_FILE}:int8", threads)
+        baseline_times = []
         for label, prompt in picks.items():
             variants = {
                 "torch": lambda p=prompt: self._torch_text(p),
@@ -204,9 +253,30 @@ class Bench:
                 "int8": lambda p=prompt: encode_text(int8, tokenize([p])[0]),
             }
             t = race(variants, TEXT_ROUNDS)
+            baseline_times.append(t["onnx77"])
             self.say(f"| {label} | {tokenize([prompt])[0].shape[1]} | {len(t['torch'])} | {ms(t['torch'])} | "
                      f"{ms(t['onnx77'])} | {ms(t['fp32'])} | {ms(t['int8'])} | {ratio(t['onnx77'], t['fp32'])} | "
                      f"{ratio(t['onnx77'], t['int8'])} | {ratio(t['torch'], t['fp32'])} |")
+        self.baseline_ms[threads] = float(np.median(np.concatenate(baseline_times)))
+
+    def ceiling(self, picks: dict[str, str]) -> None:
+        """The most an exact text encoder could gain on this CPU, 1 thread: its matrix products alone, at the
+        speed onnxruntime's kernels reach on one large product, against the 77-token baseline measured above."""
+        blocks = self.model.transformer
+        weights = sum(p.numel() for name, p in blocks.named_parameters() if name.endswith("weight") and p.dim() == 2)
+        peak = {kind: kernel_speed(self.work, int8=kind == "int8") for kind in ("fp32", "int8")}
+        baseline = self.baseline_ms[1]
+        self.say(f"\nCeiling, 1 thread: onnxruntime's MatMul on one 1024x2048x2048 product runs at "
+                 f"{peak['fp32']:.0f} GFLOP/s in fp32 and {peak['int8']:.0f} GOP/s in int8 (dynamic quantisation). "
+                 f"A query of n tokens needs at least 2 x n x {weights / 1e6:.1f}M operations in the transformer's "
+                 f"matrix products; at those speeds, against the 77-token baseline's {baseline:.1f} ms:\n")
+        self.say("| prompt | tokens | floor fp32 ms | most fp32 speed-up | floor int8 ms | most int8 speed-up |")
+        self.say("|---|---|---|---|---|---|")
+        for label, prompt in picks.items():
+            n = tokenize([prompt])[0].shape[1]
+            floor = {kind: 2 * n * weights / speed / 1e6 for kind, speed in peak.items()}
+            self.say(f"| {label} | {n} | {floor['fp32']:.1f} | {baseline / floor['fp32']:.2f}x | "
+                     f"{floor['int8']:.1f} | {baseline / floor['int8']:.2f}x |")
 
     def _torch_text(self, prompt: str) -> np.ndarray:
         with torch.inference_mode():
@@ -229,6 +299,19 @@ class Bench:
         self.say("|---|---|---|---|---|---|")
         self.say(f"| {len(t['torch'])} | {ms(t['torch'])} | {ms(t['fp32'])} | {ms(t['int8'])} | "
                  f"{ratio(t['torch'], t['fp32'])} | {ratio(t['torch'], t['int8'])} |")
+
+    def graph_against_trace(self, picks: dict[str, str], threads: int) -> None:
+        """text_graph's export against torch.onnx.export's trace of the same cut encoder, both fp32."""
+        graph, traced = self.session(TEXTUAL_FILE, threads), self.session(TRACED_FILE, threads)
+        self.say(f"\nText graph against the traced export, cut fp32, {threads or 'physical-core'} thread(s): "
+                 "ms, median (min)\n")
+        self.say("| prompt | tokens | traced (torch.onnx.export) | text_graph | speed-up |")
+        self.say("|---|---|---|---|---|")
+        for label, prompt in picks.items():
+            t = race({"traced": lambda p=prompt: encode_text(traced, tokenize([p])[0]),
+                      "graph": lambda p=prompt: encode_text(graph, tokenize([p])[0])}, TEXT_ROUNDS)
+            self.say(f"| {label} | {tokenize([prompt])[0].shape[1]} | {ms(t['traced'])} | {ms(t['graph'])} | "
+                     f"{ratio(t['traced'], t['graph'])} |")
 
     def spinning(self, prompt: str, image: Image.Image) -> None:
         """start_session's idle threads sleep; onnxruntime's default keeps them spinning for the next call."""
@@ -399,6 +482,8 @@ def main() -> None:
         for threads in THREAD_COUNTS:
             bench.text_latency(picks, threads)
             bench.image_latency(image, threads)
+            bench.graph_against_trace(picks, threads)
+        bench.ceiling(picks)
         bench.spinning(picks["median"], image)
         texts = bench.every_prompt(prompts)
         pictures = bench.image_quality(image)
