@@ -43,7 +43,7 @@ PLACEHOLDERS = {"pending", "none", "null", "nan", "n/a", "undefined"}
 # Rows scraped from Discord messages sometimes lost their prompt; the bot's message keeps it.
 DREAM_PROMPT = re.compile(r'!dream\s+"\s*(.*?)\s*"', re.DOTALL)
 
-Columns = tuple[int, int, int]  # the header's prompt column, raw_data column and number of columns
+Columns = tuple[int, int]  # the header's prompt column and raw_data column
 
 SCHEMA = pa.schema([
     ("id", pa.string()),  # blake2b(url) with an 8-byte digest, as 16 hex digits: stable whatever the row order
@@ -233,7 +233,7 @@ Row = tuple[int, str, "str | Rejected"]  # (line from the piece's start, prompt,
 
 def _read_rows(text: "_TextReader", columns: Columns) -> Iterator[Row]:
     """The rows read by the csv module, strict: a row with broken quoting is rejected, not misread."""
-    prompt_col, raw_col, _ = columns
+    prompt_col, raw_col = columns
     reader = csv.reader(text, strict=True)
     while True:
         line = text.lines
@@ -283,7 +283,7 @@ def _header(line: bytes, csv_file: str) -> Columns:
     header = [name.strip().lstrip("\ufeff") for name in header]
     if "prompt" not in header or "raw_data" not in header:
         raise UserError(f"{csv_file}: the header must name prompt and raw_data columns, got {header}")
-    return header.index("prompt"), header.index("raw_data"), len(header)
+    return header.index("prompt"), header.index("raw_data")
 
 
 def parse_row(prompt: str, raw_data: str) -> tuple:
