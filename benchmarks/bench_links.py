@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 CHILD = """
 import json, os, resource, sys, time
-from prompt_search.links import extract_links
+from prompt_search.links import extract_links, worker_count
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start, cpu_start = time.perf_counter(), time.process_time()
 summary = extract_links(sys.argv[1], sys.argv[2], int(sys.argv[3]))
@@ -34,6 +34,7 @@ children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the parsing processes
 print(json.dumps({"rows": summary.rows, "kept": summary.kept, "seconds": seconds,
                   "cpu_seconds": cpu_seconds + children.ru_utime + children.ru_stime,
                   "rss_after_imports_kb": before, "peak_rss_kb": peak, "child_peak_rss_kb": children.ru_maxrss,
+                  "workers": worker_count(sys.argv[1], int(sys.argv[3])),
                   "load": os.getloadavg()[0]}))
 """
 
@@ -113,7 +114,7 @@ def main() -> None:
         for round_, r in enumerate(runs, 1):
             print(f"{n:>9} {workers:>7} {round_:>5} {r['mb']:>7.0f} {r['kept']:>9} {r['seconds']:>8.1f} "
                   f"{r['rows'] / r['seconds']:>8.0f} {r['cpu_seconds']:>7.1f} {r['rows'] / r['cpu_seconds']:>10.0f} "
-                  f"{peak_mb(r, workers):>12.0f} {r['load']:>9.1f}")
+                  f"{peak_mb(r):>12.0f} {r['load']:>9.1f}")
     print(f"machine: {os.cpu_count()} CPUs, {python_speed():.2f} CPU s for 10M empty Python loop iterations. "
           "workers -1 = one parsing process per CPU (the default); peak RSS with workers is the main process's plus "
           "the largest worker's times the number of workers (an upper bound); load avg: the 1-minute load average "
@@ -123,8 +124,8 @@ def main() -> None:
         print(f"{n} rows: workers 1 time / workers -1 time, per round: {', '.join(f'{r:.2f}' for r in ratios)}")
     # Targets on the slowest run of the default setting.
     default = {n: max(results[n, -1], key=lambda run: run["seconds"]) for n in (args.small_rows, args.rows)}
-    ratio = peak_mb(default[args.rows], -1) / peak_mb(default[args.small_rows], -1)
-    peak = max(peak_mb(r, -1) for r in default.values())
+    ratio = peak_mb(default[args.rows]) / peak_mb(default[args.small_rows])
+    peak = max(peak_mb(r) for r in default.values())
     print(f"peak RSS {args.rows}/{args.small_rows} (workers -1): {ratio:.2f}")
     speeds = ", ".join(f"at {n} rows {'met' if r['rows'] / r['seconds'] >= 50_000 else 'NOT met'} "
                        f"({r['rows'] / r['seconds']:.0f})" for n, r in default.items())
@@ -133,9 +134,8 @@ def main() -> None:
           f"flat (ratio <= 1.2): {'met' if ratio <= 1.2 else 'NOT met'} ({ratio:.2f})")
 
 
-def peak_mb(stats: dict, workers: int) -> float:
-    count = 1 if workers == 1 else os.cpu_count() if workers < 0 else workers
-    children = stats["child_peak_rss_kb"] * count if count > 1 else 0
+def peak_mb(stats: dict) -> float:
+    children = stats["child_peak_rss_kb"] * stats["workers"] if stats["workers"] > 1 else 0
     return (stats["peak_rss_kb"] + children) / 1024
 
 

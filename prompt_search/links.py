@@ -84,10 +84,7 @@ def extract_links(csv_file: str, out_dir: str, workers: int = 1) -> Summary:
     """
     if not os.path.isfile(csv_file):
         raise UserError(f"CSV file not found: {csv_file}")
-    if os.path.getsize(csv_file) < 4 * CHUNK_BYTES:  # a worker takes a second to start: not worth it for a few pieces
-        workers = 1
-    elif workers < 0:
-        workers = os.cpu_count() or 1
+    workers = worker_count(csv_file, workers)
     # Rows make no reference cycles, and the cyclic collector rescanning each chunk's records took a fifth of the time.
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -96,6 +93,13 @@ def extract_links(csv_file: str, out_dir: str, workers: int = 1) -> Summary:
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def worker_count(csv_file: str, workers: int) -> int:
+    """The parsing processes extract_links runs for csv_file when asked for workers (-1: one per CPU core)."""
+    if os.path.getsize(csv_file) < 4 * CHUNK_BYTES:  # a worker takes a second to start: not worth it for a few pieces
+        return 1
+    return (os.cpu_count() or 1) if workers < 0 else workers
 
 
 def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
