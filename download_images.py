@@ -3,7 +3,7 @@
     python download_images.py [--IMAGE_SIZE=224] [--DOWNLOAD_THREADS=64]
 
 The reference's plain command still works too (ids are then recomputed from each image's URL):
-    img2dataset --url_list=outputs/img_links.txt --output_folder=outputs/images --image_size=224 \
+    img2dataset --url_list=outputs/metadata/img_links.txt --output_folder=outputs/images --image_size=224 \
         --resize_mode=keep_ratio --enable_wandb=False
 """
 

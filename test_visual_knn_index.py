@@ -12,10 +12,10 @@ from prompt_search.cli import UserError, load_config, run
 from prompt_search.files import ensure_data_file
 from prompt_search.gallery import write_gallery
 from prompt_search.images import IMAGES_FILE
-from prompt_search.index import index_paths
 from prompt_search.links import METADATA_FILE
 from prompt_search.onnx_clip import is_current
 from prompt_search.query import (
+    check_model,
     compare_with_torch,
     describe,
     encode_queries,
@@ -32,11 +32,13 @@ def main(argv: list[str]) -> None:
         ensure_data_file(cfg.INPUT_IMG_PATH, cfg.INPUT_IMG_URL, cfg.INPUT_IMG_SHA256, cfg.LOCAL_DATA_DIR)
     image = read_image(cfg.INPUT_IMG_PATH)
     index_dir = os.path.join(cfg.OUT_DIR, "knn_indices")
-    sides = {side: open_index(index_paths(index_dir, name)) for side, name in (("images", "visual"),
-                                                                              ("prompts", "textual"))}
+    sides = {side: open_index(os.path.join(index_dir, name)) for side, name in (("images", "visual"),
+                                                                                ("prompts", "textual"))}
     sides = {side: found for side, found in sides.items() if found}
     if not sides:
         raise UserError(f"no index in {index_dir}: run create_visual_knn_indices.py first")
+    for searched in sides.values():
+        check_model(searched, cfg.MODEL)
     onnx_dir = os.path.join(cfg.OUT_DIR, "onnx")
     if not is_current(onnx_dir, cfg.MODEL):
         from prompt_search.onnx_export import export_onnx  # torch, only to export
@@ -45,8 +47,8 @@ def main(argv: list[str]) -> None:
     queries = encode_queries(onnx_dir, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH, cfg.QUANTIZE_INT8,
                              cfg.QUERY_THREADS)
     for query in queries:
-        for side, (index, ids) in sides.items():
-            query.hits[side] = search(index, ids, query.vector, cfg.NUM_RESULTS)
+        for side, searched in sides.items():
+            query.hits[side] = search(searched, query.vector, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
     # One pass over the metadata table for every hit: on the full data set each read scans millions of rows.
     describe([hit for query in queries for hits in query.hits.values() for hit in hits],
              os.path.join(cfg.OUT_DIR, METADATA_FILE), os.path.join(cfg.OUT_DIR, "visual_embeddings", IMAGES_FILE))
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> None:
     write_gallery(queries, gallery)
     print(f"\nall results as a page: {gallery}")
     if cfg.COMPARE_WITH_TORCH:
-        compare_with_torch(queries, sides, cfg.MODEL, cfg.MODEL_DIR, image, cfg.NUM_RESULTS)
+        compare_with_torch(queries, sides, cfg.MODEL, cfg.MODEL_DIR, image, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def download_images(
     from img2dataset import download  # heavy import, only for this step
 
     download(
-        url_list=metadata_file,
+        url_list=os.path.realpath(metadata_file),  # the set step 1 publishes now, whatever it publishes next
         input_format="parquet",
         url_col="url",
         caption_col="prompt",

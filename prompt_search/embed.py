@@ -1,10 +1,12 @@
-"""The embeddings folder both sides write, batch by batch, so that a run can stop and resume.
+"""The embeddings set both sides write, batch by batch, so that a run can stop and resume.
 
-Layout of an embeddings folder (read by the index step):
+Layout of an embeddings set (OUT_DIR/visual_embeddings or textual_embeddings, published as one when
+every batch is done: see files.py; a killed run resumes in the unpublished folder):
   manifest.json              what the vectors were made from (model, item list, batch size)
   embeddings/NNNNNNNNN.npy   float32 N x D, L2-normalised, one file per batch
   ids/NNNNNNNNN.npy          the N ids of those rows, a unicode array (no pickle)
   batches/NNNNNNNNN.json     written last: the batch is complete; lists the items it skipped
+  skipped.csv                every skipped item and why
 A batch whose items were all skipped has no .npy files (autofaiss skips empty files, and the
 ids would drift from the vectors).
 """
@@ -17,10 +19,12 @@ import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from prompt_search.cli import UserError
-from prompt_search.files import atomic_path, model_fingerprint
+from prompt_search.files import atomic_path, current_set, model_fingerprint, output_set
 
 MANIFEST = "manifest.json"
 Batch = tuple[np.ndarray, list[str], list[tuple[str, str]]]  # vectors, their ids, skipped (source, reason)
@@ -33,21 +37,26 @@ def items_digest(items: list[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def open_folder(folder: str, manifest: dict) -> set[int]:
-    """Start or resume writing folder for these inputs; return the numbers of the batches already complete."""
-    path = os.path.join(folder, MANIFEST)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        changed = [key for key in manifest if previous.get(key) != manifest[key]]
-        if changed:
-            raise UserError(
-                f"{folder} holds embeddings of other inputs ({', '.join(changed)} changed since they were written). "
-                f"Delete {folder} to recompute them, or write elsewhere with --OUT_DIR"
-            )
-    else:
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1)
+def read_manifest(folder: str | None) -> dict | None:
+    """The manifest of an embeddings folder, or None when it has none yet."""
+    path = os.path.join(folder or "", MANIFEST)
+    if not folder or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def resume_folder(folder: str, manifest: dict) -> set[int]:
+    """Check that an unfinished folder holds embeddings of these inputs; return its complete batches."""
+    previous = read_manifest(folder)
+    if previous is None:
+        return set()
+    changed = [key for key in manifest if previous.get(key) != manifest[key]]
+    if changed:
+        raise UserError(
+            f"{folder} holds unfinished embeddings of other inputs ({', '.join(changed)} changed since a run was "
+            f"stopped). Run again with that run's settings to finish it, or delete {folder} to start over"
+        )
     return {int(os.path.basename(p)[:-5]) for p in glob.glob(os.path.join(folder, "batches", "*.json"))}
 
 
@@ -82,24 +91,38 @@ def batch_ranges(count: int, batch_size: int, done: set[int]) -> list[tuple[int,
     ]
 
 
-def embed_items(folder: str, items: list[tuple[str, str]], model_name: str, batch_size: int,
-                encode_batches: Callable[[list[range]], Iterator[Batch]], unit: str) -> list[tuple[str, str]]:
-    """Embed items (id, source) into folder, resuming after the batches already complete.
+def embed_items(path: str, items: list[tuple[str, str]], model_name: str, batch_size: int,
+                encode_batches: Callable[[list[range]], Iterator[Batch]], unit: str,
+                tables: dict[str, pa.Table] | None = None,
+                rejected: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """Embed items (id, source) into the output set at path, resuming after the batches already complete.
 
     encode_batches(ranges) loads the model and yields, for each range of item indices in order,
-    (vectors, ids, skipped (source, reason)). Returns every skipped item.
+    (vectors, ids, skipped (source, reason)). tables are written into the set as Parquet files beside
+    the embeddings; rejected (source, reason) are sources refused before embedding, listed first in
+    skipped.csv. A set of these same inputs is kept as it is. Returns every skipped or rejected item.
     """
     manifest = {"model": model_fingerprint(model_name), "batch_size": batch_size,
                 "items": items_digest(items), "count": len(items)}
-    todo = batch_ranges(len(items), batch_size, open_folder(folder, manifest))
-    if todo:
-        remaining = sum(len(r) for _, r in todo)
-        with tqdm(total=len(items), initial=len(items) - remaining, unit=unit, disable=None) as bar:
-            batches = encode_batches([r for _, r in todo])
-            for (batch, _), (vectors, ids, skipped) in zip(todo, batches, strict=True):
-                save_batch(folder, batch, vectors, ids, skipped)
-                bar.update(len(ids) + len(skipped))
-    skipped = read_skipped(folder)
-    with atomic_path(os.path.join(folder, "skipped.csv")) as tmp, open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([("source", "reason"), *skipped])
+    published = current_set(path)
+    if read_manifest(published) == manifest:
+        print(f"{path}: already holds the embeddings of these {len(items)} items")
+        return [*rejected, *read_skipped(published)]
+    with output_set(path, resume=True) as folder:
+        todo = batch_ranges(len(items), batch_size, resume_folder(folder, manifest))
+        if todo:
+            remaining = sum(len(r) for _, r in todo)
+            with tqdm(total=len(items), initial=len(items) - remaining, unit=unit, disable=None) as bar:
+                batches = encode_batches([r for _, r in todo])
+                for (batch, _), (vectors, ids, skipped) in zip(todo, batches, strict=True):
+                    if read_manifest(folder) is None:  # only now is there work to protect from other inputs
+                        with atomic_path(os.path.join(folder, MANIFEST)) as tmp, open(tmp, "w") as f:
+                            json.dump(manifest, f, indent=1)
+                    save_batch(folder, batch, vectors, ids, skipped)
+                    bar.update(len(ids) + len(skipped))
+        skipped = [*rejected, *read_skipped(folder)]
+        with open(os.path.join(folder, "skipped.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([("source", "reason"), *skipped])
+        for name, table in (tables or {}).items():
+            pq.write_table(table, os.path.join(folder, name))
     return skipped

@@ -1,8 +1,18 @@
-"""Atomic writes, and the known data files fetched on first use."""
+"""Atomic writes, output sets published as one, and the known data files fetched on first use.
 
+An output set is every file one step writes, published together. `path` (OUT_DIR/knn_indices/visual,
+say) is a symbolic link to the folder of the current set, `.NAME.N` beside it. A step writes its new
+set into the next `.NAME.N`, then swaps the link in one atomic rename.
+A reader resolves the link once (`current_set`) and reads every file from that folder, so it sees the
+old complete set or the new one, never a mix, whenever the writer is killed.
+"""
+
+import glob
 import hashlib
 import os
+import re
 import shutil
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +28,94 @@ def atomic_path(path: str) -> Iterator[str]:
     tmp = f"{path}.partial"
     try:
         yield tmp
+        swap_point()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_swaps_reached = 0
+
+
+def swap_point() -> None:
+    """Called before every replace that publishes an output. Fault injection for the tests:
+    PROMPT_SEARCH_KILL_AT_SWAP=N kills this process, as SIGKILL would, at its Nth swap point."""
+    global _swaps_reached
+    _swaps_reached += 1
+    if os.environ.get("PROMPT_SEARCH_KILL_AT_SWAP") == str(_swaps_reached):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def current_set(path: str) -> str | None:
+    """The folder of the output set published at path, resolved once; None when there is none."""
+    folder = os.path.realpath(path)
+    return folder if os.path.isdir(folder) else None
+
+
+@contextmanager
+def output_set(path: str, resume: bool = False) -> Iterator[str]:
+    """Yield the folder to write path's next set into (new_set); publish it if the block succeeds.
+
+    A block that fails leaves the published set as it was; its folder is removed, unless resume.
+    """
+    folder = new_set(path, resume)
+    try:
+        yield folder
+    except BaseException:
+        if not resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    publish_set(path, folder)
+
+
+def new_set(path: str, resume: bool = False) -> str:
+    """The folder a step writes its next set for path into, `.NAME.N` beside it.
+
+    resume: the unpublished folder a killed run left, when there is one (a step that resumes);
+    otherwise a new, empty folder, and unpublished ones are removed.
+    """
+    current = _generation(os.path.realpath(path))
+    generations = sorted((_generation(folder), folder) for folder in glob.glob(_set_folder(path, "*")))
+    unpublished = [folder for number, folder in generations if number > current]
+    if resume and unpublished:
+        return unpublished[-1]
+    for folder in unpublished:
+        shutil.rmtree(folder)
+    folder = _set_folder(path, str(max(current, 0) + 1))
+    os.makedirs(folder)
+    return folder
+
+
+def publish_set(path: str, folder: str) -> None:
+    """Publish the finished set in folder (from new_set) at path in one atomic swap.
+
+    The set before stays until the next publish, for a reader that resolved path just before the swap.
+    """
+    link = f"{path}.link.partial"
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(os.path.basename(folder), link)
+    if os.path.isdir(path) and not os.path.islink(path):  # a real folder from an older version: set it aside
+        os.rename(path, _set_folder(path, "0"))
+    keep = {os.path.realpath(path), os.path.realpath(folder)}
+    swap_point()
+    os.replace(link, path)
+    swap_point()
+    for old in glob.glob(_set_folder(path, "*")):
+        if os.path.realpath(old) not in keep:
+            shutil.rmtree(old)
+
+
+def _generation(folder: str) -> int:
+    """N of a set folder .NAME.N; -1 for anything else."""
+    match = re.search(r"\.(\d+)$", folder)
+    return int(match.group(1)) if match else -1
+
+
+def _set_folder(path: str, suffix: str) -> str:
+    parent, name = os.path.split(os.path.normpath(path))
+    return os.path.join(parent, f".{name}.{suffix}")
 
 
 def sha256_of(path: str) -> str:

@@ -24,6 +24,7 @@ h2 { font-size: 1.15em; margin: 2em 0 .3em; }
 .no-image { display: flex; align-items: center; justify-content: center; color: #71717a; }
 .meta { display: flex; justify-content: space-between; padding: 6px 10px 0; font-weight: 600; }
 .score { font-variant-numeric: tabular-nums; color: #2563eb; }
+.alike { margin: 2px 10px 0; font-size: .85em; color: #a16207; }
 .prompt { margin: 4px 10px; max-height: 9.8em; overflow: auto; overflow-wrap: anywhere; white-space: pre-wrap; }
 .link { margin: auto 10px 8px; font-size: .85em; color: #71717a; overflow-wrap: anywhere; }
 """
@@ -52,8 +53,10 @@ def _card(hit: Hit, folder: str) -> str:
     link = ""
     if is_http_url(hit.url):
         link = f'<a class="link" href="{_text(hit.url)}" rel="noopener noreferrer">{_text(hit.url)}</a>'
+    alike = f'<p class="alike">and {hit.alike} near-identical</p>' if hit.alike else ""
     return (f'<li class="card" title="{_text(hit.id)}">{image}<div class="meta"><span>#{hit.rank}</span>'
-            f'<span class="score">{hit.score:.4f}</span></div><p class="prompt">{_text(hit.prompt)}</p>{link}</li>')
+            f'<span class="score">{hit.score:.4f}</span></div>{alike}<p class="prompt">{_text(hit.prompt)}</p>'
+            f'{link}</li>')
 
 
 def _section(query: Query, side: str, hits: list[Hit], folder: str) -> str:

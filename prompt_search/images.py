@@ -16,30 +16,59 @@ from prompt_search.links import url_id
 IMAGES_FILE = "images.parquet"  # written beside the embeddings: id and path of every image, to show results
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs)
+MAX_ID_CHARS = 256  # a longer id in a sidecar is refused: ids are stored in fixed-width arrays and shown on pages
+MAX_SIDECAR_BYTES = 1 << 20  # img2dataset's sidecars are a few hundred bytes; a larger one is not read whole
 
 
-def list_images(img_dir: str) -> list[tuple[str, str]]:
-    """(id, path) of every image below img_dir, in a deterministic order (sorted paths)."""
-    items = []
+def list_images(img_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Every image below img_dir in a deterministic order (sorted paths), as three lists:
+
+    (id, path) of each image to embed; (path, reason) of each image refused because an image before
+    it has its id (two sidecars naming one row); (sidecar, problem) of each sidecar that could not
+    give an id, whose image then has its path id.
+    """
+    items, duplicates, problems = [], [], []
+    first_path: dict[str, str] = {}
     for root, dirs, files in os.walk(img_dir):
         dirs.sort()
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 path = os.path.join(root, name)
-                items.append((_image_id(path, img_dir), path))
-    return items
+                image_id, problem = _image_id(path, img_dir)
+                if problem:
+                    problems.append(problem)
+                if image_id in first_path:
+                    duplicates.append((path, f"duplicate id {image_id!r}: {first_path[image_id]} has it already"))
+                    continue
+                first_path[image_id] = path
+                items.append((image_id, path))
+    return items, duplicates, problems
 
 
-def _image_id(path: str, img_dir: str) -> str:
+def _image_id(path: str, img_dir: str) -> tuple[str, tuple[str, str] | None]:
+    """The image's id, from its sidecar when it has a usable one, else its relative path; and the sidecar's problem."""
+    path_id = os.path.relpath(path, img_dir).replace(os.sep, "/")
     sidecar = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(sidecar):
-        with open(sidecar, encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("id"):
-            return str(meta["id"])
-        if meta.get("url"):  # downloaded from the plain link list: step 1's id is the URL's hash
-            return url_id(meta["url"])
-    return os.path.relpath(path, img_dir).replace(os.sep, "/")
+    if not os.path.isfile(sidecar):
+        return path_id, None
+    if os.path.getsize(sidecar) > MAX_SIDECAR_BYTES:
+        return path_id, (sidecar, f"over {MAX_SIDECAR_BYTES} bytes")
+    try:
+        with open(sidecar, "rb") as f:
+            meta = json.loads(f.read())
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8 or not JSON
+        return path_id, (sidecar, f"not a JSON object ({type(error).__name__})")
+    if not isinstance(meta, dict):
+        return path_id, (sidecar, f"not a JSON object (a {type(meta).__name__})")
+    if meta.get("id"):
+        found = str(meta["id"])
+    elif meta.get("url"):  # downloaded from the plain link list: step 1's id is the URL's hash
+        found = url_id(str(meta["url"]))
+    else:
+        return path_id, None
+    if len(found) > MAX_ID_CHARS:
+        return path_id, (sidecar, f"id of {len(found)} characters, over {MAX_ID_CHARS}")
+    return found, None
 
 
 def open_rgb(path: str) -> Image.Image:

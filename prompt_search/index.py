@@ -1,101 +1,163 @@
-"""Step 4: an autofaiss index over an embeddings folder, with the ids in the index's own order.
+"""Step 4: an autofaiss index over an embeddings set, with the ids and vectors in the index's own order.
 
-Outputs, in index_dir, for a name like "visual":
-  {name}_prompts.index        the faiss index (inner product: cosine on normalised vectors)
-  {name}_prompts_infos.json   autofaiss's account of what it built
-  {name}_ids.npy              ids[i] is the id of the index's vector i (unicode array, no pickle)
+Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: see files.py):
+  knn.index     the faiss index (inner product: cosine on normalised vectors)
+  infos.json    autofaiss's account of what it built
+  ids.npy       ids[i] is the id of the index's vector i (unicode array, no pickle)
+  vectors.npy   float16 N x D, row i the stored vector i: to compare hits with each other (near-duplicates)
+  source.json   the model the vectors came from, their dimension and count, and the embeddings' manifest
+
+Alignment holds by construction: ids and vectors are read from the embeddings files in the order
+autofaiss's own reader lists them (embedding_reader.get_file_list), and the counts must agree. A
+sample of positions is then checked against the source files: the id, and the index's reconstruction
+of the vector (exact under ties, and tolerant of lossy codes such as PQ).
 """
 
-import glob
+import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from prompt_search.cli import UserError
-from prompt_search.files import atomic_path
+from prompt_search.embed import MANIFEST
+from prompt_search.files import current_set, output_set
 
-ALIGNMENT_SAMPLE = 100  # stored vectors searched after a build to check that ids line up
+INDEX_FILE = "knn.index"
+INFOS_FILE = "infos.json"
+IDS_FILE = "ids.npy"
+VECTORS_FILE = "vectors.npy"
+SOURCE_FILE = "source.json"
+ALIGNMENT_SAMPLE = 1000  # stored positions checked against the source files after a build, whatever their number
+LOSSY_MISSES = 0.02  # share of sampled positions a lossy code (PQ...) may reconstruct nearer another source vector
+NEAR_DUPLICATE = 0.99  # source vectors this similar are the same picture to the alignment check
 
 
 @dataclass
-class IndexPaths:
-    index: str
-    infos: str
-    ids: str
+class SourceFile:
+    vectors: str  # embeddings/NNNNNNNNN.npy
+    ids: str  # ids/NNNNNNNNN.npy
+    start: int  # index position of its first vector
+    count: int
 
 
-def index_paths(index_dir: str, name: str) -> IndexPaths:
-    return IndexPaths(
-        index=os.path.join(index_dir, f"{name}_prompts.index"),
-        infos=os.path.join(index_dir, f"{name}_prompts_infos.json"),
-        ids=os.path.join(index_dir, f"{name}_ids.npy"),
-    )
+def source_files(folder: str) -> list[SourceFile]:
+    """The embeddings files of an embeddings set in the order autofaiss reads them, with their ids files."""
+    from embedding_reader.get_file_list import get_file_list
 
-
-def embedding_files(folder: str) -> list[tuple[str, str]]:
-    """(embeddings file, ids file) pairs in the lexicographic order autofaiss reads them."""
-    files = sorted(glob.glob(os.path.join(folder, "embeddings", "*.npy")))
-    pairs = [(path, os.path.join(folder, "ids", os.path.basename(path))) for path in files]
-    for _, ids_path in pairs:
+    _, paths = get_file_list(os.path.join(folder, "embeddings"), "npy")
+    files, start = [], 0
+    for path in paths:
+        ids_path = os.path.join(folder, "ids", os.path.basename(path))
         if not os.path.isfile(ids_path):
             raise UserError(f"{ids_path} is missing: rerun the embeddings step to complete {folder}")
-    return pairs
+        count = np.load(path, mmap_mode="r").shape[0]
+        id_count = np.load(ids_path, mmap_mode="r").shape[0]
+        if count != id_count:
+            raise UserError(f"{path} holds {count} vectors but {ids_path} {id_count} ids")
+        if count:  # autofaiss skips empty files
+            files.append(SourceFile(path, ids_path, start, count))
+            start += count
+    return files
 
 
-def build_index(folder: str, paths: IndexPaths, max_memory: str, memory_available: str, max_query_ms: float) -> dict:
-    """Rebuild the index and its ids from the current embeddings; check alignment; replace the old ones."""
+def build_index(embeddings: str, index_set: str, max_memory: str, memory_available: str, max_query_ms: float) -> dict:
+    """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned."""
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
-    pairs = embedding_files(folder)
-    if not pairs:
-        raise UserError(f"no embeddings in {os.path.join(folder, 'embeddings')}: run the embeddings step first")
-    ids = np.concatenate([np.load(ids_path, allow_pickle=False) for _, ids_path in pairs])
-    with atomic_path(paths.index) as index_tmp, atomic_path(paths.infos) as infos_tmp, \
-            atomic_path(paths.ids) as ids_tmp:
+    folder = current_set(embeddings)
+    files = source_files(folder) if folder else []
+    if not files:
+        raise UserError(f"no embeddings in {embeddings}: run the embeddings step first")
+    with open(os.path.join(folder, MANIFEST)) as f:
+        manifest = json.load(f)
+    total = files[-1].start + files[-1].count
+    with output_set(index_set) as out:
         index, infos = autofaiss_build(
             embeddings=os.path.join(folder, "embeddings"),
-            index_path=index_tmp,
-            index_infos_path=infos_tmp,
+            index_path=os.path.join(out, INDEX_FILE),
+            index_infos_path=os.path.join(out, INFOS_FILE),
             metric_type="ip",
             max_index_memory_usage=max_memory,
             current_memory_available=memory_available,
             max_index_query_time_ms=max_query_ms,
             verbose=40,
         )
-        if index is None or index.ntotal != len(ids):
-            raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {len(ids)}")
-        with open(ids_tmp, "wb") as f:
-            np.save(f, ids)
-        check_alignment(index, ids, pairs)
-    infos["size on disk"] = os.path.getsize(paths.index)
+        if index is None or index.ntotal != total:
+            raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
+        ids = write_ids_and_vectors(files, out)
+        check_alignment(index, ids, files)
+        source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "embeddings": manifest}
+        with open(os.path.join(out, SOURCE_FILE), "w") as f:
+            json.dump(source, f, indent=1)
+        infos["size on disk"] = os.path.getsize(os.path.join(out, INDEX_FILE))
     return infos
 
 
-def check_alignment(index, ids: np.ndarray, pairs: list[tuple[str, str]], k: int = 10) -> None:
-    """Search a sample of stored vectors; each must find its own id among its top k, or ids and index disagree."""
-    rng = np.random.default_rng(0)
-    queries, expected = [], []
-    for vectors_path, ids_path in pairs:
-        vectors, batch_ids = np.load(vectors_path, allow_pickle=False), np.load(ids_path, allow_pickle=False)
-        if len(vectors) != len(batch_ids):
-            raise UserError(f"{vectors_path} holds {len(vectors)} vectors but {ids_path} {len(batch_ids)} ids")
-        pick = rng.choice(len(vectors), size=min(len(vectors), max(1, ALIGNMENT_SAMPLE // len(pairs))), replace=False)
-        queries.append(vectors[pick])
-        expected += list(batch_ids[pick])
-    _, labels = index.search(np.concatenate(queries).astype(np.float32), min(k, index.ntotal))
-    misses = [want for want, found in zip(expected, labels, strict=True) if want not in set(ids[found[found >= 0]])]
-    if misses:
-        raise UserError(f"index and ids disagree: {len(misses)} of {len(expected)} stored vectors did not find "
-                        f"their own id (first: {misses[0]}); nothing was replaced")
+def write_ids_and_vectors(files: list[SourceFile], out: str) -> np.ndarray:
+    """ids.npy and vectors.npy (float16) in index order, streamed file by file; returns the ids, memory-mapped."""
+    total = files[-1].start + files[-1].count
+    width = max(np.load(f.ids, mmap_mode="r").dtype.itemsize // 4 for f in files)
+    dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
+    ids = np.lib.format.open_memmap(os.path.join(out, IDS_FILE), "w+", f"<U{max(width, 1)}", (total,))
+    vectors = np.lib.format.open_memmap(os.path.join(out, VECTORS_FILE), "w+", np.float16, (total, dimension))
+    for f in files:
+        ids[f.start : f.start + f.count] = np.load(f.ids, allow_pickle=False)
+        vectors[f.start : f.start + f.count] = np.load(f.vectors, allow_pickle=False)
+    ids.flush()
+    vectors.flush()
+    return ids
+
+
+def check_alignment(index, ids: np.ndarray, files: list[SourceFile], sample: int = ALIGNMENT_SAMPLE) -> None:
+    """Check sampled index positions against the source files, or refuse the build.
+
+    Each sampled position's id must be its source row's id, and the index's reconstruction of its
+    vector must lie nearest its source vector (or a near-identical one: ties are no error) among the
+    sampled source vectors; a lossy code may miss a few.
+    """
+    starts = np.array([f.start for f in files])
+    positions = np.sort(np.random.default_rng(0).choice(len(ids), size=min(sample, len(ids)), replace=False))
+    source_ids, source_vectors = [], []
+    for position in positions:
+        f = files[np.searchsorted(starts, position, side="right") - 1]
+        row = position - f.start
+        source_ids.append(str(np.load(f.ids, mmap_mode="r")[row]))
+        source_vectors.append(np.load(f.vectors, mmap_mode="r")[row])
+    wrong = [(p, want) for p, want in zip(positions, source_ids, strict=True) if str(ids[p]) != want]
+    if wrong:
+        p, want = wrong[0]
+        raise UserError(f"index and ids disagree: {len(wrong)} of {len(positions)} sampled positions hold another "
+                        f"row's id (position {p}: {ids[p]}, its vector is {want}'s); nothing was replaced")
+    misses, lossy = _reconstruction_misses(index, positions, np.array(source_vectors, dtype=np.float32))
+    if misses > (LOSSY_MISSES * len(positions) if lossy else 0):
+        raise UserError(f"index and ids disagree: {misses} of {len(positions)} sampled vectors of the index are not "
+                        "the source vectors at their positions; nothing was replaced")
+
+
+def _reconstruction_misses(index, positions: np.ndarray, source: np.ndarray) -> tuple[int, bool]:
+    """How many reconstructed vectors lie nearer another sampled source vector than their own; whether the code is lossy."""
+    import faiss
+
+    try:
+        rebuilt = index.reconstruct_batch(positions)
+    except RuntimeError:  # an inverted-file index finds a position's vector only through its direct map
+        faiss.extract_index_ivf(index).make_direct_map()
+        rebuilt = index.reconstruct_batch(positions)
+    lossy = not np.allclose(rebuilt, source, atol=1e-4)
+    rebuilt /= np.linalg.norm(rebuilt, axis=1, keepdims=True).clip(1e-12)
+    similarity = rebuilt @ source.T
+    nearest = similarity.argmax(axis=1)
+    own = np.arange(len(positions))
+    same_picture = np.einsum("ij,ij->i", source[nearest], source) >= NEAR_DUPLICATE
+    return int(np.count_nonzero((nearest != own) & ~same_picture)), lossy
 
 
 def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float) -> None:
-    """Build out_dir/knn_indices/{name}_* from out_dir/{name}_embeddings and say what was built."""
-    paths = index_paths(os.path.join(out_dir, "knn_indices"), name)
-    infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), paths, max_memory, memory_available,
+    """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
+    index_set = os.path.join(out_dir, "knn_indices", name)
+    infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), index_set, max_memory, memory_available,
                         max_query_ms)
-    print(f"{paths.index}: {infos['index_key']} index of {infos['nb vectors']} vectors of dimension "
+    print(f"{index_set}: {infos['index_key']} index of {infos['nb vectors']} vectors of dimension "
           f"{infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
           f"(memory budget {max_memory})")
-    print(f"ids in {paths.ids}, autofaiss infos in {paths.infos}")

@@ -1,6 +1,6 @@
 """Step 1: an open-prompts CSV to a link list, a metadata table and a rejects file.
 
-Outputs, in out_dir:
+Outputs, the output set out_dir/metadata (published as one: see files.py):
   img_links.txt     one image URL per line (the reference's link list)
   metadata.parquet  one row per kept CSV row: id, url, prompt and the generation's metadata
   rejects.csv       csv_line, reason, detail for every row that was skipped
@@ -27,11 +27,12 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from prompt_search.cli import UserError
-from prompt_search.files import atomic_path, is_http_url
+from prompt_search.files import is_http_url, output_set
 
-LINKS_FILE = "img_links.txt"
-METADATA_FILE = "metadata.parquet"
-REJECTS_FILE = "rejects.csv"
+METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see files.py)
+LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
+METADATA_FILE = os.path.join(METADATA_SET, "metadata.parquet")
+REJECTS_FILE = os.path.join(METADATA_SET, "rejects.csv")
 
 CHUNK_BYTES = 16 << 20  # CSV bytes parsed as one piece: bounds memory whatever the CSV size
 MAX_CHUNK_BYTES = 4 * CHUNK_BYTES  # a piece is cut at its last line end once this big, even inside quotes
@@ -78,7 +79,7 @@ class Summary:
 
 
 def extract_links(csv_file: str, out_dir: str, workers: int = 1) -> Summary:
-    """Stream csv_file into out_dir's link list, metadata table and rejects file, replacing them atomically.
+    """Stream csv_file into out_dir's link list, metadata table and rejects file, published as one set.
 
     workers > 1 parses pieces of the CSV in that many processes, -1 in one per CPU core; the outputs are the same.
     """
@@ -106,13 +107,11 @@ def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
     summary = Summary()
     kept_urls = _KeptUrls()
     with (
-        atomic_path(os.path.join(out_dir, LINKS_FILE)) as links_tmp,
-        atomic_path(os.path.join(out_dir, METADATA_FILE)) as metadata_tmp,
-        atomic_path(os.path.join(out_dir, REJECTS_FILE)) as rejects_tmp,
+        output_set(os.path.join(out_dir, METADATA_SET)) as folder,
         open(csv_file, "rb") as raw,
-        open(links_tmp, "wb") as links,
-        open(rejects_tmp, "w", encoding="utf-8", newline="") as rejects_file,
-        pq.ParquetWriter(metadata_tmp, SCHEMA, **PARQUET_OPTIONS) as metadata,
+        open(os.path.join(folder, os.path.basename(LINKS_FILE)), "wb") as links,
+        open(os.path.join(folder, os.path.basename(REJECTS_FILE)), "w", encoding="utf-8", newline="") as rejects_file,
+        pq.ParquetWriter(os.path.join(folder, os.path.basename(METADATA_FILE)), SCHEMA, **PARQUET_OPTIONS) as metadata,
         tqdm(total=os.path.getsize(csv_file), unit="B", unit_scale=True, desc="rows", disable=None) as bar,
     ):
         rejects = csv.writer(rejects_file)

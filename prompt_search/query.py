@@ -1,5 +1,6 @@
 """Step 5: encode the queries with ONNX CLIP and search the indices, on the CPU without torch."""
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -10,9 +11,12 @@ from PIL import Image
 
 from prompt_search.cli import UserError
 from prompt_search.images import open_rgb, to_pixels
-from prompt_search.index import IndexPaths
+from prompt_search.files import current_set, model_fingerprint
+from prompt_search.index import IDS_FILE, INDEX_FILE, SOURCE_FILE, VECTORS_FILE
 from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, model_path, start_session
 from prompt_search.tokenizer import tokenize
+
+MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
 
 
 @dataclass
@@ -23,6 +27,7 @@ class Hit:
     prompt: str = ""
     url: str = ""
     path: str = ""  # the local image, when the hit is a downloaded or local image
+    alike: int = 0  # lower-ranked results near-identical to this one (DEDUPE_THRESHOLD), shown as this one
 
 
 @dataclass
@@ -61,21 +66,74 @@ def encode_queries(onnx_dir: str, prompt: str, image: Image.Image, image_path: s
     return [Query("text", prompt, text, note), Query("image", image_path, picture)]
 
 
-def open_index(paths: IndexPaths) -> tuple[faiss.Index, np.ndarray] | None:
-    """The index memory-mapped read-only and its ids, or None when it was not built."""
-    if not os.path.exists(paths.index):
+@dataclass
+class SearchIndex:
+    """An index set opened for queries: the index memory-mapped read-only, its ids and stored vectors."""
+    folder: str
+    index: faiss.Index
+    ids: np.ndarray
+    vectors: np.ndarray  # float16, memory-mapped: row i is the index's vector i
+    model: str  # fingerprint of the model whose vectors it holds
+
+
+def open_index(index_set: str) -> SearchIndex | None:
+    """The index set published at index_set, or None when none was built."""
+    folder = current_set(index_set)
+    if folder is None:
         return None
-    index = faiss.read_index(paths.index, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    ids = np.load(paths.ids, allow_pickle=False)
-    if len(ids) != index.ntotal:
-        raise UserError(f"{paths.ids} has {len(ids)} ids for {index.ntotal} vectors: rebuild the index")
-    return index, ids
+    with open(os.path.join(folder, SOURCE_FILE)) as f:
+        source = json.load(f)
+    index = faiss.read_index(os.path.join(folder, INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    ids = np.load(os.path.join(folder, IDS_FILE), mmap_mode="r")
+    vectors = np.load(os.path.join(folder, VECTORS_FILE), mmap_mode="r")
+    if not len(ids) == len(vectors) == index.ntotal:
+        raise UserError(f"{index_set} has {len(ids)} ids and {len(vectors)} vectors for {index.ntotal} indexed: "
+                        "rebuild the index")
+    return SearchIndex(index_set, index, ids, vectors, source["model"])
 
 
-def search(index: faiss.Index, ids: np.ndarray, vector: np.ndarray, k: int) -> list[Hit]:
-    scores, labels = index.search(vector[None].astype(np.float32), min(k, index.ntotal))
-    return [Hit(rank, float(score), str(ids[label]))
-            for rank, (score, label) in enumerate(zip(scores[0], labels[0], strict=True), 1) if label >= 0]
+def check_model(searched: SearchIndex, model_name: str) -> None:
+    """Refuse to search an index with query vectors of another model than the one its vectors came from."""
+    if searched.model != model_fingerprint(model_name):
+        raise UserError(f"{searched.folder} holds vectors of the model {searched.model}, but the queries would be "
+                        f"encoded with {model_fingerprint(model_name)}: query with --MODEL={searched.model}, or "
+                        f"recompute the embeddings and index with --MODEL={model_name}")
+
+
+def search(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshold: float) -> list[Hit]:
+    """The top k hits for vector, each standing also for the later hits at least dedupe_threshold similar to it.
+
+    Near-identical images (the black pictures of Stable Diffusion's safety filter, re-uploads) would
+    otherwise fill a top-k. More candidates are searched until k distinct ones are found, or MAX_CANDIDATES.
+    """
+    wanted = k if dedupe_threshold >= 1 else 4 * k
+    while True:
+        searched_k = min(wanted, searched.index.ntotal)
+        scores, labels = searched.index.search(vector[None].astype(np.float32), searched_k)
+        hits = _collapse(searched, scores[0], labels[0], k, dedupe_threshold)
+        if len(hits) >= k or searched_k >= min(searched.index.ntotal, MAX_CANDIDATES):
+            return hits
+        wanted *= 4
+
+
+def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: int, threshold: float) -> list[Hit]:
+    found = labels >= 0
+    scores, labels = scores[found], labels[found]
+    vectors = np.asarray(searched.vectors[labels], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    hits: list[Hit] = []
+    kept: list[int] = []  # candidate number of each hit
+    for i, (score, label) in enumerate(zip(scores, labels, strict=True)):
+        if kept and threshold < 1:
+            alike = vectors[kept] @ vectors[i] >= threshold
+            if alike.any():
+                hits[int(np.argmax(alike))].alike += 1
+                continue
+        if len(hits) == k:  # the rest of the candidates may still be alike to a hit, to be counted
+            continue
+        kept.append(i)
+        hits.append(Hit(len(hits) + 1, float(score), str(searched.ids[label])))
+    return hits
 
 
 def describe(hits: list[Hit], metadata_file: str, images_file: str) -> None:
@@ -101,11 +159,12 @@ def print_results(queries: list[Query]) -> None:
                 print(f"  (the prompt is {query.note})")
             for hit in hits:
                 where = hit.url or hit.path
-                print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}")
+                alike = f"  (and {hit.alike} near-identical)" if hit.alike else ""
+                print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}")
 
 
-def compare_with_torch(queries: list[Query], sides: dict, model_name: str, model_dir: str, image: Image.Image,
-                       k: int) -> bool:
+def compare_with_torch(queries: list[Query], sides: dict[str, SearchIndex], model_name: str, model_dir: str,
+                       image: Image.Image, k: int, dedupe_threshold: float) -> bool:
     """Run torch CLIP on the same queries and say whether its top k equal the ONNX ones; True if all do."""
     try:
         from prompt_search.model import torch_vectors  # torch only when asked for
@@ -117,9 +176,9 @@ def compare_with_torch(queries: list[Query], sides: dict, model_name: str, model
     agree = True
     print()
     for query, vector in zip(queries, vectors, strict=True):
-        for side, (index, ids) in sides.items():
+        for side, searched in sides.items():
             onnx_ids = [hit.id for hit in query.hits[side]]
-            torch_ids = [hit.id for hit in search(index, ids, vector, k)]
+            torch_ids = [hit.id for hit in search(searched, vector, k, dedupe_threshold)]
             same = onnx_ids == torch_ids
             agree &= same
             verdict = "the same" if same else f"different: torch {torch_ids}, onnx {onnx_ids}"

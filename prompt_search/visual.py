@@ -6,13 +6,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prompt_search.cli import UserError
 from prompt_search.embed import Batch, embed_items
-from prompt_search.files import atomic_path
 from prompt_search.images import IMAGES_FILE, list_images, open_rgb
 from prompt_search.model import choose_device, load_clip
 
@@ -47,10 +45,17 @@ def workers(num_workers: int) -> int:
 
 def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, device: str, batch_size: int,
                  num_workers: int) -> tuple[int, list[tuple[str, str]]]:
-    """Embed every image below img_dir into folder; return (vectors written, skipped (path, reason))."""
+    """Embed every image below img_dir into the set at folder; return (vectors written, skipped (path, reason)).
+
+    An image whose id another image already has is skipped, so that an id always names one picture.
+    """
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
-    items = list_images(img_dir)
+    items, rejected, sidecar_problems = list_images(img_dir)
+    if sidecar_problems:
+        sidecar, problem = sidecar_problems[0]
+        print(f"{len(sidecar_problems)} sidecars give no usable id, so their images have their path as id "
+              f"(first: {sidecar}: {problem})")
     if not items:
         if glob.glob(os.path.join(img_dir, "*.tar")):
             raise UserError(f"{img_dir} holds webdataset .tar shards: this step reads img2dataset's "
@@ -71,10 +76,10 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
                     vectors = model.encode_image(pixels.to(chosen, model.dtype)).float().cpu().numpy()
                 yield vectors, ids, skipped
 
-    skipped = embed_items(folder, items, model_name, batch_size, encode_batches, unit="img")
-    with atomic_path(os.path.join(folder, IMAGES_FILE)) as tmp:
-        pq.write_table(pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]}), tmp)
-    return len(items) - len(skipped), skipped
+    paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
+    skipped = embed_items(folder, items, model_name, batch_size, encode_batches, unit="img",
+                          tables={IMAGES_FILE: paths}, rejected=rejected)
+    return len(items) - len(skipped) + len(rejected), skipped
 
 
 def print_summary(folder: str, written: int, skipped: list[tuple[str, str]]) -> None:

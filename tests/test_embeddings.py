@@ -12,7 +12,9 @@ import pytest
 from conftest import REPO, make_image, run_script
 from PIL import Image
 
+from prompt_search import embed
 from prompt_search.cli import UserError
+from prompt_search.embed import save_batch
 from prompt_search.visual import embed_images
 
 MODES = ["RGB", "RGBA", "P", "L", "CMYK", "I;16"]
@@ -68,7 +70,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_clip):
     process = subprocess.Popen([sys.executable, str(REPO / "extract_visual_clip_embeddings.py"), *args,
                                 "--OUT_DIR=killed"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    batches = tmp_path / "killed" / "visual_embeddings" / "batches"
+    batches = tmp_path / "killed" / ".visual_embeddings.1" / "batches"  # the set is published once complete
     deadline = time.time() + 120
     while time.time() < deadline and len(list(batches.glob("*.json"))) < 20:
         time.sleep(0.005)
@@ -76,6 +78,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_clip):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 20 <= len(list(batches.glob("*.json"))) < 150
+    assert not (tmp_path / "killed" / "visual_embeddings").exists()  # nothing half done is published
 
     resumed = run_script("extract_visual_clip_embeddings.py", *args, "--OUT_DIR=killed", cwd=tmp_path)
     assert re.search(r"embedding \d+ of 150 images", resumed.stdout)
@@ -88,20 +91,70 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_clip):
     assert not re.search(r"embedding \d+ of", again.stdout)  # nothing left to do
 
 
-def test_changed_inputs_are_refused_not_mixed(tmp_path, tiny_clip):
+def test_changed_inputs_make_a_new_set_and_unfinished_work_is_kept(tmp_path, tiny_clip, monkeypatch):
     images = tmp_path / "images"
     for seed in range(3):
         make_image(images / f"{seed}.png", (64, 64), "RGB", seed)
     out = tmp_path / "out"
     embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
-    before = {p: p.read_bytes() for p in out.rglob("*.npy")}
     make_image(images / "3.png", (64, 64), "RGB", 3)
-    with pytest.raises(UserError, match="items, count changed"):
+    embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+    assert sorted(read_folder(out)[0]) == ["0.png", "1.png", "2.png", "3.png"]  # replaced whole, not mixed
+
+    calls = []
+
+    def stopped_after_one_batch(*args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(args)
+        save_batch(*args)
+
+    monkeypatch.setattr(embed, "save_batch", stopped_after_one_batch)
+    make_image(images / "4.png", (64, 64), "RGB", 4)
+    with pytest.raises(KeyboardInterrupt):
         embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
-    (images / "3.png").unlink()
-    with pytest.raises(UserError, match="batch_size changed"):
+    monkeypatch.setattr(embed, "save_batch", save_batch)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.npy")}
+    with pytest.raises(UserError, match="unfinished embeddings of other inputs .batch_size changed"):
         embed_images(str(images), str(out), tiny_clip, "", "cpu", 3, 0)
-    assert before == {p: p.read_bytes() for p in out.rglob("*.npy")}
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*.npy")}
+    assert len(read_folder(out)[0]) == 4  # the published set is untouched meanwhile
+    embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+    assert len(read_folder(out)[0]) == 5
+
+
+def test_a_model_typo_leaves_nothing_to_refuse(tmp_path, tiny_clip):
+    make_image(tmp_path / "images" / "a.png", (64, 64))
+    with pytest.raises(UserError, match="neither a CLIP model name"):
+        embed_images(str(tmp_path / "images"), str(tmp_path / "out"), "ViT-Z/99", "", "cpu", 8, 0)
+    written, _ = embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 8, 0)
+    assert written == 1
+
+
+def test_bad_sidecars_fall_back_to_path_ids_and_shared_ids_are_reported(tmp_path, tiny_clip, capsys):
+    images = tmp_path / "images" / "00000"
+    sidecars = {
+        "good": '{"id": "row-1", "url": "http://x/1.jpg"}',
+        "twin": '{"id": "row-1"}',  # a second sidecar naming the same row
+        "broken": '{"id": "row-2"',
+        "a_list": '["row-3"]',
+        "binary": b"\xff\xfe\x00not json",
+        "huge_id": '{"id": "' + "x" * 10_000_000 + '"}',
+        "long_id": '{"id": "' + "y" * 300 + '"}',
+    }
+    for seed, (name, text) in enumerate(sidecars.items()):
+        make_image(images / f"{name}.jpg", (64, 64), "RGB", seed)
+        sidecar = images / f"{name}.json"
+        sidecar.write_bytes(text) if isinstance(text, bytes) else sidecar.write_text(text)
+    written, skipped = embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 4, 0)
+    assert written == 6
+    assert skipped == [(str(images / "twin.jpg"), f"duplicate id 'row-1': {images / 'good.jpg'} has it already")]
+    ids = sorted(read_folder(tmp_path / "out")[0])
+    assert ids == ["00000/a_list.jpg", "00000/binary.jpg", "00000/broken.jpg", "00000/huge_id.jpg",
+                   "00000/long_id.jpg", "row-1"]
+    assert "5 sidecars give no usable id" in capsys.readouterr().out
+    with open(tmp_path / "out" / "skipped.csv") as f:
+        assert "duplicate id 'row-1'" in f.read()
 
 
 def test_missing_weights_offline_say_where_to_put_them(tmp_path):

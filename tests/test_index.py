@@ -1,71 +1,137 @@
-"""Step 4: the index and its ids always line up, from one vector up, or the build is refused."""
+"""Step 4: the index and its ids always line up, from one vector up, duplicates and lossy codes included,
+or the build is refused and the published set stays."""
 
+import json
+import os
+
+import faiss
 import numpy as np
 import pytest
 
 from prompt_search import index as index_module
 from prompt_search.cli import UserError
 from prompt_search.embed import save_batch
-from prompt_search.index import build_index, check_alignment, embedding_files, index_paths
+from prompt_search.index import (
+    IDS_FILE,
+    INDEX_FILE,
+    INFOS_FILE,
+    SOURCE_FILE,
+    VECTORS_FILE,
+    build_index,
+    check_alignment,
+    source_files,
+)
+
+SET_FILES = (INDEX_FILE, INFOS_FILE, IDS_FILE, VECTORS_FILE, SOURCE_FILE)
 
 
-def fake_embeddings(folder, sizes, dim=16, seed=0):
-    """Batches of random unit vectors with ids b<batch>-<row>, as the embeddings step writes them."""
+def fake_embeddings(folder, sizes, dim=16, seed=0, vectors=None):
+    """Batches of random unit vectors (or the given ones) with ids b<batch>-<row>, as the embeddings step writes them."""
     rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({"model": "tiny", "count": sum(sizes)}))
+    start = 0
     for batch, size in enumerate(sizes):
-        save_batch(str(folder), batch, rng.normal(size=(size, dim)), [f"b{batch}-{row}" for row in range(size)], [])
+        batch_vectors = rng.normal(size=(size, dim)) if vectors is None else vectors[start : start + size]
+        save_batch(str(folder), batch, batch_vectors, [f"b{batch}-{row}" for row in range(size)], [])
+        start += size
 
 
-def build(tmp_path, folder):
-    paths = index_paths(str(tmp_path / "knn"), "visual")
-    return paths, build_index(str(folder), paths, "1G", "2G", 10.0)
+def build(tmp_path, folder, max_memory="1G"):
+    index_set = tmp_path / "knn" / "visual"
+    return index_set, build_index(str(folder), str(index_set), max_memory, "2G", 10.0)
 
 
 @pytest.mark.parametrize("sizes", [[1], [3, 0, 2], [50] * 25])
-def test_ids_follow_the_index_order(tmp_path, sizes):
+def test_ids_and_vectors_follow_the_index_order(tmp_path, sizes):
     folder = tmp_path / "emb"
     fake_embeddings(folder, sizes)
-    paths, infos = build(tmp_path, folder)
-    ids = np.load(paths.ids, allow_pickle=False)
+    index_set, infos = build(tmp_path, folder)
+    ids = np.load(index_set / IDS_FILE, allow_pickle=False)
     expected = [f"b{batch}-{row}" for batch, size in enumerate(sizes) for row in range(size)]
     assert list(ids) == expected and infos["nb vectors"] == sum(sizes)
-    import faiss
-
-    index = faiss.read_index(paths.index)
+    index = faiss.read_index(str(index_set / INDEX_FILE))
     batch = [b for b, size in enumerate(sizes) if size][-1]
     last = np.load(folder / "embeddings" / f"{batch:09d}.npy")
     _, labels = index.search(last, 1)
     assert [ids[label] for label in labels[:, 0]] == [f"b{batch}-{row}" for row in range(len(last))]
+    stored = np.load(index_set / VECTORS_FILE)
+    assert stored.dtype == np.float16 and np.allclose(stored[-len(last):], last, atol=1e-3)
+    assert json.loads((index_set / SOURCE_FILE).read_text())["model"] == "tiny"
+
+
+def test_identical_images_build(tmp_path):
+    """12 identical (all-black) pictures among 20 others: their vectors tie, and the build is still accepted."""
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(32, 16))
+    vectors[rng.choice(32, 12, replace=False)] = vectors[0]
+    fake_embeddings(tmp_path / "emb", [10, 10, 12], vectors=vectors)
+    index_set, infos = build(tmp_path, tmp_path / "emb")
+    assert infos["nb vectors"] == 32 and len(np.load(index_set / IDS_FILE)) == 32
 
 
 def test_shuffled_ids_are_caught(tmp_path):
     folder = tmp_path / "emb"
     fake_embeddings(folder, [30, 30])
-    paths, _ = build(tmp_path, folder)
-    import faiss
-
-    index = faiss.read_index(paths.index)
-    ids = np.load(paths.ids, allow_pickle=False)
-    check_alignment(index, ids, embedding_files(str(folder)))
-    with pytest.raises(UserError, match="index and ids disagree"):
-        check_alignment(index, np.random.default_rng(1).permutation(ids), embedding_files(str(folder)))
+    index_set, _ = build(tmp_path, folder)
+    index = faiss.read_index(str(index_set / INDEX_FILE))
+    ids = np.load(index_set / IDS_FILE, allow_pickle=False)
+    check_alignment(index, ids, source_files(str(folder)))
+    with pytest.raises(UserError, match="index and ids disagree: .* hold another row's id"):
+        check_alignment(index, np.random.default_rng(1).permutation(ids), source_files(str(folder)))
 
 
-def test_stale_ids_file_is_replaced(tmp_path):
+def test_index_in_another_file_order_is_caught(tmp_path):
+    """Ids right but the index's vectors added in another order than the files are listed: the vectors tell."""
+    folder = tmp_path / "emb"
+    fake_embeddings(folder, [20, 20, 20])
+    files = source_files(str(folder))
+    index = faiss.IndexFlatIP(16)
+    for f in reversed(files):
+        index.add(np.load(f.vectors))
+    ids = np.concatenate([np.load(f.ids) for f in files])
+    with pytest.raises(UserError, match="not the source vectors at their positions"):
+        check_alignment(index, ids, files)
+
+
+def lossy_index(vectors: np.ndarray) -> faiss.Index:
+    index = faiss.index_factory(vectors.shape[1], "IVF8,PQ8x8", faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def test_lossy_index_with_duplicates_is_accepted_and_shuffles_still_caught(tmp_path):
+    """IVF-PQ reconstructs vectors only roughly; the check accepts it, ties included, and still sees a shuffle."""
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(3000, 32)).astype(np.float32)
+    vectors[rng.choice(3000, 300, replace=False)] = vectors[7]  # 300 safety-filter pictures
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    fake_embeddings(tmp_path / "emb", [1000, 1000, 1000], vectors=vectors)
+    files = source_files(str(tmp_path / "emb"))
+    index = lossy_index(vectors)
+    ids = np.concatenate([np.load(f.ids) for f in files])
+    check_alignment(index, ids, files)
+    reordered = lossy_index(vectors[np.r_[2000:3000, 1000:2000, 0:1000]])  # first and last files swapped
+    with pytest.raises(UserError, match="not the source vectors"):
+        check_alignment(reordered, ids, files)
+
+
+def test_published_set_is_replaced_whole_and_stale_ids_go(tmp_path):
     folder = tmp_path / "emb"
     fake_embeddings(folder, [4])
-    paths, _ = build(tmp_path, folder)
-    np.save(paths.ids, np.array(["stale"] * 4))  # what the reference kept forever
+    index_set, _ = build(tmp_path, folder)
     fake_embeddings(folder, [4, 3], seed=2)
     build(tmp_path, folder)
-    assert list(np.load(paths.ids)) == [f"b0-{r}" for r in range(4)] + [f"b1-{r}" for r in range(3)]
+    assert list(np.load(index_set / IDS_FILE)) == [f"b0-{r}" for r in range(4)] + [f"b1-{r}" for r in range(3)]
+    assert os.path.islink(index_set) and sorted(os.listdir(index_set)) == sorted(SET_FILES)
 
 
-def test_refused_build_keeps_the_previous_index(tmp_path, monkeypatch):
+def test_refused_build_keeps_the_previous_set(tmp_path, monkeypatch):
     folder = tmp_path / "emb"
     fake_embeddings(folder, [5])
-    paths, _ = build(tmp_path, folder)
-    before = {p: open(p, "rb").read() for p in (paths.index, paths.ids, paths.infos)}
+    index_set, _ = build(tmp_path, folder)
+    before = {name: (index_set / name).read_bytes() for name in SET_FILES}
     fake_embeddings(folder, [5, 5], seed=3)
 
     def disagree(*args):
@@ -74,8 +140,8 @@ def test_refused_build_keeps_the_previous_index(tmp_path, monkeypatch):
     monkeypatch.setattr(index_module, "check_alignment", disagree)
     with pytest.raises(UserError):
         build(tmp_path, folder)
-    assert before == {p: open(p, "rb").read() for p in before}
-    assert not list((tmp_path / "knn").glob("*.partial"))
+    assert before == {name: (index_set / name).read_bytes() for name in SET_FILES}
+    assert sorted(os.listdir(tmp_path / "knn")) == [".visual.1", "visual"]
 
 
 def test_empty_or_incomplete_folder_is_a_clear_error(tmp_path):
