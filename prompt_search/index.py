@@ -136,7 +136,7 @@ def check_alignment(index, ids: np.ndarray, files: list[SourceFile], sample: int
 
 
 def _reconstruction_misses(index, positions: np.ndarray, source: np.ndarray) -> tuple[int, bool]:
-    """How many reconstructed vectors lie nearer another sampled source vector than their own; whether the code is lossy."""
+    """How many reconstructions lie nearer another sampled source vector than their own; whether the code is lossy."""
     import faiss
 
     try:

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from prompt_search.cli import UserError
-from prompt_search.images import open_rgb, to_pixels
 from prompt_search.files import current_set, model_fingerprint
+from prompt_search.images import open_rgb, to_pixels
 from prompt_search.index import IDS_FILE, INDEX_FILE, SOURCE_FILE, VECTORS_FILE
 from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, model_path, start_session
 from prompt_search.tokenizer import tokenize

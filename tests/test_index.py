@@ -26,7 +26,7 @@ SET_FILES = (INDEX_FILE, INFOS_FILE, IDS_FILE, VECTORS_FILE, SOURCE_FILE)
 
 
 def fake_embeddings(folder, sizes, dim=16, seed=0, vectors=None):
-    """Batches of random unit vectors (or the given ones) with ids b<batch>-<row>, as the embeddings step writes them."""
+    """Batches of random vectors (or the given ones) with ids b<batch>-<row>, as the embeddings step writes them."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps({"model": "tiny", "count": sum(sizes)}))

@@ -10,6 +10,8 @@ import torch
 from conftest import make_image, run_script, serve, write_open_prompts_csv
 from PIL import Image
 
+from prompt_search.links import METADATA_FILE
+
 # (size, mode, file name): generated images are rarely square, and come in every mode
 SERVED = [((512, 768), "RGB", "a.png"), ((768, 512), "RGBA", "b.png"), ((512, 512), "P", "c.png"),
           ((300, 200), "L", "d.png"), ((512, 512), "CMYK", "e.jpg"), ((1024, 512), "RGB", "f.webp"),
@@ -17,7 +19,7 @@ SERVED = [((512, 768), "RGB", "a.png"), ((768, 512), "RGBA", "b.png"), ((512, 51
 PROMPTS = ["a blue robot on a red background", "a corgi astronaut on the moon", "portrait of a kangaroo",
            "A Corgi   astronaut on the MOON", "inmates with cow heads", "a castle in the clouds", "neon city",
            "broken file", "missing file", "forbidden file"]
-HIT = re.compile(r"^\s+(\d+)\s+([\d.]+)\s+(\S+)\s+'(.*)'\s+(\S*)$")
+HIT = re.compile(r"^\s+(\d+)\s+([\d.]+)\s+(\S+)\s+'(.*)'\s+(\S*)(?:  \(and (\d+) near-identical\))?$")
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +48,15 @@ def pipeline(tmp_path_factory, tiny_clip):
 
 
 def sections(stdout: str) -> dict[str, list[tuple]]:
-    """The query script's result lists: title -> [(rank, score, id, prompt, link)]."""
+    """The query script's result lists: title -> [(rank, score, id, prompt, link, near-identical ones folded in)]."""
     found, title = {}, None
     for line in stdout.splitlines():
         if line.startswith("SIMILAR "):
             title = line.split(" TO THE ")[0][8:].lower() + " for " + line.split(" TO THE ")[1].split()[0].lower()
             found[title] = []
         elif title and (match := HIT.match(line)):
-            rank, score, hit_id, prompt, link = match.groups()
-            found[title].append((int(rank), float(score), hit_id, prompt, link))
+            rank, score, hit_id, prompt, link, alike = match.groups()
+            found[title].append((int(rank), float(score), hit_id, prompt, link, int(alike or 0)))
     return found
 
 
@@ -63,7 +65,7 @@ def test_download_says_what_arrived_and_why_not(pipeline):
     assert f"{len(SERVED)} of {len(PROMPTS)} images downloaded" in download
     assert "404" in download and "403" in download and "decoding error" in download.lower()
     sidecars = [json.loads(p.read_text()) for p in (work / "out" / "images" / "00000").glob("*.json")]
-    metadata = pd.read_parquet(work / "out" / "metadata.parquet")
+    metadata = pd.read_parquet(work / "out" / METADATA_FILE)
     assert {s["id"] for s in sidecars if s["status"] == "success"} <= set(metadata.id)
 
 
@@ -92,8 +94,8 @@ def test_image_query_finds_itself_first_and_text_query_finds_real_rows(pipeline)
     own_id = json.loads(query_image.with_suffix(".json").read_text())["id"]
     first = results["images for image"][0]
     assert first[2] == own_id and first[1] == pytest.approx(1.0, abs=1e-4)
-    metadata = pd.read_parquet(work / "out" / "metadata.parquet").set_index("id")
-    for _, _, hit_id, prompt, link in results["images for text"]:
+    metadata = pd.read_parquet(work / "out" / METADATA_FILE).set_index("id")
+    for _, _, hit_id, prompt, link, _ in results["images for text"]:
         assert metadata.loc[hit_id, "prompt"].startswith(prompt) and metadata.loc[hit_id, "url"] == link
     assert [r[0] for r in results["images for text"]] == [1, 2, 3, 4]
 
