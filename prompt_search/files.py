@@ -33,7 +33,8 @@ def sha256_of(path: str) -> str:
 
 
 def is_http_url(url: object) -> bool:
-    return type(url) is str and url.startswith(("http://", "https://"))
+    """An http(s) URL, its scheme in any case: schemes are case-insensitive (RFC 3986), so HTTP://x is http://x."""
+    return type(url) is str and url[:8].lower().startswith(("http://", "https://"))
 
 
 def ensure_data_file(path: str, url: str, sha256: str, local_dir: str) -> None:

@@ -313,8 +313,8 @@ def parse_row(prompt: str, raw_data: str) -> tuple:
     return (
         url,
         prompt,
-        discord_uri if is_http_url(discord_uri) else None,
-        thumbnail_uri if is_http_url(thumbnail_uri) else None,
+        _http_url_or_none(discord_uri),
+        _http_url_or_none(thumbnail_uri),
         _int(width, INT32),
         _int(height, INT32),
         _int(seed, INT64),
@@ -335,7 +335,7 @@ def choose_url(mirror_uri: object, discord_uri: object) -> str:
     """
     for uri in (mirror_uri, discord_uri):
         if type(uri) is str and is_http_url(url := uri.strip()):
-            return url
+            return _lower_scheme(url)
     candidates = [u.strip() for u in (mirror_uri, discord_uri) if isinstance(u, str) and u.strip()]
     real = [u for u in candidates if u.lower() not in PLACEHOLDERS]
     if real:
@@ -343,6 +343,17 @@ def choose_url(mirror_uri: object, discord_uri: object) -> str:
     if candidates:
         raise Rejected("placeholder_url", candidates[0])
     raise Rejected("no_url")
+
+
+def _lower_scheme(url: str) -> str:
+    """url with its scheme in lower case, the one spelling of a scheme: HTTP://x and http://x are one URL, so they get
+    one id (the digest of the URL as stored) and the second is a duplicate."""
+    scheme, _, rest = url.partition(":")
+    return f"{scheme.lower()}:{rest}"
+
+
+def _http_url_or_none(uri: object) -> str | None:
+    return _lower_scheme(uri) if is_http_url(uri) else None
 
 
 def _prompt_from_message(content: object) -> str:

@@ -17,7 +17,7 @@ import pytest
 import config
 from prompt_search import links
 from prompt_search.cli import UserError
-from prompt_search.files import ensure_data_file
+from prompt_search.files import ensure_data_file, is_http_url
 from prompt_search.links import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,6 +328,34 @@ def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypat
     # Values that do not fit their column are dropped, not fatal.
     assert (table[3]["width"], table[3]["seed"], table[3]["timestamp"]) == (None, None, None)
     assert not list((tmp_path / "out").glob("*.partial"))
+
+
+def test_schemes_in_capitals_are_http_and_stored_in_lower_case(tmp_path):
+    """Schemes are case-insensitive: HTTP://x is kept as http://x, with http://x's id, and is a duplicate of it."""
+    rows = [
+        (csv_line("capitals", raw_json(discord="HTTP://cdn.discordapp.com/attachments/1/2/Up.PNG")), None),
+        (csv_line("mixed", raw_json(mirror="Https://example.supabase.co/b.png", discord="hTTpS://cdn.x/c.png")), None),
+        (csv_line("same as capitals", raw_json(discord="http://cdn.discordapp.com/attachments/1/2/Up.PNG")),
+         "duplicate_url"),
+        (csv_line("not http", raw_json(discord="HTTPX://example.com/a.png")), "non_http_url"),
+    ]
+    write_rows(tmp_path / "caps.csv", rows)
+    summary = extract_links(str(tmp_path / "caps.csv"), str(tmp_path / "out"))
+    assert (summary.kept, dict(summary.rejected)) == (2, {"duplicate_url": 1, "non_http_url": 1})
+    table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
+    # the scheme alone is lowered: the rest of a URL can be case-sensitive
+    assert [r["url"] for r in table] == ["http://cdn.discordapp.com/attachments/1/2/Up.PNG",
+                                         "https://example.supabase.co/b.png"]
+    assert [r["id"] for r in table] == [links.url_id(r["url"]) for r in table]
+    assert [r["discord_url"] for r in table] == ["http://cdn.discordapp.com/attachments/1/2/Up.PNG", "https://cdn.x/c.png"]
+    assert (tmp_path / "out" / LINKS_FILE).read_text().splitlines() == [r["url"] for r in table]
+
+
+@pytest.mark.parametrize(("url", "http"), [("HTTP://a/b", True), ("Https://a", True), ("http://a", True),
+                                           ("HTTPS:/a", False), ("HTTPX://a", False), ("ftp://a", False),
+                                           (" http://a", False), (b"http://a", False), (None, False)])
+def test_is_http_url_ignores_the_scheme_s_case(url, http):
+    assert is_http_url(url) is http
 
 
 def test_unclosed_quote_mid_file_rejects_from_its_line_and_reading_resumes(tmp_path):
