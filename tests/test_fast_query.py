@@ -49,17 +49,21 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
-# Words of prompts as people type them: scripts, emoji, entities, weights, mojibake.
+# Words of prompts as people type them: scripts, emoji, entities, weights, mojibake, and CLIP's own special tokens in
+# any case, alone or glued to words (clip.tokenize maps them to 49406 and 49407).
 WORDS = ["a", "blue", "robot", "on", "red", "background", "portrait", "of", "kangaroo", "trending", "artstation", "8k",
          "octane", "render,", "by", "Greg", "Rutkowski", "CORGI", "astronaut's", "isn't", "we'll", "café", "naïve",
          "東京の夜景", "Москва", "🤖", "🚀🌕", "&amp;", "&lt;b&gt;", "--ar", "16:9", "1920x1080", "(((masterpiece)))",
-         "[cyberpunk]", "{neon}", "don’t", "ﬁne", "Ã©tÃ©", "x" * 40, "\n", "\t", "  "]
+         "[cyberpunk]", "{neon}", "don’t", "ﬁne", "Ã©tÃ©", "x" * 40, "\n", "\t", "  ",
+         "<|startoftext|>", "<|endoftext|>", "<|EndOfText|>", "<|STARTOFTEXT|>", "cat<|endoftext|>dog",
+         "<|startoftext|>glued", "glued<|EndOfText|>", "<|endoftext", "< |endoftext|>"]
 
 
 def generated_prompts(count: int = 400, seed: int = 0) -> list[str]:
-    """Prompts from 1 word to past CLIP's 77 tokens; the first is a plain one."""
+    """Prompts from 1 word to past CLIP's 77 tokens, the special tokens among them; the first is a plain one."""
     rng = random.Random(seed)
-    prompts = ["a corgi astronaut on the moon", "", " ", "a photo of a cat " * 30]
+    prompts = ["a corgi astronaut on the moon", "", " ", "<|endoftext|>", "<|startoftext|>", "<|EndOfText|>",
+               "a<|endoftext|>b", "<|startoftext|>" * 3, "a photo <|endoftext|> of a cat " * 30]
     while len(prompts) < count:  # one in 40 past 77 tokens, as in 1k.csv (3.4%); most batches of 16 then have none
         words = 90 if len(prompts) % 40 == 0 else rng.choice([1, 2, 3, 5, 8, 13])
         prompts.append(" ".join(rng.choices(WORDS, k=words)))
