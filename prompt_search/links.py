@@ -7,13 +7,17 @@ Outputs, in out_dir:
 """
 
 import csv
+import ctypes
 import gc
 import hashlib
 import io
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -175,7 +179,8 @@ def _parse_in_order(
         yield from (parse_piece(piece, columns) for _, piece in pieces)
         return
     # spawn, not fork: pyarrow's and tqdm's threads are already running in this process.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=gc.disable)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(os.getpid(),))
     try:
         pending: deque[Future] = deque()
         for start, piece in pieces:  # each worker reads its piece from the file: cheaper than sending it
@@ -186,6 +191,29 @@ def _parse_in_order(
             yield pending.popleft().result()
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _start_worker(parent: int) -> None:
+    """In each parsing process: no cyclic collector (see extract_links), and death with the script's process.
+
+    A killed script (SIGKILL, OOM) cannot shut its pool down, and its workers (about 180 MB each) would live on.
+    """
+    gc.disable()
+    if sys.platform == "linux":  # the kernel sends SIGKILL when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -670,3 +671,60 @@ def test_garbage_collector_left_as_it_was(tmp_path, monkeypatch, enabled):
     with pytest.raises(RuntimeError):
         extract_links(str(tmp_path / "ok.csv"), str(tmp_path / "out"))
     assert calls == (["disable", "enable"] * 2 if enabled else ["disable"] * 2)
+
+
+# --- a killed script leaves no process behind -------------------------------------------------------
+
+# The script itself, with pieces small enough that a CSV of a few MB gets parsing processes (a CSV under
+# 4 * CHUNK_BYTES is parsed in the script's own process).
+SMALL_PIECES = """
+import runpy, sys
+from prompt_search import links
+links.CHUNK_BYTES = 50_000
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is pid, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
+            continue
+        if f"\nPPid:\t{pid}\n" in status:
+            found.add(int(entry.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (a reparented zombie waits for whoever reaps it, using no memory)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="finds the processes through /proc (Linux)")
+def test_killed_script_leaves_no_worker_or_helper_process(tmp_path):
+    rows = [(csv_line(f"prompt {i} " + "word " * 40, raw_json(discord=f"{URL_A}?{i}")), None) for i in range(60_000)]
+    write_rows(tmp_path / "big.csv", rows)  # 19 MB: hundreds of pieces, two parsing processes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    script = subprocess.Popen([sys.executable, "-c", SMALL_PIECES, str(SCRIPT), "--CSV_FILE=big.csv",
+                               "--LINK_WORKERS=2"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    children = set()
+    while len(children) < 3 and script.poll() is None and time.monotonic() < deadline:  # 2 workers, 1 tracker
+        children = {pid for pid in children_of(script.pid) if is_running(pid)}
+        time.sleep(0.01)
+    assert script.poll() is None, "the script ended before its workers could be seen: give it a bigger CSV"
+    assert len(children) == 3, children
+    script.kill()
+    script.wait()
+    deadline = time.monotonic() + 10
+    while any(map(is_running, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in children if is_running(pid)], "processes of the killed script still running"
