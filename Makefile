@@ -1,5 +1,5 @@
 # make run: set up .venv and run the whole pipeline on the default data (README, "Run").
-# make test: set up .venv and run the tests.
+# make test: set up .venv and run the tests (those on the real 1k.csv need PROMPT_SEARCH_DATA: see README).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -31,7 +31,7 @@ browser:
 	fi
 
 test: setup browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 lint: setup
 	$(VENV)/bin/ruff check .

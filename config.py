@@ -9,7 +9,6 @@ Every output goes below OUT_DIR, in the layout README.md describes.
 CSV_FILE = "data/1k.csv"  # open-prompts CSV (columns prompt, raw_data); the default is downloaded on first use
 CSV_URL = "https://raw.githubusercontent.com/krea-ai/open-prompts/main/data/1k.csv"  # source of the default CSV_FILE
 CSV_SHA256 = "d7072d0a07b0799e21e785cf224448be199826748353a89d40de439f0d3304f5"  # checksum of the default CSV_FILE
-LOCAL_DATA_DIR = "../shared/data"  # folder with already-downloaded data files, tried before the network
 OUT_DIR = "outputs"  # every output of every step goes below here
 
 # --- step 1: links from the CSV ---------------------------------------------------------

@@ -12,7 +12,7 @@ from prompt_search.links import extract_links, print_summary
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
     if cfg.CSV_FILE == config.CSV_FILE:
-        ensure_data_file(cfg.CSV_FILE, cfg.CSV_URL, cfg.CSV_SHA256, cfg.LOCAL_DATA_DIR)
+        ensure_data_file(cfg.CSV_FILE, cfg.CSV_URL, cfg.CSV_SHA256)
     summary = extract_links(cfg.CSV_FILE, cfg.OUT_DIR, cfg.LINK_WORKERS)
     print_summary(summary, cfg.CSV_FILE, cfg.OUT_DIR)
     print("next: python download_images.py")

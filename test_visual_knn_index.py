@@ -29,7 +29,7 @@ from prompt_search.query import (
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
     if cfg.INPUT_IMG_PATH == config.INPUT_IMG_PATH:
-        ensure_data_file(cfg.INPUT_IMG_PATH, cfg.INPUT_IMG_URL, cfg.INPUT_IMG_SHA256, cfg.LOCAL_DATA_DIR)
+        ensure_data_file(cfg.INPUT_IMG_PATH, cfg.INPUT_IMG_URL, cfg.INPUT_IMG_SHA256)
     image = read_image(cfg.INPUT_IMG_PATH)
     index_dir = os.path.join(cfg.OUT_DIR, "knn_indices")
     sides = {side: open_index(os.path.join(index_dir, name)) for side, name in (("images", "visual"),

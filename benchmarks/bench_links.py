@@ -1,6 +1,7 @@
 """Step 1 at scale: speed and peak memory of extract_links on 100k and 1M rows, in one process and with workers.
 
-    NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python benchmarks/bench_links.py [--work-dir=/tmp/bench_links] [--rows=1000000]
+    PROMPT_SEARCH_DATA=folder/with/1k.csv NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python benchmarks/bench_links.py \
+        [--work-dir=/tmp/bench_links] [--rows=1000000]
 
 Builds a CSV of --rows rows from 1k.csv's rows, each image URL made unique with ?n=<row> (so no row is
 a duplicate), and its first 100k rows as a second CSV, in --work-dir (default: a temporary folder, removed
@@ -39,14 +40,12 @@ print(json.dumps({"rows": summary.rows, "kept": summary.kept, "seconds": seconds
 """
 
 
-def source_csv() -> str:
-    """1k.csv, through the project's own ensure_data_file (copied from ../shared/data or downloaded)."""
+def source_csv(work: Path) -> str:
+    """The real 1k.csv from $PROMPT_SEARCH_DATA, copied into work and checked against its sha256."""
     import config
-    from prompt_search.files import ensure_data_file
+    from prompt_search.files import data_file_from_env
 
-    path = os.path.join(tempfile.gettempdir(), "bench_links_data", os.path.basename(config.CSV_FILE))
-    ensure_data_file(path, config.CSV_URL, config.CSV_SHA256, str(REPO / config.LOCAL_DATA_DIR))
-    return path
+    return data_file_from_env("1k.csv", config.CSV_SHA256, str(work))
 
 
 def build(source: str, small: Path, big: Path, rows: int, small_rows: int) -> None:
@@ -99,7 +98,7 @@ def main() -> None:
         small, big = work / f"rows_{args.small_rows}.csv", work / f"rows_{args.rows}.csv"
         if not (small.exists() and big.exists()):
             start = time.perf_counter()
-            build(source_csv(), small, big, args.rows, args.small_rows)
+            build(source_csv(work), small, big, args.rows, args.small_rows)
             print(f"built {big} ({big.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
         results = {}  # (rows, workers) -> stats; the two settings alternate, the order flipped each round
         for round_ in range(args.rounds):

@@ -2,7 +2,7 @@
 (speed does not depend on the values), against the reference's two ways measured in the same run:
 torch CLIP ("regular CLIP") and a fixed 77-token fp32 ONNX text export ("ONNX CLIP").
 
-    .venv/bin/python benchmarks/bench_query.py
+    PROMPT_SEARCH_DATA=folder/with/1k.csv/and/prompt-search.png .venv/bin/python benchmarks/bench_query.py
 
 Latencies are measured in one process, the variants called in turns (each call after a short pause)
 so that a noisy machine slows them alike; each figure is the median (and the minimum) over many calls.
@@ -36,6 +36,9 @@ import torch.nn.functional as F  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+import config  # noqa: E402
+from prompt_search.cli import UserError  # noqa: E402
+from prompt_search.files import data_file_from_env  # noqa: E402
 from prompt_search.images import open_rgb, to_pixels  # noqa: E402
 from prompt_search.model import load_clip, save_random_clip  # noqa: E402
 from prompt_search.onnx_clip import (  # noqa: E402
@@ -50,8 +53,6 @@ from prompt_search.onnx_clip import (  # noqa: E402
 from prompt_search.onnx_export import export_onnx  # noqa: E402
 from prompt_search.tokenizer import tokenize  # noqa: E402
 
-CSV_FILE = REPO.parent / "shared" / "data" / "1k.csv"
-IMAGE_FILE = REPO.parent / "shared" / "data" / "prompt-search.png"
 BASELINE_FILE = "textual77.onnx"  # the reference's ONNX CLIP text model: 77 tokens, always
 TRACED_FILE = "textual_traced.onnx"  # the cut text encoder as torch.onnx.export made it, before text_graph
 TEXT_ROUNDS = 40  # calls of each text variant per length and thread count, unless RACE_SECONDS run out first
@@ -156,8 +157,8 @@ def top10_overlap(index: faiss.Index, expected: np.ndarray, got: np.ndarray) -> 
     return float(np.mean([len(set(w) & set(f)) / 10 for w, f in zip(want, found, strict=True)]))
 
 
-def read_prompts() -> list[str]:
-    with open(CSV_FILE, newline="", encoding="utf-8") as f:
+def read_prompts(csv_file: str) -> list[str]:
+    with open(csv_file, newline="", encoding="utf-8") as f:
         return [row["prompt"] for row in csv.DictReader(f)]
 
 
@@ -395,13 +396,13 @@ class Bench:
             faiss.write_index(index, str(index_dir / f"{name}_prompts.index"))
             np.save(index_dir / f"{name}_ids.npy", np.array([f"{name}-{i}" for i in range(len(vectors))]))
 
-    def cold_starts(self, prompt: str) -> None:
+    def cold_starts(self, prompt: str, image_file: str) -> None:
         script = [str(REPO / "test_visual_knn_index.py"), "--OUT_DIR=out",
                   f"--MODEL={self.checkpoint}", f"--MODEL_DIR={self.work}", "--COMPARE_WITH_TORCH=False",
-                  f"--INPUT_IMG_PATH={IMAGE_FILE}", f"--INPUT_PROMPT={prompt}"]
+                  f"--INPUT_IMG_PATH={image_file}", f"--INPUT_PROMPT={prompt}"]
         (self.work / "torch_query.py").write_text(TORCH_QUERY)
         torch_query = [str(self.work / "torch_query.py"), self.checkpoint,
-                       str(self.work / "out" / "knn_indices" / "textual_prompts.index"), prompt, str(IMAGE_FILE)]
+                       str(self.work / "out" / "knn_indices" / "textual_prompts.index"), prompt, image_file]
         for saved in self.onnx_dir.glob("*.opt.*"):  # as after a new export: the first query optimises the graphs
             saved.unlink()
         first, later = cold(script, self.work), cold(script, self.work)
@@ -469,12 +470,15 @@ def machine() -> str:
 def main() -> None:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_query_") as tmp:
+        # the real files, from $PROMPT_SEARCH_DATA (checked against config.py's sha256s)
+        csv_file = data_file_from_env("1k.csv", config.CSV_SHA256, tmp)
+        image_file = data_file_from_env("prompt-search.png", config.INPUT_IMG_SHA256, tmp)
         bench = Bench(Path(tmp))
         bench.build()
-        prompts = read_prompts()
+        prompts = read_prompts(csv_file)
         lengths = token_lengths(prompts)
         picks = typical_prompts(prompts, lengths)
-        image = open_rgb(str(IMAGE_FILE))
+        image = open_rgb(image_file)
         bench.say(f"Machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}")
         bench.say(f"1k.csv prompt lengths in tokens (start and end included, cut at 77): p10 "
                   f"{np.percentile(lengths, 10):.0f}, median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
@@ -489,11 +493,14 @@ def main() -> None:
         pictures = bench.image_quality(image)
         bench.search_latency(texts)
         bench.write_indices(texts, pictures)
-        bench.cold_starts(picks["median"])
+        bench.cold_starts(picks["median"], image_file)
         bench.say(f"\nLoad average at the end {os.getloadavg()[0]:.1f}; "
                   f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
                   f"benchmark ran {(time.perf_counter() - began) / 60:.1f} min")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as error:
+        sys.exit(f"error: {error}")

@@ -1,8 +1,11 @@
 """What every top-level script shares: settings from config.py with --NAME=value overrides,
 and errors a user can act on, printed as one line instead of a traceback."""
 
+import math
+import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
 
 import config
@@ -12,9 +15,75 @@ class UserError(Exception):
     """Something the user can fix (a missing file, a bad value); printed without a traceback."""
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """The values a setting may take, and how an error message says so."""
+
+    accepts: Callable[[object], bool]
+    says: str
+
+
+def _number(value: object) -> bool:
+    return type(value) in (int, float) and not math.isnan(value)
+
+
+def at_least(low: float) -> Allowed:
+    return Allowed(lambda v: _number(v) and v >= low, f"{low} or more")
+
+
+def more_than(low: float) -> Allowed:
+    return Allowed(lambda v: _number(v) and v > low, f"more than {low}")
+
+
+def minus_one_or_at_least(low: int, meaning: str) -> Allowed:
+    return Allowed(lambda v: _number(v) and (v == -1 or v >= low), f"-1 ({meaning}) or {low} or more")
+
+
+def one_of(*choices: str) -> Allowed:
+    return Allowed(lambda v: v in choices, "one of " + ", ".join(map(repr, choices)))
+
+
+def _memory(value: object) -> bool:
+    """A memory size as autofaiss reads it (autofaiss.utils.cast.cast_memory_to_bytes), and not zero."""
+    found = type(value) is str and re.fullmatch(r"(\d*\.\d+|\d+)([KMGTPEZ]B?|B)", value, re.IGNORECASE)
+    return bool(found) and float(found.group(1)) > 0
+
+
+_MEMORY = Allowed(_memory, 'a size like "4G", "512MB" or "1.5GB"')
+_SHA256 = Allowed(lambda v: type(v) is str and re.fullmatch(r"[0-9a-f]{64}", v) is not None, "64 lower-case hex digits")
+
+# What each setting of config.py may hold, checked by load_config for config.py's values and the overrides alike.
+# tests/test_config.py checks that every number setting has an entry.
+ALLOWED: dict[str, Allowed] = {
+    "CSV_SHA256": _SHA256,
+    "LINK_WORKERS": minus_one_or_at_least(1, "one per CPU core"),
+    "IMAGE_SIZE": at_least(1),
+    "RESIZE_MODE": one_of("keep_ratio", "no", "border", "center_crop", "keep_ratio_largest"),  # img2dataset's
+    "DOWNLOAD_THREADS": at_least(1),
+    "DOWNLOAD_PROCESSES": at_least(1),
+    "DOWNLOAD_TIMEOUT": at_least(1),
+    "DOWNLOAD_RETRIES": at_least(0),
+    "OUTPUT_FORMAT": one_of("files", "webdataset", "parquet", "tfrecord", "dummy"),  # img2dataset's
+    "BATCH_SIZE": at_least(1),
+    "NUM_WORKERS": minus_one_or_at_least(0, "one per CPU core, at most 8"),
+    "MAX_INDEX_MEMORY": _MEMORY,
+    "CURRENT_MEMORY_AVAILABLE": _MEMORY,
+    "MAX_INDEX_QUERY_TIME_MS": more_than(0),
+    "INPUT_IMG_SHA256": _SHA256,
+    "NUM_RESULTS": at_least(1),
+    "DEDUPE_THRESHOLD": Allowed(lambda v: _number(v) and 0 < v <= 1, "more than 0 and at most 1"),
+    "QUERY_THREADS": at_least(0),
+}
+
+
 def load_config(argv: list[str], defaults: ModuleType = config) -> SimpleNamespace:
-    """The constants of config.py, with each --NAME=value in argv replacing one for this run."""
+    """The constants of config.py, with each --NAME=value in argv replacing one for this run.
+
+    Every value is checked against ALLOWED, config.py's own as well as the overrides: a bad one is a UserError
+    naming the setting, the value and what it may be, before any step starts.
+    """
     settings = {name: value for name, value in vars(defaults).items() if name.isupper()}
+    given: dict[str, str] = {}  # name -> the override's text, for the error message
     for arg in argv:
         name, sep, text = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or not sep:
@@ -22,6 +91,12 @@ def load_config(argv: list[str], defaults: ModuleType = config) -> SimpleNamespa
         if name not in settings:
             raise UserError(f"unknown setting {name!r}; the settings are: {', '.join(settings)}")
         settings[name] = _parse(name, text, settings[name])
+        given[name] = text
+    for name, allowed in ALLOWED.items():
+        if name in settings and not allowed.accepts(settings[name]):
+            value = settings[name]
+            where = f"--{name}={given[name]}" if name in given else f"{defaults.__name__}.py: {name} = {value!r}"
+            raise UserError(f"{where}: {name} must be {allowed.says}")
     return SimpleNamespace(**settings)
 
 

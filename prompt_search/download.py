@@ -64,9 +64,26 @@ def read_stats(images_dir: str) -> DownloadSummary:
             stats = json.load(f)
         summary.count += stats["count"]
         summary.successes += stats["successes"]
-        summary.failures.update(stats["status_dict"])
-    summary.failures.pop("success", None)
+        for status, count in stats["status_dict"].items():
+            if status != "success":
+                summary.failures[in_words(status)] += count
     return summary
+
+
+def in_words(status: str) -> str:
+    """img2dataset's reason for a failed image, said in words where it is a decoder's message; its text is kept.
+
+    A zero-byte download reaches OpenCV's imdecode, whose assertion `!buf.empty()` is all img2dataset reports, and a
+    file that is not an image (an HTML page, text, SVG, a truncated file) is its "Image decoding error".
+    """
+    raw = " ".join(status.split())  # OpenCV's messages end with a line end
+    if "!buf.empty()" in raw:
+        return f"empty file, 0 bytes ({raw})"
+    if raw == "Image decoding error":
+        return f"not an image, a truncated one, or a format OpenCV cannot read ({raw})"
+    if raw.startswith("OpenCV("):
+        return f"OpenCV could not read the image ({raw})"
+    return raw
 
 
 def print_summary(summary: DownloadSummary, images_dir: str) -> None:

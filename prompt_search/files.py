@@ -127,24 +127,47 @@ def sha256_of(path: str) -> str:
 
 
 def is_http_url(url: object) -> bool:
-    return type(url) is str and url.startswith(("http://", "https://"))
+    """An http(s) URL, its scheme in any case: schemes are case-insensitive (RFC 3986), so HTTP://x is http://x."""
+    return type(url) is str and url[:8].lower().startswith(("http://", "https://"))
 
 
-def ensure_data_file(path: str, url: str, sha256: str, local_dir: str) -> None:
-    """Make sure `path` exists: copy it from `local_dir` or download it from `url`, checking its sha256."""
+def ensure_data_file(path: str, url: str, sha256: str) -> None:
+    """Make sure `path` exists: when it does not, download it from `url`, checking its sha256."""
     if os.path.exists(path):
         return
-    local_copy = os.path.join(local_dir, os.path.basename(path))
     with atomic_path(path) as tmp:
-        if os.path.isfile(local_copy):
-            shutil.copyfile(local_copy, tmp)
-            source = local_copy
-        else:
-            _download(url, tmp, path)
-            source = url
-        if sha256_of(tmp) != sha256:
-            raise UserError(f"{source} does not have the expected sha256 {sha256}; {path} was not written")
-    print(f"{path}: fetched from {source}")
+        _download(url, tmp, path)
+        _check_sha256(tmp, sha256, url, path)
+    print(f"{path}: fetched from {url}")
+
+
+# Tests and benchmarks find the real data files (1k.csv, prompt-search.png) in the folder this variable names;
+# the pipeline itself downloads them.
+DATA_VARIABLE = "PROMPT_SEARCH_DATA"
+
+
+class MissingDataFile(UserError):
+    """$PROMPT_SEARCH_DATA is unset or its folder lacks the file: tests skip, benchmarks stop."""
+
+
+def data_file_from_env(name: str, sha256: str, dest_dir: str) -> str:
+    """The file `name` of the folder $PROMPT_SEARCH_DATA, copied into dest_dir and checked against its sha256 (a
+    UserError if it differs; MissingDataFile if there is no such file)."""
+    folder = os.environ.get(DATA_VARIABLE)
+    source = os.path.join(folder, name) if folder else ""
+    if not os.path.isfile(source):
+        where = f"{DATA_VARIABLE}={folder} has no {name}" if folder else f"{DATA_VARIABLE} is not set"
+        raise MissingDataFile(f"real {name} not available ({where}): set {DATA_VARIABLE} to a folder holding it")
+    path = os.path.join(dest_dir, name)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+        _check_sha256(tmp, sha256, source, path)
+    return path
+
+
+def _check_sha256(tmp: str, sha256: str, source: str, path: str) -> None:
+    if sha256_of(tmp) != sha256:
+        raise UserError(f"{source} does not have the expected sha256 {sha256}; {path} was not written")
 
 
 def _download(url: str, tmp: str, path: str) -> None:

@@ -1,8 +1,10 @@
 """Load a CLIP model by name or checkpoint path, on the right device, or say clearly why not."""
 
 import os
+import pickle
 import urllib.error
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -33,10 +35,7 @@ def load_clip(model: str, device: str, model_dir: str) -> tuple[torch.nn.Module,
     if not os.path.isfile(model):
         raise UserError(f"--MODEL={model} is neither a CLIP model name ({', '.join(clip.available_models())}) "
                         "nor an existing checkpoint file")
-    try:
-        return _quiet_load(model, device)
-    except (RuntimeError, KeyError, EOFError, ValueError) as error:
-        raise UserError(f"{model} is not a CLIP checkpoint clip.load can read ({error})") from None
+    return _load_checkpoint(model, device)
 
 
 def _quiet_load(model: str, device: str, **kwargs):
@@ -45,6 +44,56 @@ def _quiet_load(model: str, device: str, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # clip.load tries the deprecated torch.jit.load first
         return clip.load(model, device=device, jit=False, **kwargs)
+
+
+def _load_checkpoint(path: str, device: str) -> tuple[torch.nn.Module, object]:
+    """What clip.load(path, jit=False) gives, without unpickling anything but tensors.
+
+    clip.load tries torch.jit.load and then a plain torch.load, which unpickles whatever the file holds unless torch
+    defaults to weights_only (2.6 and later, and not when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set). Here a pickle is
+    only read with weights_only=True, and torch.jit.load is kept for TorchScript archives (OpenAI's own files).
+    """
+    from clip.clip import _transform
+    from clip.model import build_model
+
+    if os.path.getsize(path) == 0:
+        raise UserError(f"--MODEL={path} is not a CLIP checkpoint: the file is empty")
+    try:
+        if _is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
+                state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message advises weights_only=False: never for a file of unknown origin
+        raise UserError(f"--MODEL={path} is not a CLIP checkpoint: it holds Python objects other than tensors, "
+                        "which are not loaded (loading them could run code from the file)") from None
+    except (RuntimeError, KeyError, EOFError, ValueError, OSError) as error:
+        raise UserError(f"--MODEL={path} is not a CLIP checkpoint: neither a torch.save file nor a TorchScript "
+                        f"archive ({_error_line(error)})") from None
+    if not isinstance(state_dict, dict):
+        raise UserError(f"--MODEL={path} is not a CLIP checkpoint: it holds a {type(state_dict).__name__}, "
+                        "not a state dict")
+    try:
+        model = build_model(state_dict).to(device)
+    except (KeyError, RuntimeError, ValueError, IndexError, TypeError, AttributeError) as error:
+        raise UserError(f"--MODEL={path} is not a CLIP checkpoint: its state dict does not make a CLIP model "
+                        f"({_error_line(error)})") from None
+    if device == "cpu":
+        model.float()
+    return model, _transform(model.visual.input_resolution)
+
+
+def _is_torchscript(path: str) -> bool:
+    """A TorchScript archive (torch.jit.save) rather than a torch.save file: both are zip files, only it has code."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
+def _error_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).strip().partition(chr(10))[0]}"
 
 
 def torch_vectors(model_name: str, model_dir: str, prompt: str, image) -> tuple[np.ndarray, np.ndarray]:

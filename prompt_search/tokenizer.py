@@ -1,7 +1,8 @@
 """CLIP's byte-pair tokenizer without torch, so that a query box needs no 5 GB install.
 
 The algorithm and its vocabulary file (bpe_simple_vocab_16e6.txt.gz) are OpenAI CLIP's
-(openai/CLIP, MIT licence); tests check that tokenize() equals clip.tokenize on every 1k.csv prompt.
+(openai/CLIP, MIT licence); tests check that tokenize() equals clip.tokenize on every 1k.csv prompt
+and on generated ones, CLIP's special tokens among them.
 """
 
 import gzip
@@ -36,12 +37,17 @@ def _vocabulary() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     merges = [tuple(line.split()) for line in lines]
     symbols = list(_byte_symbols().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vocab += SPECIAL_TOKENS
     return {token: i for i, token in enumerate(vocab)}, {merge: i for i, merge in enumerate(merges)}
+
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
 @lru_cache(maxsize=100_000)
 def _bpe(word: str) -> tuple[str, ...]:
+    if word in SPECIAL_TOKENS:  # one token each, as in CLIP's SimpleTokenizer (its bpe cache starts with them)
+        return (word,)
     _, ranks = _vocabulary()
     parts = (*word[:-1], word[-1] + "</w>")
     while len(parts) > 1:
@@ -77,7 +83,7 @@ def tokenize(texts: list[str], trim: bool = True) -> tuple[np.ndarray, list[bool
     causal and reads the end token's position, so what follows the end token never changes the result.
     """
     encoder, _ = _vocabulary()
-    start, end = encoder["<|startoftext|>"], encoder["<|endoftext|>"]
+    start, end = (encoder[token] for token in SPECIAL_TOKENS)
     rows = [[start, *encode(text), end] for text in texts]
     truncated = [len(row) > CONTEXT_LENGTH for row in rows]
     rows = [row[: CONTEXT_LENGTH - 1] + [end] if cut else row for row, cut in zip(rows, truncated, strict=True)]

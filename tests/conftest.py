@@ -1,4 +1,5 @@
-"""Shared test fixtures: the real data beside the checkout, a tiny CLIP, generated images, a loopback image server."""
+"""Shared test fixtures: the real 1k.csv when $PROMPT_SEARCH_DATA has it, a tiny CLIP, generated images, a
+loopback image server."""
 
 import http.server
 import json
@@ -94,6 +95,13 @@ def write_open_prompts_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data():
-    """The folder of already-downloaded data files beside the checkout (../shared/data); it may not exist."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+def csv_1k(tmp_path_factory) -> Path:
+    """The real 1k.csv (open-prompts' 998-row sample) from $PROMPT_SEARCH_DATA, its sha256 checked; the test is
+    skipped, saying so, when it is not there (.ci/run sets the variable where CI keeps the data)."""
+    import config
+    from prompt_search.files import MissingDataFile, data_file_from_env
+
+    try:
+        return Path(data_file_from_env("1k.csv", config.CSV_SHA256, str(tmp_path_factory.mktemp("data"))))
+    except MissingDataFile as missing:
+        pytest.skip(str(missing))

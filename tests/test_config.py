@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import config
-from prompt_search.cli import UserError, load_config, run
+from prompt_search.cli import ALLOWED, UserError, load_config, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,12 @@ def test_malformed_argument_is_refused(arg):
     assert repr(arg) in str(error.value)
 
 
-@pytest.mark.parametrize("arg, words", [("--BATCH_SIZE=abc", ["BATCH_SIZE", "abc", "int"]), ("--NOPE=1", ["NOPE"])])
+@pytest.mark.parametrize("arg, words", [
+    ("--BATCH_SIZE=abc", ["BATCH_SIZE", "abc", "int"]),
+    ("--NOPE=1", ["NOPE"]),
+    ("--NUM_RESULTS=0", ["--NUM_RESULTS=0", "1 or more"]),
+    ("--BATCH_SIZE=-3", ["--BATCH_SIZE=-3", "1 or more"]),
+])
 def test_script_with_bad_override_exits_1_with_one_error_line(tmp_path, arg, words):
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
     result = subprocess.run(
@@ -127,3 +132,84 @@ def test_run_turns_errors_into_one_line_and_an_exit_status(capsys, raised, statu
     if isinstance(code, str):  # sys.exit(message): Python prints it and exits with 1
         printed, code = code, 1
     assert (code, printed) == (status, message)
+
+
+# --- allowed ranges ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arg, allowed",
+    [
+        ("--NUM_RESULTS=0", "1 or more"),
+        ("--NUM_RESULTS=-1", "1 or more"),
+        ("--BATCH_SIZE=0", "1 or more"),
+        ("--BATCH_SIZE=-3", "1 or more"),
+        ("--IMAGE_SIZE=0", "1 or more"),
+        ("--DOWNLOAD_THREADS=0", "1 or more"),
+        ("--DOWNLOAD_PROCESSES=0", "1 or more"),
+        ("--DOWNLOAD_TIMEOUT=0", "1 or more"),
+        ("--DOWNLOAD_RETRIES=-1", "0 or more"),
+        ("--LINK_WORKERS=0", "-1 (one per CPU core) or 1 or more"),
+        ("--LINK_WORKERS=-2", "-1 (one per CPU core) or 1 or more"),
+        ("--NUM_WORKERS=-2", "-1 (one per CPU core, at most 8) or 0 or more"),
+        ("--QUERY_THREADS=-1", "0 or more"),
+        ("--MAX_INDEX_QUERY_TIME_MS=0", "more than 0"),
+        ("--MAX_INDEX_QUERY_TIME_MS=-5.5", "more than 0"),
+        ("--MAX_INDEX_QUERY_TIME_MS=nan", "more than 0"),
+        ("--DEDUPE_THRESHOLD=0", "more than 0 and at most 1"),
+        ("--DEDUPE_THRESHOLD=1.01", "more than 0 and at most 1"),
+        ("--DEDUPE_THRESHOLD=nan", "more than 0 and at most 1"),
+        ("--MAX_INDEX_MEMORY=4", 'a size like "4G"'),
+        ("--MAX_INDEX_MEMORY=4GiB", 'a size like "4G"'),
+        ("--MAX_INDEX_MEMORY=0G", 'a size like "4G"'),
+        ("--MAX_INDEX_MEMORY=", 'a size like "4G"'),
+        ("--CURRENT_MEMORY_AVAILABLE=lots", 'a size like "4G"'),
+        ("--CURRENT_MEMORY_AVAILABLE=-8G", 'a size like "4G"'),
+        ("--RESIZE_MODE=keep-ratio", "one of 'keep_ratio', 'no', 'border', 'center_crop', 'keep_ratio_largest'"),
+        ("--OUTPUT_FORMAT=file", "one of 'files', 'webdataset'"),
+        ("--CSV_SHA256=abc", "64 lower-case hex digits"),
+        ("--INPUT_IMG_SHA256=" + "A" * 64, "64 lower-case hex digits"),
+    ],
+)
+def test_value_out_of_range_is_refused_naming_setting_value_and_range(arg, allowed):
+    with pytest.raises(UserError) as error:
+        load_config([arg])
+    message = str(error.value)
+    assert message.startswith(f"{arg}: {arg[2:].partition('=')[0]} must be ") and allowed in message
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["--NUM_RESULTS=1", "--BATCH_SIZE=1", "--LINK_WORKERS=-1", "--LINK_WORKERS=1", "--NUM_WORKERS=-1",
+     "--NUM_WORKERS=0", "--QUERY_THREADS=0", "--DOWNLOAD_RETRIES=0", "--DEDUPE_THRESHOLD=1",
+     "--DEDUPE_THRESHOLD=0.5", "--MAX_INDEX_QUERY_TIME_MS=0.1", "--MAX_INDEX_MEMORY=512mb", "--MAX_INDEX_MEMORY=1.5GB",
+     "--CURRENT_MEMORY_AVAILABLE=16B", "--RESIZE_MODE=border", "--OUTPUT_FORMAT=webdataset"],
+)
+def test_values_at_the_edges_of_their_range_are_accepted(arg):
+    name, _, text = arg[2:].partition("=")
+    assert str(getattr(load_config([arg]), name)) == str(type(getattr(config, name))(text))
+
+
+def test_every_default_is_in_range_and_every_number_setting_has_a_range():
+    load_config([])  # raises on a default out of its range
+    numbers = {name for name, value in vars(config).items() if name.isupper() and type(value) in (int, float)}
+    assert numbers <= set(ALLOWED), f"settings without a range in prompt_search/cli.py: {numbers - set(ALLOWED)}"
+    assert set(ALLOWED) <= set(vars(config)), "a range for a setting config.py does not have"
+    for name, allowed in ALLOWED.items():
+        assert allowed.accepts(getattr(config, name)), name
+
+
+def test_resize_modes_are_img2dataset_s():
+    from img2dataset.resizer import ResizeMode
+
+    assert all(ALLOWED["RESIZE_MODE"].accepts(mode.name) for mode in ResizeMode)
+    assert ALLOWED["RESIZE_MODE"].says.count("'") == 2 * len(ResizeMode)  # and no other
+
+
+def test_a_default_out_of_range_is_refused_naming_config_py():
+    module = types.ModuleType("config")
+    module.NUM_RESULTS = 0
+    with pytest.raises(UserError) as error:
+        load_config([], module)
+    assert str(error.value) == "config.py: NUM_RESULTS = 0: NUM_RESULTS must be 1 or more"
+    assert load_config(["--NUM_RESULTS=3"], module).NUM_RESULTS == 3  # an override in range replaces it

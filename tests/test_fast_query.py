@@ -5,6 +5,7 @@ the int8 models. Their speed on the full-size model is benchmarks/bench_query.py
 import csv
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -51,10 +52,41 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
+# Words of prompts as people type them: scripts, emoji, entities, weights, mojibake, and CLIP's own special tokens in
+# any case, alone or glued to words (clip.tokenize maps them to 49406 and 49407).
+WORDS = ["a", "blue", "robot", "on", "red", "background", "portrait", "of", "kangaroo", "trending", "artstation", "8k",
+         "octane", "render,", "by", "Greg", "Rutkowski", "CORGI", "astronaut's", "isn't", "we'll", "café", "naïve",
+         "東京の夜景", "Москва", "🤖", "🚀🌕", "&amp;", "&lt;b&gt;", "--ar", "16:9", "1920x1080", "(((masterpiece)))",
+         "[cyberpunk]", "{neon}", "don’t", "ﬁne", "Ã©tÃ©", "x" * 40, "\n", "\t", "  ",
+         "<|startoftext|>", "<|endoftext|>", "<|EndOfText|>", "<|STARTOFTEXT|>", "cat<|endoftext|>dog",
+         "<|startoftext|>glued", "glued<|EndOfText|>", "<|endoftext", "< |endoftext|>"]
+
+
+def generated_prompts(count: int = 400, seed: int = 0) -> list[str]:
+    """Prompts from 1 word to past CLIP's 77 tokens, the special tokens among them; the first is a plain one."""
+    rng = random.Random(seed)
+    prompts = ["a corgi astronaut on the moon", "", " ", "<|endoftext|>", "<|startoftext|>", "<|EndOfText|>",
+               "a<|endoftext|>b", "<|startoftext|>" * 3, "a photo <|endoftext|> of a cat " * 30]
+    while len(prompts) < count:  # one in 40 past 77 tokens, as in 1k.csv (3.4%); most batches of 16 then have none
+        words = 90 if len(prompts) % 40 == 0 else rng.choice([1, 2, 3, 5, 8, 13])
+        prompts.append(" ".join(rng.choices(WORDS, k=words)))
+    return prompts
+
+
 @pytest.fixture(scope="module")
-def prompts(shared_data: Path) -> list[str]:
-    with open(shared_data / "1k.csv", newline="", encoding="utf-8") as f:
+def prompts() -> list[str]:
+    return generated_prompts()
+
+
+@pytest.fixture(scope="module")
+def prompts_1k(csv_1k: Path) -> list[str]:
+    """Every prompt of the real 1k.csv, or a skip."""
+    with open(csv_1k, newline="", encoding="utf-8") as f:
         return [row["prompt"] for row in csv.DictReader(f)]
+
+
+# The generated prompts always; the real ones when 1k.csv can be had.
+BOTH_PROMPT_SETS = pytest.mark.parametrize("prompt_set", ["prompts", "prompts_1k"])
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +156,19 @@ def test_int8_query_script_runs_without_torch(work: Path, tiny_clip: str):
     assert all((work / "out" / "onnx" / f"{name}.int8.onnx").exists() for name in ("textual", "visual"))
 
 
-def test_tokenizer_equals_clip_tokenize_on_every_prompt(prompts: list[str]):
+@BOTH_PROMPT_SETS
+def test_tokenizer_equals_clip_tokenize_on_every_prompt(request, prompt_set: str):
+    prompts = request.getfixturevalue(prompt_set)
     tokens, truncated = tokenize(prompts, trim=False)
     assert np.array_equal(tokens, clip.tokenize(prompts, truncate=True).numpy())
     clip_bpe = SimpleTokenizer()
     assert truncated == [len(clip_bpe.encode(p)) + 2 > CONTEXT_LENGTH for p in prompts]
 
 
-def test_rows_cut_after_the_end_token_give_the_77_token_embedding(work: Path, prompts: list[str]):
+@BOTH_PROMPT_SETS
+def test_rows_cut_after_the_end_token_give_the_77_token_embedding(request, work: Path, prompt_set: str):
     """Each prompt alone, cut as a query cuts it, through the saved optimised graph; against the plain export."""
+    prompts = request.getfixturevalue(prompt_set)
     path = str(work / "out" / "onnx" / TEXTUAL_FILE)
     full = encode_text(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), tokenize(prompts, trim=False)[0])
     session = start_session(path)
@@ -140,9 +176,11 @@ def test_rows_cut_after_the_end_token_give_the_77_token_embedding(work: Path, pr
     assert cosines(cut, full).min() >= MIN_TRIM_COSINE
 
 
-def test_text_graph_equals_torch_encode_text_on_every_prompt(work: Path, tiny_clip: str, prompts: list[str]):
+@BOTH_PROMPT_SETS
+def test_text_graph_equals_torch_encode_text_on_every_prompt(request, work: Path, tiny_clip: str, prompt_set: str):
     """The ONNX text graph, written out by hand, against the model's own encode_text at 77 tokens: every
     prompt, in batches of 16 cut after each batch's longest end token, so that shorter rows carry padding."""
+    prompts = request.getfixturevalue(prompt_set)
     model, _ = load_clip(tiny_clip, "cpu", str(work))
     with torch.inference_mode():
         expected = model.float().encode_text(clip.tokenize(prompts, truncate=True)).numpy()

@@ -6,18 +6,21 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import serve, write_open_prompts_csv
 
 import config
 from prompt_search import links
 from prompt_search.cli import UserError
-from prompt_search.files import ensure_data_file
+from prompt_search.files import is_http_url
 from prompt_search.links import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,15 +41,19 @@ LAST_LINE_1K = 1001
 THUMBNAIL_ONLY_ROWS_1K = 2  # rows with a krea thumbnail but "PENDING" as krea's copy of the image
 
 
-# --- the real data ------------------------------------------------------------------------
+SAMPLE_ROWS = 2500  # about 1 MB, like 1k.csv
 
 
 @pytest.fixture(scope="module")
-def csv_1k(shared_data, tmp_path_factory):
-    """1k.csv, always through ensure_data_file: copied from shared_data (sha256 checked) or downloaded."""
-    path = tmp_path_factory.mktemp("data") / "1k.csv"
-    ensure_data_file(str(path), config.CSV_URL, config.CSV_SHA256, str(shared_data))
-    return path
+def sample_csv(tmp_path_factory) -> Path:
+    """A generated open-prompts CSV: quoted, multi-line and non-ASCII prompts, and one duplicate URL (the last row)."""
+    rows = [(f'robot {i}, "quoted" café' + ("\nsecond line\nthird" if i % 97 == 0 else ""),
+             f"https://cdn.discordapp.com/attachments/{i}/{i}/img.png") for i in range(SAMPLE_ROWS - 1)]
+    rows.append(("the same URL as the first row", rows[0][1]))
+    return write_open_prompts_csv(tmp_path_factory.mktemp("sample") / "sample.csv", rows)
+
+
+# --- the real data (csv_1k: a skip unless $PROMPT_SEARCH_DATA holds it) ------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +337,34 @@ def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypat
     assert not list((tmp_path / "out").glob("*.partial"))
 
 
+def test_schemes_in_capitals_are_http_and_stored_in_lower_case(tmp_path):
+    """Schemes are case-insensitive: HTTP://x is kept as http://x, with http://x's id, and is a duplicate of it."""
+    rows = [
+        (csv_line("capitals", raw_json(discord="HTTP://cdn.discordapp.com/attachments/1/2/Up.PNG")), None),
+        (csv_line("mixed", raw_json(mirror="Https://example.supabase.co/b.png", discord="hTTpS://cdn.x/c.png")), None),
+        (csv_line("same as capitals", raw_json(discord="http://cdn.discordapp.com/attachments/1/2/Up.PNG")),
+         "duplicate_url"),
+        (csv_line("not http", raw_json(discord="HTTPX://example.com/a.png")), "non_http_url"),
+    ]
+    write_rows(tmp_path / "caps.csv", rows)
+    summary = extract_links(str(tmp_path / "caps.csv"), str(tmp_path / "out"))
+    assert (summary.kept, dict(summary.rejected)) == (2, {"duplicate_url": 1, "non_http_url": 1})
+    table = pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist()
+    # the scheme alone is lowered: the rest of a URL can be case-sensitive
+    assert [r["url"] for r in table] == ["http://cdn.discordapp.com/attachments/1/2/Up.PNG",
+                                         "https://example.supabase.co/b.png"]
+    assert [r["id"] for r in table] == [links.url_id(r["url"]) for r in table]
+    assert [r["discord_url"] for r in table] == ["http://cdn.discordapp.com/attachments/1/2/Up.PNG", "https://cdn.x/c.png"]
+    assert (tmp_path / "out" / LINKS_FILE).read_text().splitlines() == [r["url"] for r in table]
+
+
+@pytest.mark.parametrize(("url", "http"), [("HTTP://a/b", True), ("Https://a", True), ("http://a", True),
+                                           ("HTTPS:/a", False), ("HTTPX://a", False), ("ftp://a", False),
+                                           (" http://a", False), (b"http://a", False), (None, False)])
+def test_is_http_url_ignores_the_scheme_s_case(url, http):
+    assert is_http_url(url) is http
+
+
 def test_unclosed_quote_mid_file_rejects_from_its_line_and_reading_resumes(tmp_path):
     rows = [
         (csv_line("good a", raw_json(discord=URL_A)), None),
@@ -395,13 +430,13 @@ def output_bytes(out):
     return {name: (out / name).read_bytes() for name in OUTPUTS}
 
 
-def test_rerun_replaces_outputs_instead_of_appending(csv_1k, tmp_path):
+def test_rerun_replaces_outputs_instead_of_appending(sample_csv, tmp_path):
     out = tmp_path / "out"
-    extract_links(str(csv_1k), str(out))
+    extract_links(str(sample_csv), str(out))
     first = output_bytes(out)
-    extract_links(str(csv_1k), str(out))
+    extract_links(str(sample_csv), str(out))
     assert output_bytes(out) == first
-    assert len((out / LINKS_FILE).read_text().splitlines()) == ROWS_1K - 1
+    assert len((out / LINKS_FILE).read_text().splitlines()) == SAMPLE_ROWS - 1
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
 
 
@@ -418,9 +453,9 @@ def fail_on_call(n, error, real=None):
 
 
 @pytest.mark.parametrize("where", ["parse_row", "write_table", "interrupt"])
-def test_interrupted_run_leaves_previous_outputs_intact(csv_1k, tmp_path, monkeypatch, where):
+def test_interrupted_run_leaves_previous_outputs_intact(sample_csv, tmp_path, monkeypatch, where):
     out = tmp_path / "out"
-    extract_links(str(csv_1k), str(out))
+    extract_links(str(sample_csv), str(out))
     before = output_bytes(out)
     monkeypatch.setattr(links, "CHUNK_BYTES", 100_000)  # several pieces already written when it fails
     monkeypatch.setattr(links, "ROW_GROUP_ROWS", 100)
@@ -432,15 +467,15 @@ def test_interrupted_run_leaves_previous_outputs_intact(csv_1k, tmp_path, monkey
         error = RuntimeError if where == "parse_row" else KeyboardInterrupt
         monkeypatch.setattr(links, "parse_row", fail_on_call(500, error("boom"), links.parse_row))
     with pytest.raises(error):
-        extract_links(str(csv_1k), str(out))
+        extract_links(str(sample_csv), str(out))
     assert output_bytes(out) == before
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no *.partial left
 
 
-def test_interrupted_first_run_leaves_nothing(csv_1k, tmp_path, monkeypatch):
+def test_interrupted_first_run_leaves_nothing(sample_csv, tmp_path, monkeypatch):
     monkeypatch.setattr(links, "parse_row", fail_on_call(10, RuntimeError("boom"), links.parse_row))
     with pytest.raises(RuntimeError):
-        extract_links(str(csv_1k), str(tmp_path / "out"))
+        extract_links(str(sample_csv), str(tmp_path / "out"))
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -464,44 +499,46 @@ def assert_one_error_line(result, *words):
 
 
 def test_offline_download_says_which_url_and_where_to_put_the_file(tmp_path):
-    (tmp_path / "empty").mkdir()
     url = "http://127.0.0.1:9/1k.csv"  # the discard port: nothing listens there
-    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={tmp_path / 'empty'}", f"--CSV_URL={url}")
+    result = run_script(tmp_path, f"--CSV_URL={url}")
     assert_one_error_line(result, url, config.CSV_FILE, "put it at")
     assert not (tmp_path / config.CSV_FILE).exists()
     assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / "outputs").exists()
 
 
-def test_default_csv_copied_from_local_data_dir_and_checked(csv_1k, tmp_path):
-    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={csv_1k.parent}", "--CSV_URL=http://127.0.0.1:9/1k.csv")
+def test_default_csv_downloaded_and_checked_once(sample_csv, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copyfile(sample_csv, served / "1k.csv")
+    sha256 = hashlib.sha256(sample_csv.read_bytes()).hexdigest()
+    with serve(served) as base:
+        result = run_script(tmp_path, f"--CSV_URL={base}/1k.csv", f"--CSV_SHA256={sha256}")
     assert result.returncode == 0, result.stderr
-    copied = tmp_path / config.CSV_FILE
-    assert hashlib.sha256(copied.read_bytes()).hexdigest() == config.CSV_SHA256
-    assert copied.read_bytes() == csv_1k.read_bytes()
-    assert "fetched from" in result.stdout
+    assert (tmp_path / config.CSV_FILE).read_bytes() == sample_csv.read_bytes()
+    assert f"{config.CSV_FILE}: fetched from {base}/1k.csv" in result.stdout
     links_file = tmp_path / config.OUT_DIR / LINKS_FILE
-    assert len(links_file.read_text().splitlines()) == ROWS_1K - 1
-    assert f"{ROWS_1K} rows, {ROWS_1K - 1} kept, 1 rejected" in result.stdout
-    # Once there, the file is used as it is: no copy, no download.
-    again = run_script(tmp_path, f"--LOCAL_DATA_DIR={tmp_path / 'nowhere'}", "--CSV_URL=http://127.0.0.1:9/1k.csv")
+    assert len(links_file.read_text().splitlines()) == SAMPLE_ROWS - 1
+    assert f"{SAMPLE_ROWS} rows, {SAMPLE_ROWS - 1} kept, 1 rejected" in result.stdout
+    # Once there, the file is used as it is: no download (nothing answers at this URL now).
+    again = run_script(tmp_path, "--CSV_URL=http://127.0.0.1:9/1k.csv", f"--CSV_SHA256={sha256}")
     assert again.returncode == 0, again.stderr
     assert "fetched from" not in again.stdout
 
 
-def test_local_copy_with_wrong_sha256_is_refused(tmp_path):
-    fake_dir = tmp_path / "fake"
-    fake_dir.mkdir()
-    (fake_dir / "1k.csv").write_bytes(b"prompt,raw_data\n" + csv_line("p", raw_json(discord=URL_A)))
-    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={fake_dir}", "--CSV_URL=http://127.0.0.1:9/1k.csv")
-    assert_one_error_line(result, "sha256", config.CSV_SHA256, str(fake_dir / "1k.csv"))
+def test_download_with_wrong_sha256_is_refused(sample_csv, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copyfile(sample_csv, served / "1k.csv")  # not the real 1k.csv: config.CSV_SHA256 is not its sha256
+    with serve(served) as base:
+        result = run_script(tmp_path, f"--CSV_URL={base}/1k.csv")
+    assert_one_error_line(result, "sha256", config.CSV_SHA256, f"{base}/1k.csv")
     assert not (tmp_path / config.CSV_FILE).exists()
     assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/1k.csv"])
 def test_non_http_url_is_refused(tmp_path, url):
-    (tmp_path / "empty").mkdir()
-    result = run_script(tmp_path, f"--LOCAL_DATA_DIR={tmp_path / 'empty'}", f"--CSV_URL={url}")
+    result = run_script(tmp_path, f"--CSV_URL={url}")
     assert_one_error_line(result, url, "only http(s)")
     assert not (tmp_path / config.CSV_FILE).exists() and not list(tmp_path.rglob("*.partial"))
 
@@ -537,36 +574,43 @@ def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, worker
     assert duplicate_lines == [n for n in range(2, len(urls) + 2) if n not in kept_lines]
 
 
-def test_no_workers_for_a_csv_of_a_few_pieces(csv_1k, tmp_path, monkeypatch):
+def test_no_workers_for_a_csv_of_a_few_pieces(sample_csv, tmp_path, monkeypatch):
     pools = count_pools(monkeypatch)
-    summary = extract_links(str(csv_1k), str(tmp_path / "out"), workers=-1)  # 1 MB, one piece
-    assert summary.kept == ROWS_1K - 1 and pools == []
+    summary = extract_links(str(sample_csv), str(tmp_path / "out"), workers=-1)  # 1 MB, one piece
+    assert summary.kept == SAMPLE_ROWS - 1 and pools == []
 
 
+# The generated CSV always; the real one when it can be had (its multi-line row among the pieces).
+BOTH_CSVS = pytest.mark.parametrize("csv_fixture", ["sample_csv", "csv_1k"])
+
+
+@BOTH_CSVS
 @pytest.mark.parametrize("workers", [1, 2])
-def test_1k_in_pieces_gives_the_same_outputs(out_1k, csv_1k, tmp_path, monkeypatch, workers):
-    _, out, table = out_1k
-    monkeypatch.setattr(links, "CHUNK_BYTES", 64_000)  # 16 pieces, the multi-line row's lines among them
+def test_csv_in_pieces_gives_the_same_outputs(request, csv_fixture, tmp_path, monkeypatch, workers):
+    source = str(request.getfixturevalue(csv_fixture))
+    whole = extract_links(source, str(tmp_path / "whole"))
+    monkeypatch.setattr(links, "CHUNK_BYTES", 64_000)  # over a dozen pieces
     pools = count_pools(monkeypatch)
-    summary = extract_links(str(csv_1k), str(tmp_path / "out"), workers)
+    summary = extract_links(source, str(tmp_path / "out"), workers)
     assert len(pools) == (workers > 1)
-    assert (summary.rows, summary.kept) == (ROWS_1K, ROWS_1K - 1)
-    assert pq.read_table(tmp_path / "out" / METADATA_FILE).to_pylist() == table
-    for name in (LINKS_FILE, REJECTS_FILE):
-        assert (tmp_path / "out" / name).read_bytes() == (out / name).read_bytes()
+    assert summary == whole and summary.kept > 900
+    for name in OUTPUTS:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
 
-def test_pieces_end_where_rows_end(csv_1k, monkeypatch):
+@BOTH_CSVS
+def test_pieces_end_where_rows_end(request, csv_fixture, monkeypatch):
+    source = request.getfixturevalue(csv_fixture)
     monkeypatch.setattr(links, "CHUNK_BYTES", 5_000)
-    data = csv_1k.read_bytes()
-    with open(csv_1k, "rb") as raw:
+    data = source.read_bytes()
+    with open(source, "rb") as raw:
         raw.readline()
         pieces = list(links._pieces(raw))
     assert len(pieces) > 100 and b"".join(piece for _, piece in pieces) == data[data.index(b"\n") + 1 :]
     for start, piece in pieces:
         assert data[start : start + len(piece)] == piece
         rows = list(csv.reader(io.StringIO(piece.decode("utf-8"), newline=""), strict=True))
-        assert rows and all(len(row) == 2 for row in rows)  # whole rows only, the multi-line one included
+        assert rows and all(len(row) == 2 for row in rows)  # whole rows only, the multi-line ones included
 
 
 def test_a_stray_quote_does_not_make_one_huge_piece(tmp_path, monkeypatch):
@@ -587,16 +631,16 @@ def test_a_stray_quote_does_not_make_one_huge_piece(tmp_path, monkeypatch):
     assert [r["csv_line"] for r in table] == lines and table[0]["prompt"] == 'a 5" robot'
 
 
-def test_failure_while_workers_parse_leaves_previous_outputs_intact(csv_1k, tmp_path, monkeypatch):
+def test_failure_while_workers_parse_leaves_previous_outputs_intact(sample_csv, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    extract_links(str(csv_1k), str(out))
+    extract_links(str(sample_csv), str(out))
     before = output_bytes(out)
     monkeypatch.setattr(links, "CHUNK_BYTES", 50_000)
     monkeypatch.setattr(links, "ROW_GROUP_ROWS", 100)
     real = links.pq.ParquetWriter.write_table
     monkeypatch.setattr(links.pq.ParquetWriter, "write_table", fail_on_call(3, OSError("disk full"), real))
     with pytest.raises(OSError, match="disk full"):
-        extract_links(str(csv_1k), str(out), workers=2)
+        extract_links(str(sample_csv), str(out), workers=2)
     assert output_bytes(out) == before
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
 
@@ -627,3 +671,60 @@ def test_garbage_collector_left_as_it_was(tmp_path, monkeypatch, enabled):
     with pytest.raises(RuntimeError):
         extract_links(str(tmp_path / "ok.csv"), str(tmp_path / "out"))
     assert calls == (["disable", "enable"] * 2 if enabled else ["disable"] * 2)
+
+
+# --- a killed script leaves no process behind -------------------------------------------------------
+
+# The script itself, with pieces small enough that a CSV of a few MB gets parsing processes (a CSV under
+# 4 * CHUNK_BYTES is parsed in the script's own process).
+SMALL_PIECES = """
+import runpy, sys
+from prompt_search import links
+links.CHUNK_BYTES = 50_000
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is pid, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
+            continue
+        if f"\nPPid:\t{pid}\n" in status:
+            found.add(int(entry.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (a reparented zombie waits for whoever reaps it, using no memory)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="finds the processes through /proc (Linux)")
+def test_killed_script_leaves_no_worker_or_helper_process(tmp_path):
+    rows = [(csv_line(f"prompt {i} " + "word " * 40, raw_json(discord=f"{URL_A}?{i}")), None) for i in range(60_000)]
+    write_rows(tmp_path / "big.csv", rows)  # 19 MB: hundreds of pieces, two parsing processes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    script = subprocess.Popen([sys.executable, "-c", SMALL_PIECES, str(SCRIPT), "--CSV_FILE=big.csv",
+                               "--LINK_WORKERS=2"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    children = set()
+    while len(children) < 3 and script.poll() is None and time.monotonic() < deadline:  # 2 workers, 1 tracker
+        children = {pid for pid in children_of(script.pid) if is_running(pid)}
+        time.sleep(0.01)
+    assert script.poll() is None, "the script ended before its workers could be seen: give it a bigger CSV"
+    assert len(children) == 3, children
+    script.kill()
+    script.wait()
+    deadline = time.monotonic() + 10
+    while any(map(is_running, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in children if is_running(pid)], "processes of the killed script still running"
