@@ -5,7 +5,7 @@ import json
 from conftest import make_image, serve, write_open_prompts_csv
 
 from prompt_search.download import download_images, in_words, print_summary, read_stats
-from prompt_search.links import extract_links
+from prompt_search.links import METADATA_FILE, extract_links
 
 EMPTY = "empty file, 0 bytes (OpenCV("
 NOT_AN_IMAGE = "not an image, a truncated one, or a format OpenCV cannot read (Image decoding error)"
@@ -22,7 +22,7 @@ def test_empty_and_undecodable_downloads_are_said_in_words(tmp_path, capsys):
         write_open_prompts_csv(tmp_path / "p.csv", [(name, f"{base}/{name}") for name in names])
         extract_links(str(tmp_path / "p.csv"), str(tmp_path / "out"))
         images = tmp_path / "out" / "images"
-        summary = download_images(str(tmp_path / "out" / "metadata.parquet"), str(images), 64, "keep_ratio", 2, 1, 5,
+        summary = download_images(str(tmp_path / "out" / METADATA_FILE), str(images), 64, "keep_ratio", 2, 1, 5,
                                   0, "files")
     raw = json.loads(next(images.glob("*_stats.json")).read_text())["status_dict"]
     assert any("!buf.empty()" in status for status in raw)  # what img2dataset itself says of the empty file

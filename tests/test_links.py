@@ -437,7 +437,8 @@ def test_rerun_replaces_outputs_instead_of_appending(sample_csv, tmp_path):
     extract_links(str(sample_csv), str(out))
     assert output_bytes(out) == first
     assert len((out / LINKS_FILE).read_text().splitlines()) == SAMPLE_ROWS - 1
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == [".metadata.1", ".metadata.2", "metadata"]  # the set before stays
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "metadata").iterdir()) == sorted(OUTPUTS)
 
 
 def fail_on_call(n, error, real=None):
@@ -469,7 +470,7 @@ def test_interrupted_run_leaves_previous_outputs_intact(sample_csv, tmp_path, mo
     with pytest.raises(error):
         extract_links(str(sample_csv), str(out))
     assert output_bytes(out) == before
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no *.partial left
+    assert sorted(p.name for p in out.iterdir()) == [".metadata.1", "metadata"]  # nothing unpublished left
 
 
 def test_interrupted_first_run_leaves_nothing(sample_csv, tmp_path, monkeypatch):
@@ -642,7 +643,7 @@ def test_failure_while_workers_parse_leaves_previous_outputs_intact(sample_csv, 
     with pytest.raises(OSError, match="disk full"):
         extract_links(str(sample_csv), str(out), workers=2)
     assert output_bytes(out) == before
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == [".metadata.1", "metadata"]
 
 
 def test_kept_urls_say_which_keys_are_new_like_a_set(monkeypatch):
