@@ -11,13 +11,10 @@ import config
 from prompt_search.cli import UserError, load_config, run
 from prompt_search.files import ensure_data_file
 from prompt_search.gallery import write_gallery
-from prompt_search.images import IMAGES_FILE
-from prompt_search.links import METADATA_FILE
 from prompt_search.onnx_clip import is_current
 from prompt_search.query import (
     check_model,
     compare_with_torch,
-    describe,
     encode_queries,
     open_index,
     print_results,
@@ -49,9 +46,6 @@ def main(argv: list[str]) -> None:
     for query in queries:
         for side, searched in sides.items():
             query.hits[side] = search(searched, query.vector, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
-    # One pass over the metadata table for every hit: on the full data set each read scans millions of rows.
-    describe([hit for query in queries for hits in query.hits.values() for hit in hits],
-             os.path.join(cfg.OUT_DIR, METADATA_FILE), os.path.join(cfg.OUT_DIR, "visual_embeddings", IMAGES_FILE))
     print_results(queries)
     gallery = os.path.join(cfg.OUT_DIR, "results.html")
     write_gallery(queries, gallery)

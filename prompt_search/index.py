@@ -3,7 +3,7 @@
 Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: see files.py):
   knn.index     the faiss index (inner product: cosine on normalised vectors)
   infos.json    autofaiss's account of what it built
-  ids.npy       ids[i] is the id of the index's vector i (unicode array, no pickle)
+  items.arrow   row i describes vector i: id, image path, prompt, link and metadata (see items.py)
   vectors.npy   float16 N x D, row i the stored vector i: to compare hits with each other (near-duplicates)
   source.json   the model the vectors came from, their dimension and count, and the embeddings' manifest
 
@@ -18,14 +18,18 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from prompt_search.cli import UserError
 from prompt_search.embed import MANIFEST
 from prompt_search.files import current_set, output_set
+from prompt_search.images import IMAGES_FILE
+from prompt_search.items import ItemTable, write_items
+from prompt_search.links import METADATA_FILE
 
 INDEX_FILE = "knn.index"
 INFOS_FILE = "infos.json"
-IDS_FILE = "ids.npy"
+ITEMS_FILE = "items.arrow"
 VECTORS_FILE = "vectors.npy"
 SOURCE_FILE = "source.json"
 ALIGNMENT_SAMPLE = 1000  # stored positions checked against the source files after a build, whatever their number
@@ -61,8 +65,12 @@ def source_files(folder: str) -> list[SourceFile]:
     return files
 
 
-def build_index(embeddings: str, index_set: str, max_memory: str, memory_available: str, max_query_ms: float) -> dict:
-    """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned."""
+def build_index(embeddings: str, index_set: str, max_memory: str, memory_available: str, max_query_ms: float,
+                metadata_file: str = "") -> dict:
+    """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned.
+
+    Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one.
+    """
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
     folder = current_set(embeddings)
@@ -85,8 +93,9 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         )
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
-        ids = write_ids_and_vectors(files, out)
-        check_alignment(index, ids, files)
+        ids = write_vectors(files, out)
+        write_items(os.path.join(out, ITEMS_FILE), ids, [os.path.join(folder, IMAGES_FILE), metadata_file], out)
+        check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
         source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "embeddings": manifest}
         with open(os.path.join(out, SOURCE_FILE), "w") as f:
             json.dump(source, f, indent=1)
@@ -94,22 +103,20 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     return infos
 
 
-def write_ids_and_vectors(files: list[SourceFile], out: str) -> np.ndarray:
-    """ids.npy and vectors.npy (float16) in index order, streamed file by file; returns the ids, memory-mapped."""
+def write_vectors(files: list[SourceFile], out: str) -> pa.ChunkedArray:
+    """vectors.npy (float16) in index order, streamed file by file; returns the ids in the same order."""
     total = files[-1].start + files[-1].count
-    width = max(np.load(f.ids, mmap_mode="r").dtype.itemsize // 4 for f in files)
     dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
-    ids = np.lib.format.open_memmap(os.path.join(out, IDS_FILE), "w+", f"<U{max(width, 1)}", (total,))
     vectors = np.lib.format.open_memmap(os.path.join(out, VECTORS_FILE), "w+", np.float16, (total, dimension))
+    ids = []
     for f in files:
-        ids[f.start : f.start + f.count] = np.load(f.ids, allow_pickle=False)
+        ids.append(pa.array(np.load(f.ids, allow_pickle=False), pa.string()))
         vectors[f.start : f.start + f.count] = np.load(f.vectors, allow_pickle=False)
-    ids.flush()
     vectors.flush()
-    return ids
+    return pa.chunked_array(ids, pa.string())
 
 
-def check_alignment(index, ids: np.ndarray, files: list[SourceFile], sample: int = ALIGNMENT_SAMPLE) -> None:
+def check_alignment(index, ids, files: list[SourceFile], sample: int = ALIGNMENT_SAMPLE) -> None:
     """Check sampled index positions against the source files, or refuse the build.
 
     Each sampled position's id must be its source row's id, and the index's reconstruction of its
@@ -124,11 +131,11 @@ def check_alignment(index, ids: np.ndarray, files: list[SourceFile], sample: int
         row = position - f.start
         source_ids.append(str(np.load(f.ids, mmap_mode="r")[row]))
         source_vectors.append(np.load(f.vectors, mmap_mode="r")[row])
-    wrong = [(p, want) for p, want in zip(positions, source_ids, strict=True) if str(ids[p]) != want]
+    wrong = [(p, want) for p, want in zip(positions, source_ids, strict=True) if str(ids[int(p)]) != want]
     if wrong:
         p, want = wrong[0]
         raise UserError(f"index and ids disagree: {len(wrong)} of {len(positions)} sampled positions hold another "
-                        f"row's id (position {p}: {ids[p]}, its vector is {want}'s); nothing was replaced")
+                        f"row's id (position {p}: {ids[int(p)]}, its vector is {want}'s); nothing was replaced")
     misses, lossy = _reconstruction_misses(index, positions, np.array(source_vectors, dtype=np.float32))
     if misses > (LOSSY_MISSES * len(positions) if lossy else 0):
         raise UserError(f"index and ids disagree: {misses} of {len(positions)} sampled vectors of the index are not "
@@ -157,7 +164,7 @@ def create_index(out_dir: str, name: str, max_memory: str, memory_available: str
     """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
     index_set = os.path.join(out_dir, "knn_indices", name)
     infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), index_set, max_memory, memory_available,
-                        max_query_ms)
+                        max_query_ms, os.path.join(out_dir, METADATA_FILE))
     print(f"{index_set}: {infos['index_key']} index of {infos['nb vectors']} vectors of dimension "
           f"{infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
           f"(memory budget {max_memory})")

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from prompt_search.cli import UserError
 from prompt_search.files import current_set, model_fingerprint
 from prompt_search.images import open_rgb, to_pixels
-from prompt_search.index import IDS_FILE, INDEX_FILE, SOURCE_FILE, VECTORS_FILE
+from prompt_search.index import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
+from prompt_search.items import ItemTable
 from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, model_path, start_session
 from prompt_search.tokenizer import tokenize
 
@@ -28,6 +28,7 @@ class Hit:
     url: str = ""
     path: str = ""  # the local image, when the hit is a downloaded or local image
     alike: int = 0  # lower-ranked results near-identical to this one (DEDUPE_THRESHOLD), shown as this one
+    position: int = -1  # the vector's position in its index, and its row in the item table
 
 
 @dataclass
@@ -68,11 +69,11 @@ def encode_queries(onnx_dir: str, prompt: str, image: Image.Image, image_path: s
 
 @dataclass
 class SearchIndex:
-    """An index set opened for queries: the index memory-mapped read-only, its ids and stored vectors."""
+    """An index set opened for queries: the index, its item table and stored vectors, memory-mapped read-only."""
     folder: str
     index: faiss.Index
-    ids: np.ndarray
-    vectors: np.ndarray  # float16, memory-mapped: row i is the index's vector i
+    items: ItemTable
+    vectors: np.ndarray  # float16: row i is the index's vector i
     model: str  # fingerprint of the model whose vectors it holds
 
 
@@ -84,12 +85,12 @@ def open_index(index_set: str) -> SearchIndex | None:
     with open(os.path.join(folder, SOURCE_FILE)) as f:
         source = json.load(f)
     index = faiss.read_index(os.path.join(folder, INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    ids = np.load(os.path.join(folder, IDS_FILE), mmap_mode="r")
+    items = ItemTable(os.path.join(folder, ITEMS_FILE))
     vectors = np.load(os.path.join(folder, VECTORS_FILE), mmap_mode="r")
-    if not len(ids) == len(vectors) == index.ntotal:
-        raise UserError(f"{index_set} has {len(ids)} ids and {len(vectors)} vectors for {index.ntotal} indexed: "
+    if not len(items) == len(vectors) == index.ntotal:
+        raise UserError(f"{index_set} has {len(items)} items and {len(vectors)} vectors for {index.ntotal} indexed: "
                         "rebuild the index")
-    return SearchIndex(index_set, index, ids, vectors, source["model"])
+    return SearchIndex(index_set, index, items, vectors, source["model"])
 
 
 def check_model(searched: SearchIndex, model_name: str) -> None:
@@ -132,23 +133,11 @@ def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: 
         if len(hits) == k:  # the rest of the candidates may still be alike to a hit, to be counted
             continue
         kept.append(i)
-        hits.append(Hit(len(hits) + 1, float(score), str(searched.ids[label])))
+        hits.append(Hit(len(hits) + 1, float(score), "", position=int(label)))
+    for hit, row in zip(hits, searched.items.rows([hit.position for hit in hits]), strict=True):
+        hit.id, hit.prompt, hit.url, hit.path = row["id"], row.get("prompt") or "", row.get("url") or "", \
+            row.get("path") or ""
     return hits
-
-
-def describe(hits: list[Hit], metadata_file: str, images_file: str) -> None:
-    """Fill in each hit's prompt and link from the metadata table, and its local image path."""
-    wanted = [hit.id for hit in hits]
-    rows, paths = {}, {}
-    if wanted and os.path.exists(metadata_file):
-        table = pq.read_table(metadata_file, columns=["id", "prompt", "url"], filters=[("id", "in", wanted)])
-        rows = {row["id"]: row for row in table.to_pylist()}
-    if wanted and os.path.exists(images_file):
-        table = pq.read_table(images_file, filters=[("id", "in", wanted)])
-        paths = dict(zip(table["id"].to_pylist(), table["path"].to_pylist(), strict=True))
-    for hit in hits:
-        row = rows.get(hit.id, {})
-        hit.prompt, hit.url, hit.path = row.get("prompt") or "", row.get("url") or "", paths.get(hit.id, "")
 
 
 def print_results(queries: list[Query]) -> None:

@@ -12,17 +12,18 @@ from prompt_search import index as index_module
 from prompt_search.cli import UserError
 from prompt_search.embed import save_batch
 from prompt_search.index import (
-    IDS_FILE,
     INDEX_FILE,
     INFOS_FILE,
+    ITEMS_FILE,
     SOURCE_FILE,
     VECTORS_FILE,
     build_index,
     check_alignment,
     source_files,
 )
+from prompt_search.items import ItemTable
 
-SET_FILES = (INDEX_FILE, INFOS_FILE, IDS_FILE, VECTORS_FILE, SOURCE_FILE)
+SET_FILES = (INDEX_FILE, INFOS_FILE, ITEMS_FILE, VECTORS_FILE, SOURCE_FILE)
 
 
 def fake_embeddings(folder, sizes, dim=16, seed=0, vectors=None):
@@ -47,7 +48,7 @@ def test_ids_and_vectors_follow_the_index_order(tmp_path, sizes):
     folder = tmp_path / "emb"
     fake_embeddings(folder, sizes)
     index_set, infos = build(tmp_path, folder)
-    ids = np.load(index_set / IDS_FILE, allow_pickle=False)
+    ids = ItemTable(str(index_set / ITEMS_FILE)).column("id").to_numpy(zero_copy_only=False)
     expected = [f"b{batch}-{row}" for batch, size in enumerate(sizes) for row in range(size)]
     assert list(ids) == expected and infos["nb vectors"] == sum(sizes)
     index = faiss.read_index(str(index_set / INDEX_FILE))
@@ -67,7 +68,7 @@ def test_identical_images_build(tmp_path):
     vectors[rng.choice(32, 12, replace=False)] = vectors[0]
     fake_embeddings(tmp_path / "emb", [10, 10, 12], vectors=vectors)
     index_set, infos = build(tmp_path, tmp_path / "emb")
-    assert infos["nb vectors"] == 32 and len(np.load(index_set / IDS_FILE)) == 32
+    assert infos["nb vectors"] == 32 and len(ItemTable(str(index_set / ITEMS_FILE))) == 32
 
 
 def test_shuffled_ids_are_caught(tmp_path):
@@ -75,7 +76,7 @@ def test_shuffled_ids_are_caught(tmp_path):
     fake_embeddings(folder, [30, 30])
     index_set, _ = build(tmp_path, folder)
     index = faiss.read_index(str(index_set / INDEX_FILE))
-    ids = np.load(index_set / IDS_FILE, allow_pickle=False)
+    ids = ItemTable(str(index_set / ITEMS_FILE)).column("id").to_numpy(zero_copy_only=False)
     check_alignment(index, ids, source_files(str(folder)))
     with pytest.raises(UserError, match="index and ids disagree: .* hold another row's id"):
         check_alignment(index, np.random.default_rng(1).permutation(ids), source_files(str(folder)))
@@ -123,7 +124,8 @@ def test_published_set_is_replaced_whole_and_stale_ids_go(tmp_path):
     index_set, _ = build(tmp_path, folder)
     fake_embeddings(folder, [4, 3], seed=2)
     build(tmp_path, folder)
-    assert list(np.load(index_set / IDS_FILE)) == [f"b0-{r}" for r in range(4)] + [f"b1-{r}" for r in range(3)]
+    ids = ItemTable(str(index_set / ITEMS_FILE)).column("id").to_pylist()
+    assert ids == [f"b0-{r}" for r in range(4)] + [f"b1-{r}" for r in range(3)]
     assert os.path.islink(index_set) and sorted(os.listdir(index_set)) == sorted(SET_FILES)
 
 

@@ -94,7 +94,7 @@ def test_step_4_killed_at_every_swap(tmp_path, monkeypatch):
         run_script("create_visual_knn_indices.py", f"--OUT_DIR={out.name}", cwd=tmp_path)
 
     def same(a, b):  # autofaiss's infos hold timings: compare what a reader reads
-        return a is not None and b is not None and all(a[name] == b[name] for name in ("ids.npy", "vectors.npy"))
+        return a is not None and b is not None and all(a[name] == b[name] for name in ("items.arrow", "vectors.npy"))
 
     swaps = kill_at_every_swap(tmp_path, monkeypatch, "create_visual_knn_indices.py", [], "knn_indices/visual",
                                old_set, embeddings([4, 3], 2), same)

@@ -1,0 +1,85 @@
+"""The item table of an index set: row i describes the index's vector i (id, image path, prompt, link...).
+
+Written by step 4 as an Arrow IPC file (items.arrow) in record batches, read memory-mapped: opening it
+reads only its footer, and describing k hits reads k rows, whatever the size of the collection. The
+table is a snapshot of the metadata when the index was built, so an index set answers on its own.
+
+Columns: id, then `path` from the embeddings' images.parquet (visual side), then every column of
+step 1's metadata.parquet but its id (url, prompt, width, height, seed, ...); a row whose id a
+source lacks has nulls there.
+"""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+BATCH_ROWS = 65_536  # rows of items.arrow written at once: bounds memory while writing
+
+
+def write_items(path: str, ids: pa.Array, sources: list[str], scratch: str) -> None:
+    """Write the item table for ids (in index order) to path, joining each Parquet source on its id column.
+
+    Each source is first copied to an uncompressed Arrow file in scratch and memory-mapped, so that
+    taking its rows in index order needs no more memory than a batch, whatever the source's size.
+    """
+    joined = []
+    for number, source in enumerate(s for s in sources if s and os.path.isfile(s)):
+        mapped = _mapped_copy(source, os.path.join(scratch, f"source-{number}.arrow"))
+        rows = pc.index_in(ids, value_set=mapped.column("id").combine_chunks())
+        joined.append((mapped.drop_columns(["id"]), rows))
+    columns = {"id": pa.string()}
+    for table, _ in joined:
+        columns |= {field.name: field.type for field in table.schema if field.name not in columns}
+    schema = pa.schema(columns)
+    with pa.OSFile(path, "wb") as sink, ipc.new_file(sink, schema) as writer:
+        for start in range(0, len(ids), BATCH_ROWS):
+            chunk = {"id": ids[start : start + BATCH_ROWS]}
+            for table, rows in joined:
+                taken = table.take(rows[start : start + BATCH_ROWS])
+                chunk |= {name: taken.column(name) for name in taken.column_names if name not in chunk}
+            writer.write_table(pa.table([_column(chunk, name, type_) for name, type_ in columns.items()],
+                                        schema=schema))
+    for number in range(len(joined)):
+        os.remove(os.path.join(scratch, f"source-{number}.arrow"))
+
+
+def _column(chunk: dict, name: str, type_: pa.DataType) -> pa.Array:
+    rows = len(chunk["id"])
+    return chunk[name] if name in chunk else pa.nulls(rows, type_)
+
+
+def _mapped_copy(source: str, path: str) -> pa.Table:
+    """source (Parquet) as an uncompressed Arrow file at path, memory-mapped."""
+    parquet = pq.ParquetFile(source)
+    with pa.OSFile(path, "wb") as sink, ipc.new_file(sink, parquet.schema_arrow) as writer:
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            writer.write_batch(batch)
+    return ipc.open_file(pa.memory_map(path)).read_all()
+
+
+class ItemTable:
+    """items.arrow opened memory-mapped: rows by index position in O(k)."""
+
+    def __init__(self, path: str):
+        self.reader = ipc.open_file(pa.memory_map(path))
+        sizes = [self.reader.get_batch(i).num_rows for i in range(self.reader.num_record_batches)]
+        self.starts = np.cumsum([0, *sizes])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def rows(self, positions: list[int]) -> list[dict]:
+        """The rows at these positions, as dicts, in the order asked."""
+        return [self._batch_row(position) for position in positions]
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """A whole column, memory-mapped (nothing is read until used)."""
+        return self.reader.read_all().column(name)
+
+    def _batch_row(self, position: int) -> dict:
+        batch = int(np.searchsorted(self.starts, position, side="right")) - 1
+        return self.reader.get_batch(batch).slice(position - int(self.starts[batch]), 1).to_pylist()[0]
