@@ -4,8 +4,9 @@ Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: s
   knn.index     the faiss index (inner product: cosine on normalised vectors)
   infos.json    autofaiss's account of what it built
   items.arrow   row i describes vector i: id, image path, prompt, link and metadata (see items.py)
-  vectors.npy   float16 N x D, row i the stored vector i: to compare hits with each other (near-duplicates)
-  source.json   the model the vectors came from, their dimension and count, and the embeddings' manifest
+  vectors.npy   float16 N x D, row i the stored vector i: to re-rank candidates and fold near-duplicates
+  source.json   the model the vectors came from, their dimension and count, whether the index's codes are
+                lossy (then queries re-rank candidates against vectors.npy), and the embeddings' manifest
 
 Alignment holds by construction: ids and vectors are read from the embeddings files in the order
 autofaiss's own reader lists them (embedding_reader.get_file_list), and the counts must agree. A
@@ -15,6 +16,8 @@ of the vector (exact under ties, and tolerant of lossy codes such as PQ).
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +83,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     with open(os.path.join(folder, MANIFEST)) as f:
         manifest = json.load(f)
     total = files[-1].start + files[-1].count
-    with output_set(index_set) as out:
+    with output_set(index_set) as out, _autofaiss_opq_keywords():
         index, infos = autofaiss_build(
             embeddings=os.path.join(folder, "embeddings"),
             index_path=os.path.join(out, INDEX_FILE),
@@ -89,18 +92,34 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
             max_index_memory_usage=max_memory,
             current_memory_available=memory_available,
             max_index_query_time_ms=max_query_ms,
+            should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
             verbose=40,
         )
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         ids = write_vectors(files, out)
         write_items(os.path.join(out, ITEMS_FILE), ids, [os.path.join(folder, IMAGES_FILE), metadata_file], out)
-        check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
-        source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "embeddings": manifest}
+        lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
+        source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "lossy": lossy,
+                  "embeddings": manifest}
         with open(os.path.join(out, SOURCE_FILE), "w") as f:
             json.dump(source, f, indent=1)
         infos["size on disk"] = os.path.getsize(os.path.join(out, INDEX_FILE))
     return infos
+
+
+@contextmanager
+def _autofaiss_opq_keywords() -> Iterator[None]:
+    """Let autofaiss make OPQ indices: it calls faiss.OPQMatrix(d, M=..., d2=...), and faiss 1.15 names that
+    argument M_in, so every compressed index autofaiss picks for a large collection failed with a TypeError."""
+    import faiss
+
+    original = faiss.OPQMatrix
+    faiss.OPQMatrix = lambda d=0, M=1, d2=-1: original(d, M, d2)  # noqa: N803 (autofaiss's keyword)
+    try:
+        yield
+    finally:
+        faiss.OPQMatrix = original
 
 
 def write_vectors(files: list[SourceFile], out: str) -> pa.ChunkedArray:
@@ -116,8 +135,8 @@ def write_vectors(files: list[SourceFile], out: str) -> pa.ChunkedArray:
     return pa.chunked_array(ids, pa.string())
 
 
-def check_alignment(index, ids, files: list[SourceFile], sample: int = ALIGNMENT_SAMPLE) -> None:
-    """Check sampled index positions against the source files, or refuse the build.
+def check_alignment(index, ids, files: list[SourceFile], sample: int = ALIGNMENT_SAMPLE) -> bool:
+    """Check sampled index positions against the source files, or refuse the build; return whether the code is lossy.
 
     Each sampled position's id must be its source row's id, and the index's reconstruction of its
     vector must lie nearest its source vector (or a near-identical one: ties are no error) among the
@@ -140,6 +159,7 @@ def check_alignment(index, ids, files: list[SourceFile], sample: int = ALIGNMENT
     if misses > (LOSSY_MISSES * len(positions) if lossy else 0):
         raise UserError(f"index and ids disagree: {misses} of {len(positions)} sampled vectors of the index are not "
                         "the source vectors at their positions; nothing was replaced")
+    return lossy
 
 
 def _reconstruction_misses(index, positions: np.ndarray, source: np.ndarray) -> tuple[int, bool]:

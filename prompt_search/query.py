@@ -17,6 +17,7 @@ from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, enc
 from prompt_search.tokenizer import tokenize
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
+RERANK_CANDIDATES = 100  # candidates a lossy index gives for re-ranking (recall@10 0.99 at 1M: benchmarks/RESULTS.md)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class SearchIndex:
     items: ItemTable
     vectors: np.ndarray  # float16: row i is the index's vector i
     model: str  # fingerprint of the model whose vectors it holds
+    rerank: bool  # the index's codes are lossy: its candidates are re-ranked against the stored vectors
 
 
 def open_index(index_set: str) -> SearchIndex | None:
@@ -90,7 +92,7 @@ def open_index(index_set: str) -> SearchIndex | None:
     if not len(items) == len(vectors) == index.ntotal:
         raise UserError(f"{index_set} has {len(items)} items and {len(vectors)} vectors for {index.ntotal} indexed: "
                         "rebuild the index")
-    return SearchIndex(index_set, index, items, vectors, source["model"])
+    return SearchIndex(index_set, index, items, vectors, source["model"], source.get("lossy", False))
 
 
 def check_model(searched: SearchIndex, model_name: str) -> None:
@@ -106,15 +108,26 @@ def search(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshold: 
 
     Near-identical images (the black pictures of Stable Diffusion's safety filter, re-uploads) would
     otherwise fill a top-k. More candidates are searched until k distinct ones are found, or MAX_CANDIDATES.
+    A lossy index's candidates (at least RERANK_CANDIDATES) are re-ranked by their stored vectors.
     """
     wanted = k if dedupe_threshold >= 1 else 4 * k
     while True:
-        searched_k = min(wanted, searched.index.ntotal)
+        searched_k = min(max(wanted, RERANK_CANDIDATES) if searched.rerank else wanted, searched.index.ntotal)
         scores, labels = searched.index.search(vector[None].astype(np.float32), searched_k)
-        hits = _collapse(searched, scores[0], labels[0], k, dedupe_threshold)
+        scores, labels = scores[0], labels[0]
+        if searched.rerank:
+            scores, labels = _rerank(searched, vector, labels[labels >= 0])
+        hits = _collapse(searched, scores, labels, k, dedupe_threshold)
         if len(hits) >= k or searched_k >= min(searched.index.ntotal, MAX_CANDIDATES):
             return hits
         wanted *= 4
+
+
+def _rerank(searched: SearchIndex, vector: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates in the order of their exact similarity to vector, by the stored vectors."""
+    scores = np.asarray(searched.vectors[np.sort(labels)], dtype=np.float32) @ vector.astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], np.sort(labels)[order]
 
 
 def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: int, threshold: float) -> list[Hit]:
