@@ -57,10 +57,12 @@ def reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def cpu_sample(item_id: str, path: str, source: str | io.BytesIO, size: int) -> Sample:
-    """The CPU path's decode of one image (PIL, draft mode for large JPEGs, bicubic resize, centre crop)."""
+def cpu_sample(item_id: str, path: str, size: int) -> Sample:
+    """The CPU path's decode of one image (PIL, draft mode for large JPEGs, bicubic resize, centre crop).
+
+    Both paths decode from the path, so that a skipped image's reason is the same words either way."""
     try:
-        return Sample(item_id, path, crop=crop_rgb(open_rgb(source, draft_size=size), size))
+        return Sample(item_id, path, crop=crop_rgb(open_rgb(path, draft_size=size), size))
     except UNREADABLE as error:
         return Sample(item_id, path, reason=reason(error))
 
@@ -84,10 +86,10 @@ class JpegBytes(Dataset):
                 # A JPEG without its end marker is cut short: PIL refuses it, nvJPEG might fill it in grey.
                 whole_jpeg = image.format == "JPEG" and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
                 on_device = whole_jpeg and image.mode in NVJPEG_MODES
-        except UNREADABLE as error:
-            return Sample(item_id, path, reason=reason(error))
+        except UNREADABLE:
+            on_device = False
         if not on_device:
-            return cpu_sample(item_id, path, io.BytesIO(data), self.size)
+            return cpu_sample(item_id, path, self.size)
         return Sample(item_id, path, jpeg=torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
 
@@ -113,7 +115,7 @@ def decode(samples: list[Sample], device: str, size: int, counts: Counts) -> lis
                 out_of_batch[i] = decode_jpeg(samples[i].jpeg, mode=ImageReadMode.RGB, device=device)
             except RuntimeError:
                 s = samples[i]
-                out[i] = cpu_sample(s.item_id, s.path, io.BytesIO(s.jpeg.numpy().tobytes()), size)
+                out[i] = cpu_sample(s.item_id, s.path, size)
     for i, image in out_of_batch.items():
         out[i] = image
     counts.on_device += len(out_of_batch)

@@ -48,7 +48,7 @@ class PilCrops(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         item_id, path = self.items[i]
-        return cpu_sample(item_id, path, path, self.size)
+        return cpu_sample(item_id, path, self.size)
 
 
 def stack_crops(samples: list[Sample]) -> tuple[torch.Tensor | None, list[str], list[tuple[str, str]]]:
