@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Generator, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,7 +50,8 @@ class Counts:
     """What the GPU path did, for the step's last lines."""
 
     on_device: int = 0
-    on_cpu: list[str] = field(default_factory=list)  # paths decoded with PIL: not JPEG, or refused on the device
+    on_cpu: int = 0  # images decoded with PIL: not JPEG, or refused by the device
+    first_on_cpu: str = ""
 
 
 def reason(error: BaseException) -> str:
@@ -107,19 +108,21 @@ def decode(samples: list[Sample], device: str, size: int, counts: Counts) -> lis
     out: list[Sample | torch.Tensor] = list(samples)
     try:
         decoded = decode_jpeg([samples[i].jpeg for i in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else []
-        out_of_batch = dict(zip(jpegs, decoded, strict=True))
+        on_device = dict(zip(jpegs, decoded, strict=True))
     except RuntimeError:  # one bad file fails the whole batch: find it
-        out_of_batch = {}
+        on_device = {}
         for i in jpegs:
             try:
-                out_of_batch[i] = decode_jpeg(samples[i].jpeg, mode=ImageReadMode.RGB, device=device)
+                on_device[i] = decode_jpeg(samples[i].jpeg, mode=ImageReadMode.RGB, device=device)
             except RuntimeError:
                 s = samples[i]
                 out[i] = cpu_sample(s.item_id, s.path, size)
-    for i, image in out_of_batch.items():
+    for i, image in on_device.items():
         out[i] = image
-    counts.on_device += len(out_of_batch)
-    counts.on_cpu += [s.path for i, s in enumerate(samples) if i not in out_of_batch]
+    on_cpu = [s.path for i, s in enumerate(samples) if i not in on_device]
+    counts.on_device += len(on_device)
+    counts.on_cpu += len(on_cpu)
+    counts.first_on_cpu = counts.first_on_cpu or next(iter(on_cpu), "")
     return out
 
 

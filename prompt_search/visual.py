@@ -146,8 +146,8 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
         print(f"input path {path}: {done} images in {end - started:.1f} s, {done / (end - started):.0f} images/s"
               f"{steady}")
         if path == "gpu" and counts.on_cpu:
-            print(f"  {len(counts.on_cpu)} of them decoded with PIL on the CPU (not JPEG, or refused by the device), "
-                  f"first: {counts.on_cpu[0]}")
+            print(f"  {counts.on_cpu} of them decoded with PIL on the CPU (not JPEG, or refused by the device), "
+                  f"first: {counts.first_on_cpu}")
 
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
     skipped = embed_items(folder, items, model_name, batch_size, encode_batches, unit="img",
