@@ -142,8 +142,8 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
                 done += len(ids) + len(skipped)
                 yield vectors, ids, skipped
         end = time.perf_counter()
-        steady = f", {(done - len(ranges[0])) / (end - first):.0f} after the first batch" if len(ranges) > 1 else ""
-        print(f"input path {path}: {done} images in {end - started:.1f} s, {done / (end - started):.0f} images/s"
+        steady = f", {(done - len(ranges[0])) / (end - first):.1f} after the first batch" if len(ranges) > 1 else ""
+        print(f"input path {path}: {done} images in {end - started:.1f} s, {done / (end - started):.1f} images/s"
               f"{steady}")
         if path == "gpu" and counts.on_cpu:
             print(f"  {counts.on_cpu} of them decoded with PIL on the CPU (not JPEG, or refused by the device), "
