@@ -29,7 +29,8 @@ MODEL = "ViT-B/32"  # CLIP model name, or path to a CLIP checkpoint file
 MODEL_DIR = "~/.cache/clip"  # where CLIP keeps downloaded weights
 DEVICE = ""  # "" = a GPU in fp16 when there is one, else the CPU in fp32; or "cpu", "cuda:1"
 BATCH_SIZE = 128  # images per batch and per .npy file
-NUM_WORKERS = -1  # image-decoding processes; -1 = one per CPU core, at most 8
+NUM_WORKERS = -1  # image-loading processes; -1 = one per CPU core
+DECODE = ""  # "" = JPEGs decoded in batches on the GPU when DEVICE is one, else with PIL in the loading processes; or "cpu", "gpu" (on DEVICE=cpu: the same batched code with the CPU JPEG decoder)
 
 # --- step 4: knn index ------------------------------------------------------------------
 MAX_INDEX_MEMORY = "4G"  # largest index autofaiss may build

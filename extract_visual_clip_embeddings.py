@@ -2,7 +2,8 @@
 
     python extract_visual_clip_embeddings.py [--BATCH_SIZE=128] [--IMG_DIR=my/images] [--MODEL=ViT-B/32]
 
-On a GPU the model runs in fp16, on the CPU in fp32. Rerunning resumes where a run stopped.
+On a GPU the model runs in fp16 and the GPU decodes the JPEGs too (DECODE); on the CPU the model runs in fp32.
+Rerunning resumes where a run stopped.
 """
 
 import os
@@ -16,7 +17,7 @@ def main(argv: list[str]) -> None:
     img_dir = cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images")
     folder = os.path.join(cfg.OUT_DIR, "visual_embeddings")
     written, skipped = embed_images(img_dir, folder, cfg.MODEL, cfg.MODEL_DIR, cfg.DEVICE, cfg.BATCH_SIZE,
-                                    cfg.NUM_WORKERS)
+                                    cfg.NUM_WORKERS, cfg.DECODE)
     print_summary(folder, written, skipped)
     print("next: python create_visual_knn_indices.py")
 

@@ -65,7 +65,8 @@ ALLOWED: dict[str, Allowed] = {
     "DOWNLOAD_RETRIES": at_least(0),
     "OUTPUT_FORMAT": one_of("files", "webdataset", "parquet", "tfrecord", "dummy"),  # img2dataset's
     "BATCH_SIZE": at_least(1),
-    "NUM_WORKERS": minus_one_or_at_least(0, "one per CPU core, at most 8"),
+    "NUM_WORKERS": minus_one_or_at_least(0, "one per CPU core"),
+    "DECODE": one_of("", "cpu", "gpu"),
     "MAX_INDEX_MEMORY": _MEMORY,
     "CURRENT_MEMORY_AVAILABLE": _MEMORY,
     "MAX_INDEX_QUERY_TIME_MS": more_than(0),

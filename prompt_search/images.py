@@ -5,8 +5,10 @@ its path relative to the folder, so a user's own folder of generations works as 
 """
 
 import json
+import math
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -71,31 +73,74 @@ def _image_id(path: str, img_dir: str) -> tuple[str, tuple[str, str] | None]:
     return found, None
 
 
-def open_rgb(path: str) -> Image.Image:
-    """The image at path in RGB, or ValueError/OSError with the reason it can't be used."""
+UNREADABLE = (OSError, ValueError, SyntaxError)  # what PIL raises on a bad file, all three
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """What the model expects of its input: a size x size centre crop, normalised per channel with mean and std.
+
+    One place for both input paths of step 3 (PIL in loader processes, or batched on the GPU) and the queries.
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+CLIP_PIXELS = Pixels()
+MEAN = np.array(CLIP_PIXELS.mean, dtype=np.float32)
+STD = np.array(CLIP_PIXELS.std, dtype=np.float32)
+DRAFT_FACTOR = 2  # a JPEG is decoded at 1/2, 1/4 or 1/8 scale while its shorter side stays at least this x the crop
+
+
+def check_size(image: Image.Image) -> None:
+    """ValueError for an image over MAX_PIXELS, from its header, before anything is decoded."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"too large ({width}x{height} pixels)")
+
+
+def open_rgb(path: str, draft_size: int = 0) -> Image.Image:
+    """The image at path in RGB, or ValueError/OSError with the reason it can't be used.
+
+    draft_size: a JPEG much larger than that is decoded at reduced scale (libjpeg's DCT scaling, Image.draft),
+    keeping its shorter side at least DRAFT_FACTOR x draft_size, so that the bicubic resize to draft_size still
+    does the filtering; a full-size photo decodes several times faster.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ValueError(f"too large ({width}x{height} pixels)")
+            check_size(image)
+            if draft_size and image.format == "JPEG":
+                scale = DRAFT_FACTOR * draft_size / min(image.size)
+                if scale <= 0.5:
+                    image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits first
                 image = image.point(lambda v: v / 256).convert("L")
             return image.convert("RGB")
 
 
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)  # CLIP's normalisation
-STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side scaled to size, as torchvision's Resize(size) in CLIP's preprocess."""
+    return (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+
+
+def crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
+    """(left, top) of the centre crop, rounded as torchvision's CenterCrop."""
+    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+
+
+def crop_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """CLIP's resize and crop without torch: bicubic resize of the shorter side, centre crop; size x size x 3 uint8."""
+    resized = resized_size(*image.size, size)
+    if resized != image.size:
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+    left, top = crop_offsets(*image.size, size)
+    return np.array(image.crop((left, top, left + size, top + size)).convert("RGB"))  # a copy torch may write to
 
 
 def to_pixels(image: Image.Image, size: int = 224) -> np.ndarray:
-    """CLIP's preprocess without torch: bicubic resize of the shorter side, centre crop, normalise; 3 x size x size."""
-    width, height = image.size
-    scale = size / min(width, height)
-    resized = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
-    if scale != 1 or resized != image.size:
-        image = image.resize(resized, Image.Resampling.BICUBIC)
-    left, top = int(round((image.width - size) / 2.0)), int(round((image.height - size) / 2.0))
-    image = image.crop((left, top, left + size, top + size)).convert("RGB")
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    """CLIP's preprocess without torch: crop_rgb, then normalise; 3 x size x size float32."""
+    pixels = crop_rgb(image, size).astype(np.float32) / 255.0
     return ((pixels - MEAN) / STD).transpose(2, 0, 1)

@@ -1,8 +1,16 @@
-"""Step 3: CLIP image embeddings of every image in a folder, batch by batch (layout in embed.py)."""
+"""Step 3: CLIP image embeddings of every image in a folder, batch by batch (layout in embed.py).
+
+Two input paths give the model the same crops (gpu_input.py's tests check it):
+  cpu: loader processes decode, resize and crop with PIL; the device only normalises.
+  gpu: loader processes read the JPEG bytes; the device decodes (nvJPEG), resizes, crops and normalises
+       them in batches, in a thread that runs ahead of the model (gpu_input.py).
+"""
 
 import glob
 import os
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -11,47 +19,92 @@ from torch.utils.data import DataLoader, Dataset
 
 from prompt_search.cli import UserError
 from prompt_search.embed import Batch, embed_items
-from prompt_search.images import IMAGES_FILE, list_images, open_rgb
+from prompt_search.gpu_input import (
+    Counts,
+    DeviceBatch,
+    JpegBytes,
+    Sample,
+    cpu_sample,
+    device_batch,
+    keep_list,
+    normalise,
+    prefetched,
+)
+from prompt_search.images import CLIP_PIXELS, IMAGES_FILE, Pixels, list_images
 from prompt_search.model import choose_device, load_clip
 
+LOADER_PREFETCH = 4  # batches each loader process keeps ready (DataLoader's default 2 can leave a GPU waiting)
+DEVICE_PREFETCH = 3  # batches the GPU path decodes ahead of the model
 
-class ImageDataset(Dataset):
-    """Item i: (pixels or None, id, path, reason it was skipped)."""
 
-    def __init__(self, items: list[tuple[str, str]], preprocess):
-        self.items, self.preprocess = items, preprocess
+class PilCrops(Dataset):
+    """Item i: a Sample holding its PIL crop (size x size x 3 uint8), or the reason it was skipped."""
+
+    def __init__(self, items: list[tuple[str, str]], size: int):
+        self.items, self.size = items, size
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> Sample:
         item_id, path = self.items[i]
-        try:
-            return self.preprocess(open_rgb(path)), item_id, path, ""
-        except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on bad files
-            return None, item_id, path, f"{type(error).__name__}: {error}"
+        return cpu_sample(item_id, path, self.size)
 
 
-def collate(samples):
-    good = [s for s in samples if s[0] is not None]
-    pixels = torch.stack([s[0] for s in good]) if good else None
-    return pixels, [s[1] for s in good], [(s[2], s[3]) for s in samples if s[0] is None]
+def stack_crops(samples: list[Sample]) -> tuple[torch.Tensor | None, list[str], list[tuple[str, str]]]:
+    """The CPU path's collate_fn: uint8 crops as one N x size x size x 3 tensor (a quarter of float32's bytes to
+    pin and copy), ids, skipped (path, reason)."""
+    good = [s for s in samples if s.crop is not None]
+    crops = torch.from_numpy(np.stack([s.crop for s in good])) if good else None
+    return crops, [s.item_id for s in good], [(s.path, s.reason) for s in samples if s.crop is None]
 
 
 def workers(num_workers: int) -> int:
-    """-1: one decoding process per core, at most 8."""
-    return min(os.cpu_count() or 1, 8) if num_workers < 0 else num_workers
+    """-1: one loader process per core this process may run on."""
+    if num_workers >= 0:
+        return num_workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decode_path(decode: str, device: str) -> str:
+    """DECODE "" picks the GPU path on a GPU and the CPU path elsewhere."""
+    return decode or ("gpu" if device.startswith("cuda") else "cpu")
+
+
+def loader(dataset: Dataset, ranges: list[range], num_workers: int, collate, pin: bool) -> DataLoader:
+    count = workers(num_workers)
+    return DataLoader(dataset, batch_sampler=[list(r) for r in ranges], num_workers=count, collate_fn=collate,
+                      pin_memory=pin, prefetch_factor=LOADER_PREFETCH if count else None)
+
+
+def cpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: Pixels, dtype: torch.dtype,
+                num_workers: int) -> Iterator[DeviceBatch]:
+    for crops, ids, skipped in loader(PilCrops(items, pixels.size), ranges, num_workers, stack_crops,
+                                      pin=device != "cpu"):
+        if crops is not None:
+            crops = normalise(crops.to(device, non_blocking=True).permute(0, 3, 1, 2), pixels, dtype)
+        yield crops, ids, skipped
+
+
+def gpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: Pixels, dtype: torch.dtype,
+                num_workers: int, counts: Counts) -> Iterator[DeviceBatch]:
+    samples = loader(JpegBytes(items, pixels.size), ranges, num_workers, keep_list, pin=False)
+    batches = (device_batch(batch, device, pixels, dtype, counts) for batch in samples)
+    return prefetched(batches, DEVICE_PREFETCH, device)
 
 
 def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, device: str, batch_size: int,
-                 num_workers: int) -> tuple[int, list[tuple[str, str]]]:
+                 num_workers: int, decode: str = "") -> tuple[int, list[tuple[str, str]]]:
     """Embed every image below img_dir into the set at folder; return (vectors written, skipped (path, reason)).
 
     An image whose id another image already has is skipped, so that an id always names one picture.
+    decode: "cpu" or "gpu" input path (see the module's doc), "" for the device's own.
     """
+    started = time.perf_counter()
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
     items, rejected, sidecar_problems = list_images(img_dir)
+    listed = time.perf_counter()
     if sidecar_problems:
         sidecar, problem = sidecar_problems[0]
         print(f"{len(sidecar_problems)} sidecars give no usable id, so their images have their path as id "
@@ -64,17 +117,37 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
 
     def encode_batches(ranges: list[range]) -> Iterator[Batch]:
         chosen = choose_device(device)
-        model, preprocess = load_clip(model_name, chosen, model_dir)
-        print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} "
-              f"in {model.dtype}")
-        loader = DataLoader(ImageDataset(items, preprocess), batch_sampler=[list(r) for r in ranges],
-                            num_workers=workers(num_workers), collate_fn=collate, pin_memory=chosen != "cpu")
+        model, _ = load_clip(model_name, chosen, model_dir)
+        loaded = time.perf_counter()
+        pixels = replace(CLIP_PIXELS, size=model.visual.input_resolution)
+        path, counts = decode_path(decode, chosen), Counts()
+        where = {"gpu": f"batches decoded on {chosen}" + (" with nvJPEG" if chosen.startswith("cuda") else ""),
+                 "cpu": "images decoded with PIL"}[path]
+        print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} in "
+              f"{model.dtype}; input path {path}: {where} in {workers(num_workers)} loader processes")
+        if path == "gpu":
+            batches = gpu_batches(items, ranges, chosen, pixels, model.dtype, num_workers, counts)
+        else:
+            batches = cpu_batches(items, ranges, chosen, pixels, model.dtype, num_workers)
+        done, first = 0, None
         with torch.inference_mode():
-            for pixels, ids, skipped in loader:
+            for pixels_in, ids, skipped in batches:
                 vectors = np.empty((0, model.visual.output_dim), np.float32)
                 if ids:
-                    vectors = model.encode_image(pixels.to(chosen, model.dtype)).float().cpu().numpy()
+                    vectors = model.encode_image(pixels_in).float().cpu().numpy()
+                if first is None:
+                    first = time.perf_counter()
+                    print(f"first batch after {first - started:.1f} s: listing {listed - started:.1f} s, model "
+                          f"{loaded - listed:.1f} s, loaders and the first batch {first - loaded:.1f} s")
+                done += len(ids) + len(skipped)
                 yield vectors, ids, skipped
+        end = time.perf_counter()
+        steady = f", {(done - len(ranges[0])) / (end - first):.1f} after the first batch" if len(ranges) > 1 else ""
+        print(f"input path {path}: {done} images in {end - started:.1f} s, {done / (end - started):.1f} images/s"
+              f"{steady}")
+        if path == "gpu" and counts.on_cpu:
+            print(f"  {counts.on_cpu} of them decoded with PIL on the CPU (not JPEG, or refused by the device), "
+                  f"first: {counts.first_on_cpu}")
 
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
     skipped = embed_items(folder, items, model_name, batch_size, encode_batches, unit="img",

@@ -151,7 +151,7 @@ def test_run_turns_errors_into_one_line_and_an_exit_status(capsys, raised, statu
         ("--DOWNLOAD_RETRIES=-1", "0 or more"),
         ("--LINK_WORKERS=0", "-1 (one per CPU core) or 1 or more"),
         ("--LINK_WORKERS=-2", "-1 (one per CPU core) or 1 or more"),
-        ("--NUM_WORKERS=-2", "-1 (one per CPU core, at most 8) or 0 or more"),
+        ("--NUM_WORKERS=-2", "-1 (one per CPU core) or 0 or more"),
         ("--QUERY_THREADS=-1", "0 or more"),
         ("--MAX_INDEX_QUERY_TIME_MS=0", "more than 0"),
         ("--MAX_INDEX_QUERY_TIME_MS=-5.5", "more than 0"),
@@ -167,6 +167,7 @@ def test_run_turns_errors_into_one_line_and_an_exit_status(capsys, raised, statu
         ("--CURRENT_MEMORY_AVAILABLE=-8G", 'a size like "4G"'),
         ("--RESIZE_MODE=keep-ratio", "one of 'keep_ratio', 'no', 'border', 'center_crop', 'keep_ratio_largest'"),
         ("--OUTPUT_FORMAT=file", "one of 'files', 'webdataset'"),
+        ("--DECODE=nvjpeg", "one of '', 'cpu', 'gpu'"),
         ("--CSV_SHA256=abc", "64 lower-case hex digits"),
         ("--INPUT_IMG_SHA256=" + "A" * 64, "64 lower-case hex digits"),
     ],
@@ -183,7 +184,8 @@ def test_value_out_of_range_is_refused_naming_setting_value_and_range(arg, allow
     ["--NUM_RESULTS=1", "--BATCH_SIZE=1", "--LINK_WORKERS=-1", "--LINK_WORKERS=1", "--NUM_WORKERS=-1",
      "--NUM_WORKERS=0", "--QUERY_THREADS=0", "--DOWNLOAD_RETRIES=0", "--DEDUPE_THRESHOLD=1",
      "--DEDUPE_THRESHOLD=0.5", "--MAX_INDEX_QUERY_TIME_MS=0.1", "--MAX_INDEX_MEMORY=512mb", "--MAX_INDEX_MEMORY=1.5GB",
-     "--CURRENT_MEMORY_AVAILABLE=16B", "--RESIZE_MODE=border", "--OUTPUT_FORMAT=webdataset"],
+     "--CURRENT_MEMORY_AVAILABLE=16B", "--RESIZE_MODE=border", "--OUTPUT_FORMAT=webdataset",
+     "--DECODE=", "--DECODE=cpu", "--DECODE=gpu"],
 )
 def test_values_at_the_edges_of_their_range_are_accepted(arg):
     name, _, text = arg[2:].partition("=")
