@@ -6,8 +6,8 @@ that the embeddings are the same whatever runs them. Two prompts are the same pr
 applied with Arrow compute, which has no casefold: a row holding a character whose Arrow lower case
 differs from its casefold ('ß', 'İ', 'ς', Cherokee...) gets its key from Python instead, so the rule
 stays exact. DuckDB then keeps the first row of each key; it spills to disk past its memory limit, so
-memory stays bounded whatever the number of distinct prompts. The listing is an Arrow IPC file, read
-memory-mapped: step 3' holds one batch of prompts at a time.
+memory stays bounded whatever the number of distinct prompts. The listing is an Arrow IPC file read one
+record batch at a time: step 3' holds a few thousand prompts at a time.
 """
 
 import functools
@@ -31,6 +31,7 @@ from prompt_search.cli import UserError
 
 LISTING_SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string())])
 BATCH_ROWS = 1 << 16
+LISTING_ROWS = 1 << 12  # items per record batch of the listing: a read per 4096 prompts
 T, U = TypeVar("T"), TypeVar("U")
 DUCKDB_MEMORY = "400MB"  # with Arrow's batches and the interpreter, the listing stays well under 1 GiB
 
@@ -139,41 +140,61 @@ def _in_threads(function: Callable[[T], U], inputs: Iterable[T]) -> Iterator[U]:
 
 
 def _write_rows(metadata_file: str, rows: np.ndarray, path: str) -> None:
-    """Copy (id, prompt) of the given sorted rows of metadata_file into the Arrow IPC file path."""
-    start = 0
+    """Copy (id, prompt) of the given sorted rows of metadata_file into the Arrow IPC file path, in record batches
+    of exactly LISTING_ROWS rows but the last, so that item i lies in batch i // LISTING_ROWS."""
+    start, pending = 0, []
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, LISTING_SCHEMA) as writer:
         for batch in pq.ParquetFile(metadata_file).iter_batches(BATCH_ROWS, columns=["id", "prompt"]):
             low, high = np.searchsorted(rows, [start, start + batch.num_rows])
-            if high > low:
-                writer.write_batch(batch.take(pa.array(rows[low:high] - start)).cast(LISTING_SCHEMA))
+            pending.append(batch.take(pa.array(rows[low:high] - start)).cast(LISTING_SCHEMA))
             start += batch.num_rows
+            table = pa.Table.from_batches(pending, LISTING_SCHEMA).combine_chunks()
+            whole = table.num_rows - table.num_rows % LISTING_ROWS
+            writer.write_table(table.slice(0, whole), max_chunksize=LISTING_ROWS)
+            pending = table.slice(whole).to_batches()
+        writer.write_table(pa.Table.from_batches(pending, LISTING_SCHEMA))
 
 
 class Listing(Sequence):
-    """The listing file at path, memory-mapped: item i is (id, prompt) of the ith distinct prompt."""
+    """The listing file at path: item i is (id, prompt) of the ith distinct prompt. Read one record batch at a time
+    (not memory-mapped: the pages of a mapped file would count in the process's memory once read)."""
 
     def __init__(self, path: str):
-        self.table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+        self.reader = pa.ipc.open_file(pa.OSFile(path))
+        last = self.reader.get_batch(self.reader.num_record_batches - 1).num_rows
+        self.count = (self.reader.num_record_batches - 1) * LISTING_ROWS + last
+        self.cached: tuple[int, pa.RecordBatch] | None = None
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return self.count
+
+    def _batch(self, number: int) -> pa.RecordBatch:
+        if self.cached is None or self.cached[0] != number:  # batches of embedding are read in order
+            self.cached = number, self.reader.get_batch(number)
+        return self.cached[1]
 
     def __getitem__(self, i: int) -> tuple[str, str]:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        row = self.table.slice(i % len(self), 1)
-        return row["id"][0].as_py(), row["prompt"][0].as_py()
+        ids, prompts = self.columns(range(i % len(self), i % len(self) + 1))
+        return ids[0], prompts[0]
 
     def columns(self, indices: range) -> tuple[list[str], list[str]]:
         """The ids and prompts of a range of consecutive items."""
-        rows = self.table.slice(indices.start, len(indices))
-        return rows["id"].to_pylist(), rows["prompt"].to_pylist()
+        ids, prompts = [], []
+        for number in range(indices.start // LISTING_ROWS, (indices.stop - 1) // LISTING_ROWS + 1):
+            first = number * LISTING_ROWS
+            rows = self._batch(number).slice(max(indices.start - first, 0), indices.stop - max(indices.start, first))
+            ids += rows["id"].to_pylist()
+            prompts += rows["prompt"].to_pylist()
+        return ids, prompts
 
     def digest(self) -> str:
         """embed.items_digest of the items, one Arrow batch at a time: a set made before the listing existed
         is still recognised."""
         digest = hashlib.sha256()
-        for batch in self.table.to_batches(BATCH_ROWS):
+        for number in range(self.reader.num_record_batches):
+            batch = self.reader.get_batch(number)
             if not batch.num_rows:
                 continue
             lines = pc.binary_join_element_wise(batch["id"], pc.binary_join_element_wise(batch["prompt"], "\n", ""),

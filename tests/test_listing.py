@@ -1,5 +1,6 @@
 """Step 3' listing of distinct prompts: the same items as the Python rule, in first-row order, read batch by batch."""
 
+import os
 import random
 import sys
 
@@ -56,9 +57,10 @@ def variants(rng: random.Random, count: int) -> list[str | None]:
     return prompts
 
 
-@pytest.mark.parametrize("batch_rows", [3, 64, 1 << 16])
-def test_listing_is_the_python_rule(tmp_path, monkeypatch, batch_rows):
-    monkeypatch.setattr(listing, "BATCH_ROWS", batch_rows)
+@pytest.mark.parametrize(("batch_rows", "listing_rows"), [(3, 5), (64, 7), (1 << 16, 1 << 12)])
+def test_listing_is_the_python_rule(tmp_path, monkeypatch, batch_rows, listing_rows):
+    monkeypatch.setattr(listing, "BATCH_ROWS", batch_rows)  # metadata read in batches of this many rows
+    monkeypatch.setattr(listing, "LISTING_ROWS", listing_rows)  # and listed in batches of that many items
     rows = write_metadata(tmp_path / "metadata.parquet", variants(random.Random(batch_rows), 600))
     expected, expected_empty = python_rule(rows)
     count, empty = write_listing(str(tmp_path / "metadata.parquet"), str(tmp_path / "listing.arrow"))
@@ -126,3 +128,13 @@ def test_stopped_prompt_run_resumes_to_the_same_files(tmp_path, tiny_clip, monke
     np.testing.assert_allclose(vectors, read_set(whole)[1], atol=1e-6)
     assert (folder / "manifest.json").read_text() == (whole / "manifest.json").read_text()
     assert sorted(p.name for p in (tmp_path / "stopped").iterdir()) == [".textual_embeddings.1", "textual_embeddings"]
+
+
+def test_past_its_memory_limit_duckdb_spills_and_the_listing_is_the_same(tmp_path, monkeypatch):
+    prompts = [f"prompt number {i % 150_000} " + "padding " * 60 for i in range(200_000)]
+    rows = write_metadata(tmp_path / "metadata.parquet", prompts, row_group_size=50_000)
+    monkeypatch.setattr(listing, "DUCKDB_MEMORY", "64MB")  # under the 150k keys of about 500 bytes: DuckDB spills
+    count, empty = write_listing(str(tmp_path / "metadata.parquet"), str(tmp_path / "listing.arrow"))
+    assert sorted(os.listdir(tmp_path)) == ["listing.arrow", "metadata.parquet"]  # the spill folder is gone
+    assert (count, empty) == (150_000, 0)
+    assert Listing(str(tmp_path / "listing.arrow")).digest() == items_digest(python_rule(rows)[0])
