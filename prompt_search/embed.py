@@ -16,7 +16,7 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 Batch = tuple[np.ndarray, list[str], list[tuple[str, str]]]  # vectors, their ids, skipped (source, reason)
 
 
-def items_digest(items: list[tuple[str, str]]) -> str:
+def items_digest(items: Sequence[tuple[str, str]]) -> str:
     digest = hashlib.sha256()
     for item_id, source in items:
         digest.update(f"{item_id}\t{source}\n".encode())
@@ -91,19 +91,20 @@ def batch_ranges(count: int, batch_size: int, done: set[int]) -> list[tuple[int,
     ]
 
 
-def embed_items(path: str, items: list[tuple[str, str]], model_name: str, batch_size: int,
+def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, batch_size: int,
                 encode_batches: Callable[[list[range]], Iterator[Batch]], unit: str,
                 tables: dict[str, pa.Table] | None = None,
-                rejected: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+                rejected: list[tuple[str, str]] = (), digest: str | None = None) -> list[tuple[str, str]]:
     """Embed items (id, source) into the output set at path, resuming after the batches already complete.
 
     encode_batches(ranges) loads the model and yields, for each range of item indices in order,
     (vectors, ids, skipped (source, reason)). tables are written into the set as Parquet files beside
     the embeddings; rejected (source, reason) are sources refused before embedding, listed first in
     skipped.csv. A set of these same inputs is kept as it is. Returns every skipped or rejected item.
+    digest: items_digest(items), when the caller can compute it without a Python loop over millions of items.
     """
     manifest = {"model": model_fingerprint(model_name), "batch_size": batch_size,
-                "items": items_digest(items), "count": len(items)}
+                "items": digest or items_digest(items), "count": len(items)}
     published = current_set(path)
     if read_manifest(published) == manifest:
         print(f"{path}: already holds the embeddings of these {len(items)} items")
