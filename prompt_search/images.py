@@ -7,6 +7,7 @@ its path relative to the folder, so a user's own folder of generations works as 
 import json
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -84,18 +85,31 @@ def open_rgb(path: str) -> Image.Image:
             return image.convert("RGB")
 
 
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)  # CLIP's normalisation
-STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+@dataclass(frozen=True)
+class PixelSpec:
+    """How a model's images become pixels: recorded beside its ONNX export, for the query without torch.
+    The defaults are OpenAI CLIP's; OpenCLIP's models say theirs (models whose preprocess is other than a
+    resize of the shorter side and a centre crop are refused when loaded)."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"  # or "bilinear"
 
 
-def to_pixels(image: Image.Image, size: int = 224) -> np.ndarray:
-    """CLIP's preprocess without torch: bicubic resize of the shorter side, centre crop, normalise; 3 x size x size."""
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def to_pixels(image: Image.Image, spec: PixelSpec = PixelSpec()) -> np.ndarray:
+    """The model's preprocess without torch: resize of the shorter side, centre crop, normalise; 3 x size x size."""
+    size = spec.size
     width, height = image.size
     scale = size / min(width, height)
     resized = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
     if scale != 1 or resized != image.size:
-        image = image.resize(resized, Image.Resampling.BICUBIC)
+        image = image.resize(resized, RESAMPLING[spec.interpolation])
     left, top = int(round((image.width - size) / 2.0)), int(round((image.height - size) / 2.0))
     image = image.crop((left, top, left + size, top + size)).convert("RGB")
     pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return ((pixels - MEAN) / STD).transpose(2, 0, 1)
+    mean, std = np.array(spec.mean, dtype=np.float32), np.array(spec.std, dtype=np.float32)
+    return ((pixels - mean) / std).transpose(2, 0, 1)

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import torch
 
 from prompt_search.cli import UserError
+from prompt_search.clip_models import load
 from prompt_search.embed import Batch, embed_items
-from prompt_search.model import choose_device, load_clip
+from prompt_search.model import choose_device
 
 
 def distinct_prompts(metadata_file: str) -> tuple[list[tuple[str, str]], int]:
@@ -45,16 +46,14 @@ def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: s
         raise UserError(f"no prompts in {metadata_file}: nothing to embed")
 
     def encode_batches(ranges: list[range]) -> Iterator[Batch]:
-        import clip
-
         chosen = choose_device(device)
-        model, _ = load_clip(model_name, chosen, model_dir)
+        loaded = load(model_name, chosen, model_dir)
         print(f"embedding {sum(map(len, ranges))} of {len(items)} distinct prompts with {model_name} on {chosen}")
         with torch.inference_mode():
             for indices in ranges:
                 ids, prompts = zip(*(items[i] for i in indices), strict=True)
-                tokens = clip.tokenize(list(prompts), truncate=True).to(chosen)
-                yield model.encode_text(tokens).float().cpu().numpy().astype(np.float32), list(ids), []
+                tokens = loaded.tokenize(list(prompts)).to(chosen)  # the model's own tokenizer
+                yield loaded.model.encode_text(tokens).float().cpu().numpy().astype(np.float32), list(ids), []
 
     embed_items(folder, items, model_name, batch_size, encode_batches, unit="prompt")
     return len(items), empty

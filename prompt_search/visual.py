@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prompt_search.cli import UserError
+from prompt_search.clip_models import load
 from prompt_search.embed import Batch, embed_items
 from prompt_search.images import IMAGES_FILE, list_images, open_rgb
-from prompt_search.model import choose_device, load_clip
+from prompt_search.model import choose_device
 
 
 class ImageDataset(Dataset):
@@ -64,16 +65,17 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
 
     def encode_batches(ranges: list[range]) -> Iterator[Batch]:
         chosen = choose_device(device)
-        model, preprocess = load_clip(model_name, chosen, model_dir)
+        loaded = load(model_name, chosen, model_dir)
+        model, preprocess = loaded.model, loaded.preprocess
         print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} "
-              f"in {model.dtype}")
+              f"in {loaded.dtype}")
         loader = DataLoader(ImageDataset(items, preprocess), batch_sampler=[list(r) for r in ranges],
                             num_workers=workers(num_workers), collate_fn=collate, pin_memory=chosen != "cpu")
         with torch.inference_mode():
             for pixels, ids, skipped in loader:
-                vectors = np.empty((0, model.visual.output_dim), np.float32)
+                vectors = np.empty((0, loaded.dim), np.float32)
                 if ids:
-                    vectors = model.encode_image(pixels.to(chosen, model.dtype)).float().cpu().numpy()
+                    vectors = model.encode_image(pixels.to(chosen, loaded.dtype)).float().cpu().numpy()
                 yield vectors, ids, skipped
 
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
