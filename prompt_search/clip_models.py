@@ -12,6 +12,7 @@ Any other is refused when loaded, before anything is embedded, saying which of t
 This module imports torch only inside its functions: files.model_fingerprint, on the query path, uses it.
 """
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 OPEN_CLIP = "open_clip:"
 CONFIG_SUFFIX = ".json"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")  # what makes PRETRAINED a file rather than a tag
 
 
 def split_open_clip(name: str) -> tuple[str, str] | None:
@@ -90,7 +92,9 @@ def _load_open_clip(name: str, arch: str, pretrained: str, device: str, model_di
         raise UserError(f"--MODEL={name}: {arch!r} is neither an OpenCLIP architecture (ViT-B-32, ViT-B-32-256, "
                         f"ViT-B-16, ...: open_clip.list_models()) nor a model config {CONFIG_SUFFIX} file")
     tags = open_clip.list_pretrained_tags_by_model(arch)
-    if not pretrained or (pretrained not in tags and not os.path.isfile(pretrained)):
+    if pretrained not in tags and not os.path.isfile(pretrained):
+        if "/" in pretrained or os.sep in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES):
+            raise UserError(f"--MODEL={name}: checkpoint file {pretrained} not found")
         raise UserError(f"--MODEL={name}: {pretrained!r} is neither a pretrained tag of {arch} "
                         f"({', '.join(tags) or 'it has none'}) nor an existing checkpoint file")
     reason = _unsupported(open_clip.get_model_config(arch), arch)
@@ -172,6 +176,9 @@ def _download(name: str, arch: str, tag: str, model_dir: str) -> None:
     from prompt_search.model import error_line
 
     config = open_clip.get_pretrained_cfg(arch, tag)
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # not a warning for each of its retries when offline: the error says it all
     try:
         open_clip.download_pretrained(config, cache_dir=model_dir)
     except Exception as error:  # huggingface_hub and urllib raise many kinds when offline
@@ -184,15 +191,20 @@ def _download(name: str, arch: str, tag: str, model_dir: str) -> None:
             f"OpenCLIP weights for {arch}/{tag} are not in {model_dir} and could not be downloaded from {source} "
             f"({error_line(error)}). Download that file and set --MODEL=open_clip:{arch}//path/to/it, "
             "or run once where it can be downloaded") from None
+    finally:
+        hub_logger.setLevel(level)
 
 
 def save_random_open_clip(path: str, arch: str, seed: int = 0) -> None:
-    """Save an OpenCLIP model of arch with random weights, a checkpoint open_clip:ARCH//path loads.
+    """Save an OpenCLIP model of arch (a name or a config .json) with random weights, a checkpoint that
+    open_clip:ARCH/path loads.
 
     Real weights cannot be downloaded everywhere; tests use a tiny config, speed benchmarks full-size ones.
     """
     import open_clip
     import torch
 
+    if arch.endswith(CONFIG_SUFFIX):
+        arch = _register_config(f"{OPEN_CLIP}{arch}/{path}", arch)
     torch.manual_seed(seed)
     torch.save(open_clip.create_model(arch, pretrained=None).state_dict(), path)
