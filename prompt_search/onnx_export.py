@@ -103,10 +103,17 @@ def export_onnx(model_name: str, model_dir: str, onnx_dir: str) -> None:
         tokens[row, end], tokens[row, end + 1 :] = 49407, 0
     print(f"exporting {model_name} to ONNX in {onnx_dir}")
     visual, textual = os.path.join(onnx_dir, VISUAL_FILE), os.path.join(onnx_dir, TEXTUAL_FILE)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # OpenCLIP's image transformer uses batch-first attention, which inference runs as a fused op ONNX has not
     with atomic_path(visual) as tmp, torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic, expected here
-        torch.onnx.export(ImageEncoder(model), (pixels,), tmp, input_names=["pixels"], output_names=["embedding"],
-                          dynamic_axes={"pixels": {0: "batch"}}, opset_version=17, dynamo=False)
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            torch.onnx.export(ImageEncoder(model), (pixels,), tmp, input_names=["pixels"],
+                              output_names=["embedding"],
+                              dynamic_axes={"pixels": {0: "batch"}}, opset_version=17, dynamo=False)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         _check(tmp, model.encode_image, pixels, "pixels", visual)
     with atomic_path(textual) as tmp, torch.inference_mode():
         onnx.save(text_graph(model), tmp)

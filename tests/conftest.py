@@ -28,8 +28,9 @@ def tiny_clip(tmp_path_factory) -> str:
     return str(path)
 
 
-# A tiny OpenCLIP architecture: 256-pixel images (as ViT-B-32-256), OpenCLIP's GELU text transformer.
-TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 256, "layers": 2, "width": 64, "patch_size": 32},
+# A tiny OpenCLIP architecture: 256-pixel images (as ViT-B-32-256), OpenCLIP's GELU text transformer; an even
+# number of image attention heads (width 128 / 64), as full-size models have, so torch's fused attention is used.
+TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 256, "layers": 2, "width": 128, "patch_size": 32},
                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
 
 
