@@ -25,8 +25,8 @@ OUTPUT_FORMAT = "files"  # img2dataset output format; step 3 reads "files"
 
 # --- step 3: CLIP embeddings ------------------------------------------------------------
 IMG_DIR = ""  # images to embed: "" = what step 2 downloaded, or any folder of images
-MODEL = "ViT-B/32"  # CLIP model name, or path to a CLIP checkpoint file
-MODEL_DIR = "~/.cache/clip"  # where CLIP keeps downloaded weights
+MODEL = "ViT-B/32"  # CLIP model name, or path to a CLIP checkpoint file, or open_clip:ARCH/PRETRAINED (README: Models)
+MODEL_DIR = "~/.cache/clip"  # where CLIP and OpenCLIP keep downloaded weights
 DEVICE = ""  # "" = a GPU in fp16 when there is one, else the CPU in fp32; or "cpu", "cuda:1"
 BATCH_SIZE = 128  # images per batch and per .npy file
 NUM_WORKERS = -1  # image-loading processes; -1 = one per CPU core

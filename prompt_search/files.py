@@ -184,7 +184,13 @@ def _download(url: str, tmp: str, path: str) -> None:
 
 
 def model_fingerprint(model: str) -> str:
-    """What identifies a model's weights: its name, or its checkpoint's path, size and mtime."""
+    """What identifies a model's weights: its name, or its checkpoint's path, size and mtime; for an OpenCLIP
+    model, open_clip: and the same of its architecture (name or config file) and pretrained tag (or checkpoint)."""
+    from prompt_search.clip_models import OPEN_CLIP, split_open_clip  # lazily: it imports images -> links -> files
+
+    found = split_open_clip(model)
+    if found:
+        return OPEN_CLIP + "/".join(map(model_fingerprint, found))
     if os.path.isfile(model):
         stat = os.stat(model)
         return f"{os.path.abspath(model)}:{stat.st_size}:{stat.st_mtime_ns}"

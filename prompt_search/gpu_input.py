@@ -25,8 +25,9 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from prompt_search.images import UNREADABLE, Pixels, check_size, crop_offsets, crop_rgb, open_rgb, resized_size
+from prompt_search.images import UNREADABLE, PixelSpec, check_size, crop_offsets, crop_rgb, open_rgb, resized_size
 
+INTERPOLATION = {"bicubic": F.InterpolationMode.BICUBIC, "bilinear": F.InterpolationMode.BILINEAR}  # PixelSpec's
 NVJPEG_MODES = ("RGB", "L")  # JPEG colour modes decode_jpeg turns into RGB as PIL does; CMYK goes to PIL
 
 
@@ -58,12 +59,13 @@ def reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def cpu_sample(item_id: str, path: str, size: int) -> Sample:
+def cpu_sample(item_id: str, path: str, pixels: PixelSpec) -> Sample:
     """The CPU path's decode of one image (PIL, draft mode for large JPEGs, bicubic resize, centre crop).
 
     Both paths decode from the path, so that a skipped image's reason is the same words either way."""
     try:
-        return Sample(item_id, path, crop=crop_rgb(open_rgb(path, draft_size=size), size))
+        crop = crop_rgb(open_rgb(path, draft_size=pixels.size), pixels.size, pixels.interpolation)
+        return Sample(item_id, path, crop=crop)
     except UNREADABLE as error:
         return Sample(item_id, path, reason=reason(error))
 
@@ -71,8 +73,8 @@ def cpu_sample(item_id: str, path: str, size: int) -> Sample:
 class JpegBytes(Dataset):
     """Item i: a Sample with the file's bytes when the device can decode them, else decoded here with PIL."""
 
-    def __init__(self, items: list[tuple[str, str]], size: int):
-        self.items, self.size = items, size
+    def __init__(self, items: list[tuple[str, str]], pixels: PixelSpec):
+        self.items, self.pixels = items, pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -90,7 +92,7 @@ class JpegBytes(Dataset):
         except UNREADABLE:
             on_device = False
         if not on_device:
-            return cpu_sample(item_id, path, self.size)
+            return cpu_sample(item_id, path, self.pixels)
         return Sample(item_id, path, jpeg=torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
 
@@ -99,7 +101,7 @@ def keep_list(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-def decode(samples: list[Sample], device: str, size: int, counts: Counts) -> list[Sample | torch.Tensor]:
+def decode(samples: list[Sample], device: str, pixels: PixelSpec, counts: Counts) -> list[Sample | torch.Tensor]:
     """Each JPEG sample decoded on the device (3 x H x W uint8) in one batched call; the other samples as they are.
 
     When the batched call fails, each image is tried alone, and one the device refuses is decoded with PIL.
@@ -116,7 +118,7 @@ def decode(samples: list[Sample], device: str, size: int, counts: Counts) -> lis
                 on_device[i] = decode_jpeg(samples[i].jpeg, mode=ImageReadMode.RGB, device=device)
             except RuntimeError:
                 s = samples[i]
-                out[i] = cpu_sample(s.item_id, s.path, size)
+                out[i] = cpu_sample(s.item_id, s.path, pixels)
     for i, image in on_device.items():
         out[i] = image
     on_cpu = [s.path for i, s in enumerate(samples) if i not in on_device]
@@ -126,13 +128,14 @@ def decode(samples: list[Sample], device: str, size: int, counts: Counts) -> lis
     return out
 
 
-def crop_on_device(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+def crop_on_device(images: list[torch.Tensor], pixels: PixelSpec) -> list[torch.Tensor]:
     """CLIP's resize and centre crop of decoded images (3 x H x W uint8), each as crop_rgb does it with PIL.
 
     Images of one size are resized together, in one call: img2dataset's keep_ratio images come in a few
     sizes, with the shorter side already at 224, so most batches need a handful of calls and no resize.
     Bicubic with antialias on uint8 matches PIL's resize within 1 level (tests/test_gpu_input.py).
     """
+    size = pixels.size
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, image in enumerate(images):
         by_size.setdefault((image.shape[2], image.shape[1]), []).append(i)
@@ -141,7 +144,8 @@ def crop_on_device(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:
         batch = torch.stack([images[i] for i in members])
         new_width, new_height = resized_size(width, height, size)
         if (new_width, new_height) != (width, height):
-            batch = F.resize(batch, [new_height, new_width], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+            batch = F.resize(batch, [new_height, new_width], interpolation=INTERPOLATION[pixels.interpolation],
+                             antialias=True)
         left, top = crop_offsets(new_width, new_height, size)
         batch = batch[:, :, top:top + size, left:left + size]
         for i, crop in zip(members, batch, strict=True):
@@ -149,18 +153,19 @@ def crop_on_device(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:
     return crops
 
 
-def normalise(crops: torch.Tensor, pixels: Pixels, dtype: torch.dtype) -> torch.Tensor:
+def normalise(crops: torch.Tensor, pixels: PixelSpec, dtype: torch.dtype) -> torch.Tensor:
     """N x 3 x size x size uint8 crops, on their device, as the model's input: scaled to [0, 1], normalised."""
     mean = torch.tensor(pixels.mean, device=crops.device).view(1, 3, 1, 1)
     std = torch.tensor(pixels.std, device=crops.device).view(1, 3, 1, 1)
     return ((crops.float() / 255 - mean) / std).to(dtype)
 
 
-def device_batch(samples: list[Sample], device: str, pixels: Pixels, dtype: torch.dtype, counts: Counts) -> DeviceBatch:
+def device_batch(samples: list[Sample], device: str, pixels: PixelSpec, dtype: torch.dtype,
+                 counts: Counts) -> DeviceBatch:
     """One batch of Samples as (model input on device or None, ids, skipped (path, reason)), in the items' order."""
-    decoded = decode(samples, device, pixels.size, counts)
+    decoded = decode(samples, device, pixels, counts)
     on_device = [i for i, d in enumerate(decoded) if isinstance(d, torch.Tensor)]
-    crops = dict(zip(on_device, crop_on_device([decoded[i] for i in on_device], pixels.size), strict=True))
+    crops = dict(zip(on_device, crop_on_device([decoded[i] for i in on_device], pixels), strict=True))
     for i, d in enumerate(decoded):
         if isinstance(d, Sample) and d.crop is not None:
             crops[i] = torch.from_numpy(d.crop).permute(2, 0, 1).to(device)

@@ -77,20 +77,19 @@ UNREADABLE = (OSError, ValueError, SyntaxError)  # what PIL raises on a bad file
 
 
 @dataclass(frozen=True)
-class Pixels:
-    """What the model expects of its input: a size x size centre crop, normalised per channel with mean and std.
-
-    One place for both input paths of step 3 (PIL in loader processes, or batched on the GPU) and the queries.
-    """
+class PixelSpec:
+    """How a model's images become pixels: a size x size centre crop after resizing the shorter side with
+    interpolation, normalised per channel with mean and std. One place for both input paths of step 3 (PIL in
+    loader processes, or batched on the GPU) and the queries, recorded beside the ONNX export for the query
+    without torch. The defaults are OpenAI CLIP's; OpenCLIP's models say theirs."""
 
     size: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"  # or "bilinear"
 
 
-CLIP_PIXELS = Pixels()
-MEAN = np.array(CLIP_PIXELS.mean, dtype=np.float32)
-STD = np.array(CLIP_PIXELS.std, dtype=np.float32)
+CLIP_PIXELS = PixelSpec()
 DRAFT_FACTOR = 2  # a JPEG is decoded at 1/2, 1/4 or 1/8 scale while its shorter side stays at least this x the crop
 
 
@@ -121,6 +120,9 @@ def open_rgb(path: str, draft_size: int = 0) -> Image.Image:
             return image.convert("RGB")
 
 
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) with the shorter side scaled to size, as torchvision's Resize(size) in CLIP's preprocess."""
     return (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
@@ -131,16 +133,17 @@ def crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
     return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
 
 
-def crop_rgb(image: Image.Image, size: int) -> np.ndarray:
-    """CLIP's resize and crop without torch: bicubic resize of the shorter side, centre crop; size x size x 3 uint8."""
+def crop_rgb(image: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """The model's resize and crop without torch: resize of the shorter side, centre crop; size x size x 3 uint8."""
     resized = resized_size(*image.size, size)
     if resized != image.size:
-        image = image.resize(resized, Image.Resampling.BICUBIC)
+        image = image.resize(resized, RESAMPLING[interpolation])
     left, top = crop_offsets(*image.size, size)
     return np.array(image.crop((left, top, left + size, top + size)).convert("RGB"))  # a copy torch may write to
 
 
-def to_pixels(image: Image.Image, size: int = 224) -> np.ndarray:
-    """CLIP's preprocess without torch: crop_rgb, then normalise; 3 x size x size float32."""
-    pixels = crop_rgb(image, size).astype(np.float32) / 255.0
-    return ((pixels - MEAN) / STD).transpose(2, 0, 1)
+def to_pixels(image: Image.Image, spec: PixelSpec = CLIP_PIXELS) -> np.ndarray:
+    """The model's preprocess without torch: crop_rgb, then normalise; 3 x size x size float32."""
+    pixels = crop_rgb(image, spec.size, spec.interpolation).astype(np.float32) / 255.0
+    mean, std = np.array(spec.mean, dtype=np.float32), np.array(spec.std, dtype=np.float32)
+    return ((pixels - mean) / std).transpose(2, 0, 1)

@@ -33,8 +33,8 @@ def load_clip(model: str, device: str, model_dir: str) -> tuple[torch.nn.Module,
                 f"({error}). Download that file and put it at {weights}, or set --MODEL=path/to/checkpoint.pt"
             ) from None
     if not os.path.isfile(model):
-        raise UserError(f"--MODEL={model} is neither a CLIP model name ({', '.join(clip.available_models())}) "
-                        "nor an existing checkpoint file")
+        raise UserError(f"--MODEL={model} is neither a CLIP model name ({', '.join(clip.available_models())}), "
+                        "an existing checkpoint file, nor open_clip:ARCH/PRETRAINED")
     return _load_checkpoint(model, device)
 
 
@@ -70,7 +70,7 @@ def _load_checkpoint(path: str, device: str) -> tuple[torch.nn.Module, object]:
                         "which are not loaded (loading them could run code from the file)") from None
     except (RuntimeError, KeyError, EOFError, ValueError, OSError) as error:
         raise UserError(f"--MODEL={path} is not a CLIP checkpoint: neither a torch.save file nor a TorchScript "
-                        f"archive ({_error_line(error)})") from None
+                        f"archive ({error_line(error)})") from None
     if not isinstance(state_dict, dict):
         raise UserError(f"--MODEL={path} is not a CLIP checkpoint: it holds a {type(state_dict).__name__}, "
                         "not a state dict")
@@ -78,7 +78,7 @@ def _load_checkpoint(path: str, device: str) -> tuple[torch.nn.Module, object]:
         model = build_model(state_dict).to(device)
     except (KeyError, RuntimeError, ValueError, IndexError, TypeError, AttributeError) as error:
         raise UserError(f"--MODEL={path} is not a CLIP checkpoint: its state dict does not make a CLIP model "
-                        f"({_error_line(error)})") from None
+                        f"({error_line(error)})") from None
     if device == "cpu":
         model.float()
     return model, _transform(model.visual.input_resolution)
@@ -92,18 +92,18 @@ def _is_torchscript(path: str) -> bool:
         return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
 
 
-def _error_line(error: Exception) -> str:
+def error_line(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error).strip().partition(chr(10))[0]}"
 
 
 def torch_vectors(model_name: str, model_dir: str, prompt: str, image) -> tuple[np.ndarray, np.ndarray]:
     """The query embeddings as plain torch CLIP computes them (the reference's "regular CLIP")."""
-    import clip
+    from prompt_search.clip_models import load  # it imports this module
 
-    model, preprocess = load_clip(model_name, "cpu", model_dir)
+    loaded = load(model_name, "cpu", model_dir)
     with torch.inference_mode():
-        text = model.encode_text(clip.tokenize([prompt], truncate=True)).float()
-        picture = model.encode_image(preprocess(image)[None]).float()
+        text = loaded.model.encode_text(loaded.tokenize([prompt])).float()
+        picture = loaded.model.encode_image(loaded.preprocess(image)[None]).float()
     return tuple(v[0].numpy() / np.linalg.norm(v[0].numpy()) for v in (text, picture))
 
 

@@ -18,10 +18,12 @@ import numpy as np
 import onnxruntime as ort
 
 from prompt_search.files import atomic_path, model_fingerprint
+from prompt_search.images import PixelSpec
+from prompt_search.tokenizer import TextSpec
 
 VISUAL_FILE = "visual.onnx"
 TEXTUAL_FILE = "textual.onnx"
-MODEL_RECORD = "model.json"  # which model the .onnx files were exported from
+MODEL_RECORD = "model.json"  # which model the .onnx files were exported from, and how it reads text and images
 PROVIDERS = ["CPUExecutionProvider"]
 
 
@@ -32,6 +34,15 @@ def is_current(onnx_dir: str, model_name: str) -> bool:
         return False
     with open(files[-1]) as f:
         return json.load(f).get("model") == model_fingerprint(model_name)
+
+
+def query_specs(onnx_dir: str) -> tuple[TextSpec, PixelSpec]:
+    """How the exported model reads prompts and images; OpenAI CLIP's when the record predates OpenCLIP models."""
+    with open(os.path.join(onnx_dir, MODEL_RECORD)) as f:
+        record = json.load(f)
+    text, pixels = record.get("text", {}), record.get("pixels", {})
+    return (TextSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in text.items()}),
+            PixelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in pixels.items()}))
 
 
 def model_path(onnx_dir: str, name: str, int8: bool = False) -> str:

@@ -3,6 +3,9 @@
 The text encoder is written out as a small ONNX graph from the model's weights, with a dynamic
 sequence length: CLIP's text transformer is causal and reads the end token's position, so feeding
 only up to the longest end token gives the 77-token result while doing a fraction of the work.
+OpenCLIP's CLIP text transformer is the same architecture, with the same names, its MLP activation
+GELU rather than OpenAI's QuickGELU; clip_models refuses OpenCLIP text towers that are not causal or
+not read at the end token, for which this cut would be wrong.
 torch.onnx.export of the same code gave 1,700 nodes, most of them shape arithmetic for the dynamic
 length, run on every query; here a block is 12 nodes, with onnxruntime's own causal Attention kernel.
 """
@@ -10,6 +13,7 @@ length, run on every query; here a block is 12 nodes, with onnxruntime's own cau
 import json
 import os
 import warnings
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -17,8 +21,8 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
+from prompt_search.clip_models import load
 from prompt_search.files import atomic_path, model_fingerprint
-from prompt_search.model import choose_device, load_clip
 from prompt_search.onnx_clip import MODEL_RECORD, PROVIDERS, TEXTUAL_FILE, VISUAL_FILE
 
 MIN_COSINE = 0.9999  # onnxruntime against torch on random inputs, or the export is refused
@@ -45,6 +49,13 @@ def text_graph(model: torch.nn.Module) -> onnx.ModelProto:
     def linear(x: str, layer: torch.nn.Linear, name: str) -> str:
         return op("Add", op("MatMul", x, weight(f"{name}.weight", layer.weight.T)), weight(f"{name}.bias", layer.bias))
 
+    def activation(x: str, layer: torch.nn.Module) -> str:
+        if type(layer).__name__ == "QuickGELU":  # OpenAI's x * sigmoid(1.702 * x), in clip and open_clip alike
+            return op("QuickGelu", x, domain="com.microsoft", alpha=1.702)
+        if isinstance(layer, torch.nn.GELU) and layer.approximate == "none":  # OpenCLIP's own models
+            return op("Gelu", x, domain="com.microsoft")
+        raise ValueError(f"no ONNX text graph for the activation {layer}")
+
     for value in (0, 1, 2):
         weights.append(numpy_helper.from_array(np.array([value], dtype=np.int64), f"int{value}"))
     length = op("Slice", op("Shape", "tokens"), "int1", "int2")
@@ -58,7 +69,7 @@ def text_graph(model: torch.nn.Module) -> onnx.ModelProto:
                    domain="com.microsoft", num_heads=attn.num_heads, unidirectional=1)  # unidirectional: causal
         x = op("Add", x, linear(heads, attn.out_proj, f"{name}.attn.out_proj"))
         hidden = linear(layer_norm(x, block.ln_2, f"{name}.ln_2"), block.mlp.c_fc, f"{name}.mlp.c_fc")
-        hidden = op("QuickGelu", hidden, domain="com.microsoft", alpha=1.702)  # CLIP's x * sigmoid(1.702 * x)
+        hidden = activation(hidden, block.mlp.gelu)
         x = op("Add", x, linear(hidden, block.mlp.c_proj, f"{name}.mlp.c_proj"))
     end = op("GatherND", x, op("ArgMax", "tokens", axis=-1, keepdims=1), batch_dims=1)  # the end token: highest id
     op("MatMul", layer_norm(end, model.ln_final, "ln_final"), weight("text_projection", model.text_projection),
@@ -80,27 +91,36 @@ class ImageEncoder(torch.nn.Module):
 
 
 def export_onnx(model_name: str, model_dir: str, onnx_dir: str) -> None:
-    """Export the model to onnx_dir's visual and textual files, and record which model they are."""
-    model, _ = load_clip(model_name, choose_device("cpu"), model_dir)
-    model = model.float().eval()
-    resolution = model.visual.input_resolution
+    """Export the model to onnx_dir's visual and textual files, and record which model they are and how it
+    reads prompts and images (onnx_clip.query_specs)."""
+    loaded = load(model_name, "cpu", model_dir)
+    model = loaded.model.float().eval()
+    resolution, context = loaded.pixels.size, loaded.text.context_length
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(2, 3, resolution, resolution, generator=generator)
-    tokens = torch.randint(1, 49000, (3, 77), generator=generator)
+    tokens = torch.randint(1, 49000, (3, context), generator=generator)
     for row, end in enumerate((5, 20, 40)):  # end tokens at different places, padding after them
         tokens[row, end], tokens[row, end + 1 :] = 49407, 0
     print(f"exporting {model_name} to ONNX in {onnx_dir}")
     visual, textual = os.path.join(onnx_dir, VISUAL_FILE), os.path.join(onnx_dir, TEXTUAL_FILE)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # OpenCLIP's image transformer uses batch-first attention, which inference runs as a fused op ONNX has not
     with atomic_path(visual) as tmp, torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic, expected here
-        torch.onnx.export(ImageEncoder(model), (pixels,), tmp, input_names=["pixels"], output_names=["embedding"],
-                          dynamic_axes={"pixels": {0: "batch"}}, opset_version=17, dynamo=False)
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            torch.onnx.export(ImageEncoder(model), (pixels,), tmp, input_names=["pixels"],
+                              output_names=["embedding"],
+                              dynamic_axes={"pixels": {0: "batch"}}, opset_version=17, dynamo=False)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         _check(tmp, model.encode_image, pixels, "pixels", visual)
     with atomic_path(textual) as tmp, torch.inference_mode():
         onnx.save(text_graph(model), tmp)
         _check(tmp, model.encode_text, tokens, "tokens", textual)
+    record = {"model": model_fingerprint(model_name), "text": asdict(loaded.text), "pixels": asdict(loaded.pixels)}
     with atomic_path(os.path.join(onnx_dir, MODEL_RECORD)) as tmp, open(tmp, "w") as f:
-        json.dump({"model": model_fingerprint(model_name)}, f)
+        json.dump(record, f)
 
 
 def _check(tmp: str, reference, example: torch.Tensor, input_name: str, path: str) -> None:

@@ -13,7 +13,15 @@ from prompt_search.files import current_set, model_fingerprint
 from prompt_search.images import open_rgb, to_pixels
 from prompt_search.index import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
 from prompt_search.items import ItemTable
-from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, model_path, start_session
+from prompt_search.onnx_clip import (
+    TEXTUAL_FILE,
+    VISUAL_FILE,
+    encode_image,
+    encode_text,
+    model_path,
+    query_specs,
+    start_session,
+)
 from prompt_search.tokenizer import tokenize
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
@@ -60,10 +68,12 @@ def encode_queries(onnx_dir: str, prompt: str, image: Image.Image, image_path: s
     """
     if not prompt.strip():
         raise UserError("the text query is empty: set --INPUT_PROMPT to some text")
-    tokens, truncated = tokenize([prompt])
-    note = "longer than CLIP's 77 tokens: only its beginning was searched" if truncated[0] else ""
+    text_spec, pixel_spec = query_specs(onnx_dir)  # the model's own tokenizer and preprocess, without torch
+    tokens, truncated = tokenize([prompt], spec=text_spec)
+    note = f"longer than CLIP's {text_spec.context_length} tokens: only its beginning was searched"
+    note = note if truncated[0] else ""
     text = encode_text(start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads), tokens)[0]
-    pixels = to_pixels(image)[None]
+    pixels = to_pixels(image, pixel_spec)[None]
     picture = encode_image(start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads), pixels)[0]
     return [Query("text", prompt, text, note), Query("image", image_path, picture)]
 

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from prompt_search.cli import UserError
+from prompt_search.clip_models import load
 from prompt_search.embed import Batch, embed_items
 from prompt_search.listing import Listing, write_listing
-from prompt_search.model import choose_device, load_clip
+from prompt_search.model import choose_device
 
 
 def listing_file(folder: str) -> str:
@@ -37,16 +38,14 @@ def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: s
         items = Listing(path)
 
         def encode_batches(ranges: list[range]) -> Iterator[Batch]:
-            import clip
-
             chosen = choose_device(device)
-            model, _ = load_clip(model_name, chosen, model_dir)
+            loaded = load(model_name, chosen, model_dir)
             print(f"embedding {sum(map(len, ranges))} of {count} distinct prompts with {model_name} on {chosen}")
             with torch.inference_mode():
                 for indices in ranges:
                     ids, prompts = items.columns(indices)
-                    tokens = clip.tokenize(prompts, truncate=True).to(chosen)
-                    yield model.encode_text(tokens).float().cpu().numpy().astype(np.float32), ids, []
+                    tokens = loaded.tokenize(prompts).to(chosen)  # the model's own tokenizer
+                    yield loaded.model.encode_text(tokens).float().cpu().numpy().astype(np.float32), ids, []
 
         embed_items(folder, items, model_name, batch_size, encode_batches, unit="prompt", digest=items.digest())
     finally:

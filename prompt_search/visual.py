@@ -10,7 +10,6 @@ import glob
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prompt_search.cli import UserError
+from prompt_search.clip_models import load
 from prompt_search.embed import Batch, embed_items
 from prompt_search.gpu_input import (
     Counts,
@@ -30,8 +30,8 @@ from prompt_search.gpu_input import (
     normalise,
     prefetched,
 )
-from prompt_search.images import CLIP_PIXELS, IMAGES_FILE, Pixels, list_images
-from prompt_search.model import choose_device, load_clip
+from prompt_search.images import IMAGES_FILE, PixelSpec, list_images
+from prompt_search.model import choose_device
 
 LOADER_PREFETCH = 4  # batches each loader process keeps ready (DataLoader's default 2 can leave a GPU waiting)
 DEVICE_PREFETCH = 3  # batches the GPU path decodes ahead of the model
@@ -40,15 +40,15 @@ DEVICE_PREFETCH = 3  # batches the GPU path decodes ahead of the model
 class PilCrops(Dataset):
     """Item i: a Sample holding its PIL crop (size x size x 3 uint8), or the reason it was skipped."""
 
-    def __init__(self, items: list[tuple[str, str]], size: int):
-        self.items, self.size = items, size
+    def __init__(self, items: list[tuple[str, str]], pixels: PixelSpec):
+        self.items, self.pixels = items, pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Sample:
         item_id, path = self.items[i]
-        return cpu_sample(item_id, path, self.size)
+        return cpu_sample(item_id, path, self.pixels)
 
 
 def stack_crops(samples: list[Sample]) -> tuple[torch.Tensor | None, list[str], list[tuple[str, str]]]:
@@ -77,18 +77,18 @@ def loader(dataset: Dataset, ranges: list[range], num_workers: int, collate, pin
                       pin_memory=pin, prefetch_factor=LOADER_PREFETCH if count else None)
 
 
-def cpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: Pixels, dtype: torch.dtype,
+def cpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: PixelSpec, dtype: torch.dtype,
                 num_workers: int) -> Iterator[DeviceBatch]:
-    for crops, ids, skipped in loader(PilCrops(items, pixels.size), ranges, num_workers, stack_crops,
+    for crops, ids, skipped in loader(PilCrops(items, pixels), ranges, num_workers, stack_crops,
                                       pin=device != "cpu"):
         if crops is not None:
             crops = normalise(crops.to(device, non_blocking=True).permute(0, 3, 1, 2), pixels, dtype)
         yield crops, ids, skipped
 
 
-def gpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: Pixels, dtype: torch.dtype,
+def gpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: PixelSpec, dtype: torch.dtype,
                 num_workers: int, counts: Counts) -> Iterator[DeviceBatch]:
-    samples = loader(JpegBytes(items, pixels.size), ranges, num_workers, keep_list, pin=False)
+    samples = loader(JpegBytes(items, pixels), ranges, num_workers, keep_list, pin=False)
     batches = (device_batch(batch, device, pixels, dtype, counts) for batch in samples)
     return prefetched(batches, DEVICE_PREFETCH, device)
 
@@ -117,22 +117,22 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
 
     def encode_batches(ranges: list[range]) -> Iterator[Batch]:
         chosen = choose_device(device)
-        model, _ = load_clip(model_name, chosen, model_dir)
+        clip_model = load(model_name, chosen, model_dir)
+        model, pixels = clip_model.model, clip_model.pixels
         loaded = time.perf_counter()
-        pixels = replace(CLIP_PIXELS, size=model.visual.input_resolution)
         path, counts = decode_path(decode, chosen), Counts()
         where = {"gpu": f"batches decoded on {chosen}" + (" with nvJPEG" if chosen.startswith("cuda") else ""),
                  "cpu": "images decoded with PIL"}[path]
         print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} in "
-              f"{model.dtype}; input path {path}: {where} in {workers(num_workers)} loader processes")
+              f"{clip_model.dtype}; input path {path}: {where} in {workers(num_workers)} loader processes")
         if path == "gpu":
-            batches = gpu_batches(items, ranges, chosen, pixels, model.dtype, num_workers, counts)
+            batches = gpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers, counts)
         else:
-            batches = cpu_batches(items, ranges, chosen, pixels, model.dtype, num_workers)
+            batches = cpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers)
         done, first = 0, None
         with torch.inference_mode():
             for pixels_in, ids, skipped in batches:
-                vectors = np.empty((0, model.visual.output_dim), np.float32)
+                vectors = np.empty((0, clip_model.dim), np.float32)
                 if ids:
                     vectors = model.encode_image(pixels_in).float().cpu().numpy()
                 if first is None:

@@ -28,6 +28,29 @@ def tiny_clip(tmp_path_factory) -> str:
     return str(path)
 
 
+# A tiny OpenCLIP architecture: 256-pixel images (as ViT-B-32-256), OpenCLIP's GELU text transformer; an even
+# number of image attention heads (width 128 / 64), as full-size models have, so torch's fused attention is used.
+TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 256, "layers": 2, "width": 128, "patch_size": 32},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+def write_open_clip(folder: Path, name: str, config: dict) -> str:
+    """A model config file and a checkpoint of it with random weights; the --MODEL value naming them."""
+    from prompt_search.clip_models import save_random_open_clip
+
+    arch = folder / f"{name}.json"
+    arch.write_text(json.dumps(config))
+    checkpoint = folder / f"{name}.pt"
+    save_random_open_clip(str(checkpoint), str(arch))
+    return f"open_clip:{arch}/{checkpoint}"
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory) -> str:
+    """--MODEL=open_clip:CONFIG.json/CHECKPOINT.pt of a tiny OpenCLIP model with random weights."""
+    return write_open_clip(tmp_path_factory.mktemp("open_clip"), "tiny-open-clip", TINY_OPEN_CLIP)
+
+
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a top-level script as a user would, from cwd, with --NAME=value overrides."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}

@@ -49,9 +49,9 @@ def mixed(tmp_path):
 
 def test_device_crops_match_pil_crops(tmp_path):
     paths = [photo(tmp_path / f"{i}.jpg", size, i) for i, size in enumerate(SIZES)]
-    samples = [JpegBytes([(p.name, str(p))], 224)[0] for p in paths]
+    samples = [JpegBytes([(p.name, str(p))], CLIP_PIXELS)[0] for p in paths]
     decoded = gpu_input.decode(samples, "cpu", 224, Counts())
-    for path, crop in zip(paths, crop_on_device(decoded, 224), strict=True):
+    for path, crop in zip(paths, crop_on_device(decoded, CLIP_PIXELS), strict=True):
         expected = crop_rgb(open_rgb(str(path)), 224).transpose(2, 0, 1).astype(int)
         difference = np.abs(crop.numpy().astype(int) - expected)
         assert difference.max() <= 1 and difference.mean() < 0.01, path.name  # rounding, no more
@@ -60,8 +60,8 @@ def test_device_crops_match_pil_crops(tmp_path):
 def test_a_batch_keeps_the_items_order_and_skips_what_nothing_decodes(mixed):
     items = [(p.name, str(p)) for p in sorted(mixed.iterdir())]
     counts = Counts()
-    pixels, ids, skipped = device_batch([JpegBytes(items, 224)[i] for i in range(len(items))], "cpu", CLIP_PIXELS,
-                                        torch.float32, counts)
+    samples = [JpegBytes(items, CLIP_PIXELS)[i] for i in range(len(items))]
+    pixels, ids, skipped = device_batch(samples, "cpu", CLIP_PIXELS, torch.float32, counts)
     bad = {"cut.jpg", "zero.jpg", "scrambled.jpg"}
     assert ids == [name for name, _ in items if name not in bad]
     assert pixels.shape == (len(ids), 3, 224, 224) and pixels.dtype == torch.float32
@@ -87,7 +87,7 @@ def test_a_jpeg_the_device_refuses_is_decoded_with_pil(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gpu_input, "decode_jpeg", fussy)
     counts = Counts()
-    samples = [JpegBytes([(p.name, str(p))], 224)[0] for p in paths]
+    samples = [JpegBytes([(p.name, str(p))], CLIP_PIXELS)[0] for p in paths]
     pixels, ids, skipped = device_batch(samples, "cpu", CLIP_PIXELS, torch.float32, counts)
     assert ids == ["0.jpg", "1.jpg", "2.jpg"] and not skipped
     assert (counts.on_device, counts.on_cpu, counts.first_on_cpu) == (2, 1, str(paths[1]))
