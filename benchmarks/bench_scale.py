@@ -1,0 +1,247 @@
+"""Issue 17 at scale: step 4, recall, the query script and hit lookups on a synthetic collection of --vectors.
+
+    NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python benchmarks/bench_scale.py --work-dir=/tmp/scale \
+        [--vectors=1000000] [--lookup-rows=10000000] [--queries=200] [--script-runs=3]
+
+The collection is laid out as step 3 and step 1 write it: --vectors clustered 512-d unit vectors in
+batch files of 128 with ids (URL digests), and a metadata table with a row for each id. Clustered:
+each vector is one of 20,000 random centres plus noise, so that neighbours are close and many;
+synthetic clusters are harder for an index than real CLIP vectors may be, so take recall as a stress
+figure. Queries: noisy copies of stored vectors, and cross-modal ones (a stored vector plus one fixed
+offset of norm 0.8, as text and image embeddings sit in different regions of CLIP's space).
+
+Prints, each measured in this run:
+  step 4 at --vectors: wall time and peak memory of create_visual_knn_indices.py, the index autofaiss chose;
+  recall@10 against exact search, of the index alone and with our re-ranking, and the time of each per query;
+  the query script end to end (full-size ViT-B/32 with random weights, ONNX), at --vectors and at 1k;
+  looking up 20 hits in an item table of --lookup-rows rows against one of 1k rows, and its memory.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from prompt_search.embed import MANIFEST  # noqa: E402
+from prompt_search.files import model_fingerprint  # noqa: E402
+from prompt_search.links import METADATA_FILE, PARQUET_OPTIONS, SCHEMA  # noqa: E402
+
+DIM = 512
+BATCH = 128
+CENTRES = 20_000
+MAXRSS = "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; " \
+         "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
+
+
+def vectors_of(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
+    x = centres[rng.integers(0, len(centres), n)] + rng.normal(0, 0.04, (n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_collection(out: Path, n: int, model: str, seed: int = 0) -> np.ndarray:
+    """out/visual_embeddings and out/metadata/metadata.parquet for n items; returns the vectors (float32)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    folder = out / "visual_embeddings"
+    for sub in ("embeddings", "ids", "batches"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    vectors = np.empty((n, DIM), np.float32)
+    ids = [hashlib.blake2b(f"https://example.com/{seed}/{i}.png".encode(), digest_size=8).hexdigest()
+           for i in range(n)]
+    for batch, start in enumerate(range(0, n, BATCH)):
+        chunk = vectors_of(rng, centres, min(BATCH, n - start))
+        vectors[start : start + len(chunk)] = chunk
+        np.save(folder / "embeddings" / f"{batch:09d}.npy", chunk)
+        np.save(folder / "ids" / f"{batch:09d}.npy", np.array(ids[start : start + len(chunk)]))
+        (folder / "batches" / f"{batch:09d}.json").write_text(json.dumps({"count": len(chunk), "skipped": []}))
+    (folder / MANIFEST).write_text(json.dumps({"model": model_fingerprint(model), "count": n}))
+    write_metadata(out / METADATA_FILE, ids, seed)
+    return vectors
+
+
+def write_metadata(path: Path, ids: list[str], seed: int) -> None:
+    """A metadata table in step 1's schema with a row for each id."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    words = "castle robot portrait neon city ocean dragon forest cyberpunk painting of a the in with".split()
+    with pq.ParquetWriter(path, SCHEMA, **PARQUET_OPTIONS) as writer:
+        for start in range(0, len(ids), 65_536):
+            chunk = ids[start : start + 65_536]
+            rows = range(start, start + len(chunk))
+            columns = {
+                "id": chunk,
+                "url": [f"https://example.com/{seed}/{i}.png" for i in rows],
+                "prompt": [" ".join(words[(i * k) % len(words)] for k in range(1, 12)) + f" {i}" for i in rows],
+                "width": [512] * len(chunk), "height": [768] * len(chunk), "seed": list(rows),
+                "csv_line": [i + 2 for i in rows],
+            }
+            writer.write_table(pa.table({f.name: columns.get(f.name, pa.nulls(len(chunk), f.type))
+                                         for f in SCHEMA}, schema=SCHEMA))
+
+
+def run_measured(args: list[str], cwd: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak memory GiB of the process tree's largest process, stdout) of a script run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", MAXRSS, sys.executable, *args], cwd=cwd, env=env,
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode:
+        raise SystemExit(f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    maxrss = int(result.stderr.rsplit("maxrss_kib", 1)[1].split()[0])
+    return wall, maxrss / 2**20, result.stdout
+
+
+def recall_at_10(found: list[list[int]], exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)]))
+
+
+def measure_recall(out: Path, vectors: np.ndarray, queries: int, say) -> None:
+    import faiss
+
+    from prompt_search.query import open_index, search
+
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(1)
+    picked = vectors[rng.choice(len(vectors), queries, replace=False)]
+    offset = rng.normal(size=DIM).astype(np.float32)
+    offset *= 0.8 / np.linalg.norm(offset)
+    noisy = picked + rng.normal(0, 0.03, picked.shape).astype(np.float32)
+    kinds = {"noisy copies": noisy, "cross-modal": picked + offset}
+    searched = open_index(str(out / "knn_indices" / "visual"))
+    say(f"  index {json.loads((out / 'knn_indices' / 'visual' / 'infos.json').read_text())['index_key']}, "
+        f"lossy codes (re-ranked): {searched.rerank}")
+    for kind, q in kinds.items():
+        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        exact = np.argsort(-(q @ vectors.T), axis=1)[:, :10]
+        start = time.perf_counter()
+        plain = [searched.index.search(row[None], 10)[1][0].tolist() for row in q]
+        alone = (time.perf_counter() - start) / len(q)
+        start = time.perf_counter()
+        ours = [[hit.position for hit in search(searched, row, 10, 1.0)] for row in q]
+        reranked = (time.perf_counter() - start) / len(q)
+        say(f"  {kind:>12}: recall@10 index alone {recall_at_10(plain, exact):.3f} ({alone * 1e3:.2f} ms/query), "
+            f"ours {recall_at_10(ours, exact):.3f} ({reranked * 1e3:.2f} ms/query, {reranked / alone:.2f}x)")
+
+
+def measure_script(out: Path, model: str, runs: int, image: Path) -> list[float]:
+    args = [str(REPO / "test_visual_knn_index.py"), f"--OUT_DIR={out}", f"--MODEL={model}",
+            "--COMPARE_WITH_TORCH=False", f"--INPUT_IMG_PATH={image}", "--INPUT_PROMPT=a castle in the clouds"]
+    run_measured(args, out.parent)  # the ONNX export and its optimised graphs, on first use
+    return [run_measured(args, out.parent)[0] for _ in range(runs)]
+
+
+def measure_lookup(work: Path, rows: int, say) -> None:
+    """Item tables of 1k and `rows` rows: time to open and to describe 20 random hits, and the memory it takes."""
+    code = (
+        "import sys, time, resource, numpy as np\n"
+        "from prompt_search.items import ItemTable\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "start = time.perf_counter(); table = ItemTable(sys.argv[1]); opened = time.perf_counter() - start\n"
+        "rng = np.random.default_rng(0); times = []\n"
+        "for _ in range(50):\n"
+        "    positions = rng.integers(0, len(table), 20).tolist()\n"
+        "    start = time.perf_counter(); rows = table.rows(positions); times.append(time.perf_counter() - start)\n"
+        "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024\n"
+        "print(len(table), opened * 1e3, float(np.median(times)) * 1e3, max(times) * 1e3, grown)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for size in (1000, rows):
+        path = make_items(work, size, say)
+        found = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
+                               check=True).stdout.split()
+        say(f"  {int(found[0]):>10,} rows: open {float(found[1]):.2f} ms, 20 hits median {float(found[2]):.2f} ms "
+            f"(max {float(found[3]):.2f} ms), memory grown {float(found[4]):.1f} MiB")
+
+
+def make_items(work: Path, size: int, say) -> Path:
+    """An items.arrow of size rows made by step 4's own write_items, joined with a metadata table of size rows."""
+    path = work / f"items-{size}.arrow"
+    if path.exists():
+        return path
+    ids = [hashlib.blake2b(f"https://example.com/l/{i}.png".encode(), digest_size=8).hexdigest() for i in range(size)]
+    metadata = work / f"metadata-{size}.parquet"
+    write_metadata(metadata, ids, 7)
+    order = np.random.default_rng(2).permutation(size)  # index order is not the table's order
+    ids_in_index_order = pa.chunked_array([pa.array(np.array(ids)[order[s : s + 1_000_000]])
+                                           for s in range(0, size, 1_000_000)])
+    del ids
+    code = ("import sys, pyarrow.parquet as pq\nfrom prompt_search.items import write_items\n"
+            "write_items(sys.argv[2], pq.read_table(sys.argv[1]).column('id'), [sys.argv[3]], sys.argv[4])\n")
+    order_file = work / f"order-{size}.parquet"
+    pq.write_table(pa.table({"id": ids_in_index_order}), order_file)
+    wall, gib, _ = run_measured(["-c", code, str(order_file), str(path), str(metadata), str(work)], work)
+    say(f"  write_items at {size:,} rows: {wall:.1f} s, peak {gib:.2f} GiB")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--lookup-rows", type=int, default=10_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--script-runs", type=int, default=3)
+    parser.add_argument("--skip-build", action="store_true", help="reuse the index a previous run built")
+    args = parser.parse_args()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    from PIL import Image
+
+    from prompt_search.model import save_random_clip
+
+    model = work / "vit-b-32-random.pt"
+    if not model.exists():
+        save_random_clip(str(model), full_size=True)
+    image = work / "query.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(image)
+    say(f"bench_scale: {args.vectors:,} vectors, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}")
+
+    big, small = work / "big", work / "small"
+    start = time.perf_counter()
+    vectors = make_collection(big, args.vectors, str(model)) if not args.skip_build else None
+    if vectors is None:
+        vectors = np.concatenate([np.load(p) for p in sorted((big / "visual_embeddings" / "embeddings").glob("*.npy"))])
+    make_collection(small, 1000, str(model), seed=5)
+    say(f"collections made in {time.perf_counter() - start:.0f} s")
+
+    say(f"\nstep 4 at {args.vectors:,} vectors:")
+    if not args.skip_build:
+        wall, gib, _ = run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={big}"], work)
+        say(f"  create_visual_knn_indices.py: {wall:.0f} s, peak {gib:.2f} GiB")
+    run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={small}"], work)
+
+    say(f"\nrecall@10 against exact search, {args.queries} queries of each kind, 1 thread:")
+    measure_recall(big, vectors, args.queries, say)
+    del vectors
+
+    say(f"\nthe query script end to end ({args.script_runs} runs each, after the first use's export):")
+    times = {name: measure_script(out, str(model), args.script_runs, image) for name, out in (("1k", small),
+                                                                                           ("big", big))}
+    for name, runs in times.items():
+        say(f"  {name:>3}: median {statistics.median(runs):.2f} s ({', '.join(f'{t:.2f}' for t in runs)})")
+    say(f"  difference: {statistics.median(times['big']) - statistics.median(times['1k']):+.2f} s")
+
+    say("\nlooking up 20 hits in the item table:")
+    measure_lookup(work, args.lookup_rows, say)
+
+
+if __name__ == "__main__":
+    main()
