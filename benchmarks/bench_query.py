@@ -40,6 +40,7 @@ import config  # noqa: E402
 from prompt_search.cli import UserError  # noqa: E402
 from prompt_search.files import data_file_from_env  # noqa: E402
 from prompt_search.images import open_rgb, to_pixels  # noqa: E402
+from prompt_search.index import index_vectors  # noqa: E402
 from prompt_search.model import load_clip, save_random_clip  # noqa: E402
 from prompt_search.onnx_clip import (  # noqa: E402
     PROVIDERS,
@@ -387,14 +388,10 @@ class Bench:
             self.say(f"- {name}: {ms(t, 3)}")
 
     def write_indices(self, texts: np.ndarray, pictures: np.ndarray) -> None:
-        """Indices in out/knn_indices, in the query script's layout, for the cold starts."""
-        index_dir = self.work / "out" / "knn_indices"
-        index_dir.mkdir(parents=True, exist_ok=True)
+        """Index sets in out/knn_indices, built by step 4 as the query script reads them, for the cold starts."""
         for name, vectors in (("textual", texts), ("visual", pictures)):
-            index = faiss.IndexFlatIP(vectors.shape[1])
-            index.add(vectors)
-            faiss.write_index(index, str(index_dir / f"{name}_prompts.index"))
-            np.save(index_dir / f"{name}_ids.npy", np.array([f"{name}-{i}" for i in range(len(vectors))]))
+            index_vectors(str(self.work / "out"), name, vectors, [f"{name}-{i}" for i in range(len(vectors))],
+                          self.checkpoint)
 
     def cold_starts(self, prompt: str, image_file: str) -> None:
         script = [str(REPO / "test_visual_knn_index.py"), "--OUT_DIR=out",
@@ -402,7 +399,7 @@ class Bench:
                   f"--INPUT_IMG_PATH={image_file}", f"--INPUT_PROMPT={prompt}"]
         (self.work / "torch_query.py").write_text(TORCH_QUERY)
         torch_query = [str(self.work / "torch_query.py"), self.checkpoint,
-                       str(self.work / "out" / "knn_indices" / "textual_prompts.index"), prompt, image_file]
+                       str(self.work / "out" / "knn_indices" / "textual" / "knn.index"), prompt, image_file]
         for saved in self.onnx_dir.glob("*.opt.*"):  # as after a new export: the first query optimises the graphs
             saved.unlink()
         first, later = cold(script, self.work), cold(script, self.work)

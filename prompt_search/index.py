@@ -180,6 +180,19 @@ def _reconstruction_misses(index, positions: np.ndarray, source: np.ndarray) -> 
     return int(np.count_nonzero((nearest != own) & ~same_picture)), lossy
 
 
+def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], model_name: str) -> None:
+    """out_dir/{name}_embeddings holding these vectors and ids as one batch, and its index set built by
+    step 4: for tests and benchmarks that have their vectors already."""
+    from prompt_search.embed import save_batch
+    from prompt_search.files import model_fingerprint
+
+    folder = os.path.join(out_dir, f"{name}_embeddings")
+    save_batch(folder, 0, vectors, ids, [])
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump({"model": model_fingerprint(model_name)}, f)
+    build_index(folder, os.path.join(out_dir, "knn_indices", name), "1G", "2G", 10.0)
+
+
 def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float) -> None:
     """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
     index_set = os.path.join(out_dir, "knn_indices", name)

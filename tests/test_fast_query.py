@@ -3,7 +3,6 @@ after the end token, CLIP's tokenizer and preprocess without torch, the saved op
 the int8 models. Their speed on the full-size model is benchmarks/bench_query.py's business."""
 
 import csv
-import json
 import os
 import random
 import re
@@ -21,10 +20,8 @@ from clip.clip import _transform
 from clip.simple_tokenizer import SimpleTokenizer
 from conftest import REPO, make_image
 
-from prompt_search.embed import MANIFEST, save_batch
-from prompt_search.files import model_fingerprint
 from prompt_search.images import open_rgb, to_pixels
-from prompt_search.index import build_index
+from prompt_search.index import index_vectors
 from prompt_search.model import load_clip
 from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, int8_model, start_session
 from prompt_search.onnx_export import export_onnx
@@ -99,17 +96,9 @@ def work(tmp_path_factory, tiny_clip: str, prompts: list[str]) -> Path:
     images = [make_image(work / "images" / name, size, "RGB", seed) for seed, (size, _, name) in enumerate(IMAGES)]
     pixels = np.stack([to_pixels(open_rgb(str(path))) for path in images])
     pictures = encode_image(start_session(str(onnx_dir / VISUAL_FILE)), pixels)
-    write_index(work / "out", "textual", texts, [f"prompt-{i}" for i in range(len(prompts))], tiny_clip)
-    write_index(work / "out", "visual", pictures, [path.name for path in images], tiny_clip)
+    index_vectors(str(work / "out"), "textual", texts, [f"prompt-{i}" for i in range(len(prompts))], tiny_clip)
+    index_vectors(str(work / "out"), "visual", pictures, [path.name for path in images], tiny_clip)
     return work
-
-
-def write_index(out_dir: Path, name: str, vectors: np.ndarray, ids: list[str], model: str) -> None:
-    """An embeddings set of these vectors and ids from model, and its index set built by step 4 (autofaiss)."""
-    folder = out_dir / f"{name}_embeddings"
-    save_batch(str(folder), 0, vectors, ids, [])
-    (folder / MANIFEST).write_text(json.dumps({"model": model_fingerprint(model)}))
-    build_index(str(folder), str(out_dir / "knn_indices" / name), "1G", "2G", 10.0)
 
 
 def query_without_torch(work: Path, tiny_clip: str, *args: str) -> subprocess.CompletedProcess:
