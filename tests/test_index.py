@@ -157,18 +157,18 @@ def test_empty_or_incomplete_folder_is_a_clear_error(tmp_path):
 
 
 def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path):
-    """20k clustered vectors with a memory budget that forces a compressed (PQ) index, as autofaiss picks at 10M."""
+    """12k clustered vectors with a memory budget that forces a compressed (OPQ, PQ) index, as autofaiss picks at 10M."""
     from prompt_search.query import open_index, search
 
     rng = np.random.default_rng(6)
-    centers = rng.normal(size=(300, 64))
-    vectors = centers[rng.integers(0, 300, 20_000)] + rng.normal(0, 0.35, (20_000, 64))
+    centers = rng.normal(size=(300, 32))
+    vectors = centers[rng.integers(0, 300, 12_000)] + rng.normal(0, 0.35, (12_000, 32))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    fake_embeddings(tmp_path / "emb", [1000] * 20, dim=64, vectors=vectors)
-    index_set, infos = build(tmp_path, tmp_path / "emb", max_memory="600K")
+    fake_embeddings(tmp_path / "emb", [1000] * 12, dim=32, vectors=vectors)
+    index_set, infos = build(tmp_path, tmp_path / "emb", max_memory="300K")
     assert "PQ" in infos["index_key"] and json.loads((index_set / SOURCE_FILE).read_text())["lossy"]
     searched = open_index(str(index_set))
-    queries = vectors[rng.choice(20_000, 50, replace=False)] + rng.normal(0, 0.05, (50, 64))
+    queries = vectors[rng.choice(12_000, 50, replace=False)] + rng.normal(0, 0.05, (50, 32))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     _, plain = searched.index.search(queries, 10)
     exact = np.argsort(-(queries @ np.load(index_set / VECTORS_FILE).astype(np.float32).T), axis=1)[:, :10]
