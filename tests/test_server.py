@@ -239,20 +239,21 @@ def test_page_searches_as_you_type_and_by_dropped_image(server, browser, tmp_pat
     wait = WebDriverWait(browser, 30)
     browser.get(server + "/")
     assert browser.find_elements(By.CSS_SELECTOR, "script[src='/static/app.js']")
-    browser.find_element(By.ID, "text").send_keys("a planted prompt")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card")) == len(PROMPTS))
-    wait.until(lambda d: d.execute_script(LOADED))
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#results .card img")) == len(PROMPTS)
-    prompts = [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#results .prompt")]
-    assert SCRIPT_PROMPT in prompts  # shown as text
-    assert not browser.find_elements(By.CSS_SELECTOR, "#results script")
-    assert browser.execute_script("return window.__pwned") is None
+    browser.find_element(By.ID, "text").send_keys("a castle in the clouds")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card img"))
+    wait.until(lambda d: d.execute_script(LOADED))  # the local thumbnails, served by /thumbnail/
+    assert "/thumbnail/images/" in browser.find_element(By.CSS_SELECTOR, "#results .card img").get_attribute("src")
 
     browser.find_element(By.CSS_SELECTOR, "input[value=prompts]").click()
-    wait.until(lambda d: "seed" in d.find_element(By.CSS_SELECTOR, "#results .details").text)
-    first = browser.find_element(By.CSS_SELECTOR, "#results .card .more")
-    first.click()  # more like this: the first result comes first again
+    browser.find_element(By.ID, "text").clear()
+    browser.find_element(By.ID, "text").send_keys(SCRIPT_PROMPT)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#results .prompt").text == SCRIPT_PROMPT)  # as text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results script")
+    assert browser.execute_script("return window.__pwned") is None
+    assert "seed 5" in browser.find_element(By.CSS_SELECTOR, "#results .details").text
+    browser.find_element(By.CSS_SELECTOR, "#results .card .more").click()  # more like this: the prompt itself first
     wait.until(lambda d: d.find_element(By.ID, "text").get_attribute("value") == "")
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#results .prompt").text == SCRIPT_PROMPT)
 
     browser.find_element(By.CSS_SELECTOR, "input[value=images]").click()
     thumbnail = browser.find_element(By.CSS_SELECTOR, "#results .card img").get_attribute("src")
