@@ -1,15 +1,17 @@
 # make run: set up .venv and run the whole pipeline on the default data (README, "Run").
+# make serve: after make run, the search server and its page (prints the URL).
 # make test: set up .venv and run the tests (those on the real 1k.csv need PROMPT_SEARCH_DATA: see README).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run test lint browser
+.PHONY: setup run serve test lint browser
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-dev-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-dev-nodeps.txt
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,6 +25,10 @@ run: setup
 	$(PY) extract_visual_clip_embeddings.py $(ARGS) && $(PY) create_visual_knn_indices.py $(ARGS) \
 		|| echo "(no image index this run: see the message above)"
 	$(PY) test_visual_knn_index.py $(ARGS)
+
+# Step 6: the search page and API over what `make run` built (README, "Search server").
+serve: setup
+	$(PY) serve.py $(ARGS)
 
 # tests/test_gallery.py drives Debian's chromium through chromedriver: install both when missing (CI runs as root).
 browser:

@@ -47,3 +47,9 @@ DEDUPE_THRESHOLD = 0.94  # results whose cosine similarity to a better result is
 COMPARE_WITH_TORCH = True  # also run torch CLIP on the queries and say whether its top results agree
 QUANTIZE_INT8 = False  # query with int8 models (onnxruntime dynamic quantisation, made on first use): faster, slightly different results
 QUERY_THREADS = 0  # onnxruntime threads per query; 0 = one per physical core (1 can be faster on a machine other jobs keep busy)
+
+# --- step 6: search server (serve.py) ----------------------------------------------------
+SERVE_HOST = "127.0.0.1"  # address the server listens on; 0.0.0.0 lets other machines in (it has no login)
+SERVE_PORT = 0  # port it listens on; 0 = a free port, printed at start
+MAX_UPLOAD_MB = 10.0  # largest query image a request may send; a larger one is refused (413)
+MAX_NUM_RESULTS = 200  # most results one request may ask for (num_results, clip-retrieval's num_images)

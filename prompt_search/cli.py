@@ -74,6 +74,9 @@ ALLOWED: dict[str, Allowed] = {
     "NUM_RESULTS": at_least(1),
     "DEDUPE_THRESHOLD": Allowed(lambda v: _number(v) and 0 < v <= 1, "more than 0 and at most 1"),
     "QUERY_THREADS": at_least(0),
+    "SERVE_PORT": Allowed(lambda v: type(v) is int and 0 <= v <= 65535, "a port from 0 (a free one) to 65535"),
+    "MAX_UPLOAD_MB": more_than(0),
+    "MAX_NUM_RESULTS": at_least(1),
 }
 
 

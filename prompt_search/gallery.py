@@ -26,6 +26,7 @@ h2 { font-size: 1.15em; margin: 2em 0 .3em; }
 .score { font-variant-numeric: tabular-nums; color: #2563eb; }
 .alike { margin: 2px 10px 0; font-size: .85em; color: #a16207; }
 .prompt { margin: 4px 10px; max-height: 9.8em; overflow: auto; overflow-wrap: anywhere; white-space: pre-wrap; }
+.details { margin: 0 10px 4px; font-size: .85em; color: #52525b; }
 .link { margin: auto 10px 8px; font-size: .85em; color: #71717a; overflow-wrap: anywhere; }
 """
 
@@ -47,8 +48,19 @@ def _thumbnail_src(hit: Hit, folder: str) -> str:
     return hit.url if is_http_url(hit.url) else ""
 
 
-def _card(hit: Hit, folder: str) -> str:
-    src = _thumbnail_src(hit, folder)
+def _details(hit: Hit) -> str:
+    """Seed, size, steps and cfg scale, those the hit's item table row has."""
+    extra = hit.extra
+    parts = [f"seed {extra['seed']}" if extra.get("seed") is not None else "",
+             f"{extra['width']}×{extra['height']}" if extra.get("width") and extra.get("height") else "",
+             f"{extra['num_steps']} steps" if extra.get("num_steps") else "",
+             f"cfg {extra['cfg_scale']:g}" if extra.get("cfg_scale") is not None else ""]
+    shown = " · ".join(part for part in parts if part)
+    return f'<p class="details">{_text(shown)}</p>' if shown else ""
+
+
+def card(hit: Hit, src: str, actions: str = "") -> str:
+    """One result's card: thumbnail at src (none when ""), score, prompt, link, details; actions is trusted markup."""
     image = f'<img src="{_text(src)}" alt="result {hit.rank}">' if src else '<div class="no-image">no image</div>'
     link = ""
     if is_http_url(hit.url):
@@ -56,7 +68,7 @@ def _card(hit: Hit, folder: str) -> str:
     alike = f'<p class="alike">and {hit.alike} near-identical</p>' if hit.alike else ""
     return (f'<li class="card" title="{_text(hit.id)}">{image}<div class="meta"><span>#{hit.rank}</span>'
             f'<span class="score">{hit.score:.4f}</span></div>{alike}<p class="prompt">{_text(hit.prompt)}</p>'
-            f'{link}</li>')
+            f'{_details(hit)}{actions}{link}</li>')
 
 
 def _section(query: Query, side: str, hits: list[Hit], folder: str) -> str:
@@ -67,7 +79,7 @@ def _section(query: Query, side: str, hits: list[Hit], folder: str) -> str:
         shown = ""
         heading = f"{side.capitalize()} similar to the text “{_text(query.value)}”"
     note = f'<p class="note">The prompt is {_text(query.note)}.</p>' if query.note else ""
-    cards = "".join(_card(hit, folder) for hit in hits) or "<li>no results</li>"
+    cards = "".join(card(hit, _thumbnail_src(hit, folder)) for hit in hits) or "<li>no results</li>"
     return f'<section class="{_text(side)}"><h2>{heading}</h2>{shown}{note}<ul class="grid">{cards}</ul></section>'
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faiss
@@ -38,6 +39,7 @@ class Hit:
     path: str = ""  # the local image, when the hit is a downloaded or local image
     alike: int = 0  # lower-ranked results near-identical to this one (DEDUPE_THRESHOLD), shown as this one
     position: int = -1  # the vector's position in its index, and its row in the item table
+    extra: dict = field(default_factory=dict)  # the item table's other columns (width, height, seed...)
 
 
 @dataclass
@@ -114,23 +116,52 @@ def check_model(searched: SearchIndex, model_name: str) -> None:
 
 
 def search(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshold: float) -> list[Hit]:
-    """The top k hits for vector, each standing also for the later hits at least dedupe_threshold similar to it.
+    """The top k hits for vector, described by their item table rows (find_hits, then describe)."""
+    return describe(searched, find_hits(searched, vector, k, dedupe_threshold))
+
+
+def find_hits(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshold: float,
+              keep: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Hit]:
+    """The top k hits for vector (positions and scores only), each standing also for the later hits at least
+    dedupe_threshold similar to it; with keep, only candidates whose positions it marks True.
 
     Near-identical images (the black pictures of Stable Diffusion's safety filter, re-uploads) would
-    otherwise fill a top-k. More candidates are searched until k distinct ones are found, or MAX_CANDIDATES.
-    A lossy index's candidates (at least RERANK_CANDIDATES) are re-ranked by their stored vectors.
+    otherwise fill a top-k, and a filter drops candidates: more are searched until k distinct kept ones
+    are found, or MAX_CANDIDATES. A lossy index's candidates (at least RERANK_CANDIDATES) are re-ranked
+    by their stored vectors.
     """
-    wanted = k if dedupe_threshold >= 1 else 4 * k
+    wanted = k if dedupe_threshold >= 1 and keep is None else 4 * k
     while True:
         searched_k = min(max(wanted, RERANK_CANDIDATES) if searched.rerank else wanted, searched.index.ntotal)
         scores, labels = searched.index.search(vector[None].astype(np.float32), searched_k)
         scores, labels = scores[0], labels[0]
         if searched.rerank:
             scores, labels = _rerank(searched, vector, labels[labels >= 0])
+        if keep is not None:
+            kept = keep(labels.clip(0)) & (labels >= 0)
+            scores, labels = scores[kept], labels[kept]
         hits = _collapse(searched, scores, labels, k, dedupe_threshold)
         if len(hits) >= k or searched_k >= min(searched.index.ntotal, MAX_CANDIDATES):
             return hits
         wanted *= 4
+
+
+def describe(searched: SearchIndex, hits: list[Hit]) -> list[Hit]:
+    """hits with their id, prompt, link, image path and other columns read from the item table, in O(len(hits))."""
+    for hit, row in zip(hits, searched.items.rows([hit.position for hit in hits]), strict=True):
+        hit.id, hit.prompt, hit.url, hit.path = row.pop("id"), row.pop("prompt", None) or "", \
+            row.pop("url", None) or "", row.pop("path", None) or ""
+        hit.extra = row
+    return hits
+
+
+def combine(parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """The normalised weighted sum of unit query vectors (a negative weight subtracts, as rclip's --subtract)."""
+    total = sum(weight * np.asarray(vector, dtype=np.float32) for vector, weight in parts)
+    norm = float(np.linalg.norm(total))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise UserError("the weighted query vectors cancel out or are not finite: change the weights or the vector")
+    return (total / norm).astype(np.float32)
 
 
 def _rerank(searched: SearchIndex, vector: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +188,6 @@ def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: 
             continue
         kept.append(i)
         hits.append(Hit(len(hits) + 1, float(score), "", position=int(label)))
-    for hit, row in zip(hits, searched.items.rows([hit.position for hit in hits]), strict=True):
-        hit.id, hit.prompt, hit.url, hit.path = row["id"], row.get("prompt") or "", row.get("url") or "", \
-            row.get("path") or ""
     return hits
 
 

@@ -1,0 +1,179 @@
+"""What the search server answers, apart from HTTP: the index sets, their item tables' filter columns and the
+ONNX sessions, opened once; a request then costs one encoder run, one index search and k row reads."""
+
+import functools
+import io
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from prompt_search.cli import UserError
+from prompt_search.images import UNREADABLE, open_rgb, to_pixels
+from prompt_search.onnx_clip import (
+    TEXTUAL_FILE,
+    VISUAL_FILE,
+    encode_image,
+    encode_text,
+    model_path,
+    query_specs,
+    start_session,
+)
+from prompt_search.query import Hit, SearchIndex, check_model, describe, find_hits, open_index
+from prompt_search.tokenizer import tokenize
+
+SIDES = {"images": "visual", "prompts": "textual"}  # what a request names -> the index set's folder
+MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
+# A filter's name -> the item table's column. Loaded whole at start (8 bytes a row each, 48 MB at 1M rows) so that a
+# request filters its candidates by position, never scanning the table.
+FILTER_COLUMNS = {"width": "width", "height": "height", "steps": "num_steps", "cfg_scale": "cfg_scale",
+                  "seed": "seed", "date": "timestamp"}
+THUMBNAIL_PIXELS = 320  # longer side of a served thumbnail
+NEGATIVE = re.compile(r"(?:^|\s)-(?=\S)")  # "castle -people": a word starting with '-' begins a negative phrase
+
+
+class BadInput(UserError):
+    """A request the client must change: answered with this HTTP status and the message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Answer:
+    hits: list[Hit]
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds: encode, search, lookup
+
+
+def split_negatives(text: str) -> tuple[str, list[str]]:
+    """("castle", ["people", "big crowd"]) from "castle -people -big crowd"; "sci-fi" stays one word."""
+    positive, *negatives = NEGATIVE.split(text)
+    return positive.strip(), [phrase.strip() for phrase in negatives if phrase.strip()]
+
+
+def _filter_column(column: pa.ChunkedArray) -> np.ndarray:
+    """A column as float64 with NaN for nulls (no NaN compares true, so a row without the value never matches)."""
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.timestamp("s", tz=column.type.tz)).cast(pa.int64())
+    return column.cast(pa.float64()).to_numpy()
+
+
+class Searcher:
+    """The published index sets of out_dir, checked against the model, with its ONNX sessions."""
+
+    def __init__(self, out_dir: str, model: str, onnx_dir: str, int8: bool, threads: int, images_dir: str):
+        index_dir = os.path.join(out_dir, "knn_indices")
+        opened = {side: open_index(os.path.join(index_dir, name)) for side, name in SIDES.items()}
+        self.sides: dict[str, SearchIndex] = {side: found for side, found in opened.items() if found}
+        if not self.sides:
+            raise UserError(f"no index in {index_dir}: run the pipeline first (make run)")
+        for searched in self.sides.values():
+            check_model(searched, model)
+        self.model = model
+        self.text_spec, self.pixel_spec = query_specs(onnx_dir)
+        self.text_session = start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads)
+        self.image_session = start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads)
+        self.columns = {side: self._filter_columns(searched) for side, searched in self.sides.items()}
+        self.images_dir = os.path.realpath(images_dir)
+
+    @staticmethod
+    def _filter_columns(searched: SearchIndex) -> dict[str, np.ndarray]:
+        names = searched.items.reader.schema.names
+        return {name: _filter_column(searched.items.column(column))
+                for name, column in FILTER_COLUMNS.items() if column in names}
+
+    def side(self, name: str) -> SearchIndex:
+        if name not in self.sides:
+            raise BadInput(f"no {name!r} index here; the indices are {', '.join(self.sides)}")
+        return self.sides[name]
+
+    def encode_text(self, text: str, notes: list[str]) -> np.ndarray:
+        if not text.strip():
+            raise BadInput("the text is empty")
+        if len(text) > MAX_TEXT_CHARS:
+            notes.append(f"the text was cut to its first {MAX_TEXT_CHARS} of {len(text)} characters")
+            text = text[:MAX_TEXT_CHARS]
+        tokens, truncated = tokenize([text], spec=self.text_spec)
+        if truncated[0]:
+            notes.append(f"the text is longer than CLIP's {self.text_spec.context_length} tokens: "
+                         "only its beginning was searched")
+        return encode_text(self.text_session, tokens)[0]
+
+    def encode_image(self, data: bytes) -> np.ndarray:
+        try:
+            image = open_rgb(io.BytesIO(data))  # refuses decompression bombs before decoding
+        except (*UNREADABLE, Image.DecompressionBombError) as error:
+            raise BadInput(f"the image cannot be read: {error}") from None
+        return encode_image(self.image_session, to_pixels(image, self.pixel_spec)[None])[0]
+
+    def stored_vector(self, side: str, position: int) -> np.ndarray:
+        """The vector of a result ("more like this"), from the stored vectors: no encoder run."""
+        searched = self.side(side)
+        if not 0 <= position < len(searched.vectors):
+            raise BadInput(f"no position {position} in the {side} index")
+        vector = np.asarray(searched.vectors[position], dtype=np.float32)
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    def search(self, side: str, vector: np.ndarray, k: int, offset: int, dedupe_threshold: float,
+               filters: dict[str, tuple[float | None, float | None]], answer: Answer) -> Answer:
+        """Hits offset to offset + k of vector in side, only rows whose filter columns lie in the (low, high) ranges."""
+        searched = self.side(side)
+        if len(vector) != searched.index.d:
+            raise BadInput(f"the query vector has {len(vector)} dimensions, the {side} index {searched.index.d}")
+        keep = self._keep(side, filters) if filters else None
+        start = time.perf_counter()
+        hits = find_hits(searched, vector, offset + k, dedupe_threshold, keep)[offset:]
+        middle = time.perf_counter()
+        describe(searched, hits)
+        answer.hits = hits
+        answer.timings |= {"search": (middle - start) * 1e3, "lookup": (time.perf_counter() - middle) * 1e3}
+        return answer
+
+    def _keep(self, side: str, filters: dict[str, tuple[float | None, float | None]]):
+        columns = self.columns[side]
+        missing = [name for name in filters if name not in columns]
+        if missing:
+            raise BadInput(f"the {side} index has no {', '.join(missing)} to filter on")
+
+        def keep(positions: np.ndarray) -> np.ndarray:
+            mask = np.ones(len(positions), dtype=bool)
+            for name, (low, high) in filters.items():
+                values = columns[name][positions]
+                if low is not None:
+                    mask &= values >= low
+                if high is not None:
+                    mask &= values <= high
+            return mask
+
+        return keep
+
+    def thumbnail(self, side: str, position: str) -> bytes | None:
+        """A JPEG thumbnail of the result's local image, or None: only files inside the images folder, whatever the
+        request or the item table's path says (the path is resolved, links included, before it is compared)."""
+        searched = self.sides.get(side)
+        if searched is None or not position.isdigit() or int(position) >= len(searched.items):
+            return None
+        path = searched.items.rows([int(position)])[0].get("path") or ""
+        real = os.path.realpath(path)
+        if not path or not real.startswith(self.images_dir + os.sep) or not os.path.isfile(real):
+            return None
+        return _thumbnail(real, os.stat(real).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)  # a page shows the same results again and again while the query is typed
+def _thumbnail(path: str, mtime_ns: int) -> bytes | None:
+    try:
+        image = open_rgb(path)
+    except (*UNREADABLE, Image.DecompressionBombError):
+        return None
+    image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()

@@ -1,0 +1,42 @@
+"""Step 6: the search server and its page, over the indices in OUT_DIR/knn_indices (README: Search server).
+
+    python serve.py [--SERVE_PORT=8000] [--SERVE_HOST=0.0.0.0] [--QUANTIZE_INT8=True]
+
+Opens the indices (memory-mapped), their item tables and the ONNX sessions once, then answers until Ctrl-C.
+Needs no torch when OUT_DIR/onnx holds the current export (step 5 makes it).
+"""
+
+import os
+import socket
+
+import uvicorn
+
+from prompt_search.cli import load_config, run
+from prompt_search.onnx_clip import is_current
+from prompt_search.server import create_app
+from prompt_search.service import Searcher
+
+
+def main(argv: list[str]) -> None:
+    cfg = load_config(argv)
+    onnx_dir = os.path.join(cfg.OUT_DIR, "onnx")
+    if not is_current(onnx_dir, cfg.MODEL):
+        from prompt_search.onnx_export import export_onnx  # torch, only to export
+
+        export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
+    searcher = Searcher(cfg.OUT_DIR, cfg.MODEL, onnx_dir, cfg.QUANTIZE_INT8, cfg.QUERY_THREADS,
+                        cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images"))
+    app = create_app(searcher, int(cfg.MAX_UPLOAD_MB * 2**20), cfg.MAX_NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
+    # Bind here rather than in uvicorn, so that port 0 becomes a known free port before the URL is printed.
+    family = socket.AF_INET6 if ":" in cfg.SERVE_HOST else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((cfg.SERVE_HOST, cfg.SERVE_PORT))
+    sock.listen(2048)  # connections wait in the backlog from now, while uvicorn starts
+    host = f"[{cfg.SERVE_HOST}]" if family == socket.AF_INET6 else cfg.SERVE_HOST
+    print(f"search page: http://{host}:{sock.getsockname()[1]}/  (Ctrl-C stops)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5)).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    run(main)
