@@ -1,12 +1,13 @@
 # make run: set up .venv and run the whole pipeline on the default data (README, "Run").
 # make serve: after make run, the search server and its page (prints the URL).
+# make own IMG_DIR=path: index a folder of one's own generations, prompts read from the files (README, "Your own generations").
 # make test: set up .venv and run the tests (those on the real 1k.csv need PROMPT_SEARCH_DATA: see README).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run serve test lint browser
+.PHONY: setup run serve own test lint browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-dev-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,15 @@ run: setup
 # Step 6: the search page and API over what `make run` built (README, "Search server").
 serve: setup
 	$(PY) serve.py $(ARGS)
+
+own: setup
+	@test -n "$(IMG_DIR)" || { echo "usage: make own IMG_DIR=path/to/your/images [ARGS=...]"; exit 1; }
+	$(PY) extract_metadata_from_images.py --IMG_DIR="$(IMG_DIR)" $(ARGS)
+	$(PY) extract_visual_clip_embeddings.py --IMG_DIR="$(IMG_DIR)" $(ARGS)
+	$(PY) create_visual_knn_indices.py $(ARGS)
+	$(PY) extract_textual_clip_embeddings.py $(ARGS) && $(PY) create_textual_knn_indices.py $(ARGS) \
+		|| echo "(no prompt index this run: see the message above)"
+	$(PY) test_visual_knn_index.py $(ARGS)
 
 # tests/test_gallery.py drives Debian's chromium through chromedriver: install both when missing (CI runs as root).
 browser:

@@ -14,6 +14,9 @@ OUT_DIR = "outputs"  # every output of every step goes below here
 # --- step 1: links from the CSV ---------------------------------------------------------
 LINK_WORKERS = -1  # CSV-parsing processes; -1 = one per CPU core, 1 = all in the script's own process
 
+# --- step 1 for a folder of your own generations (extract_metadata_from_images.py; IMG_DIR names the folder) ---
+PREFERRED_METADATA = "a1111"  # an image carrying two formats keeps both's fields, this one's first when both have one: "a1111", "comfyui", "invokeai", "novelai" or "fooocus"
+
 # --- step 2: download images with img2dataset ------------------------------------------
 IMAGE_SIZE = 224  # shorter side of the saved images, in pixels (CLIP sees 224)
 RESIZE_MODE = "keep_ratio"  # img2dataset resize mode; keep_ratio never pads (see README)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
 
 import config
+from prompt_search.image_metadata import TOOLS
 
 
 class UserError(Exception):
@@ -58,6 +59,7 @@ ALLOWED: dict[str, Allowed] = {
     "CSV_SHA256": _SHA256,
     "LINK_WORKERS": minus_one_or_at_least(1, "one per CPU core"),
     "IMAGE_SIZE": at_least(1),
+    "PREFERRED_METADATA": one_of(*TOOLS),
     "RESIZE_MODE": one_of("keep_ratio", "no", "border", "center_crop", "keep_ratio_largest"),  # img2dataset's
     "DOWNLOAD_THREADS": at_least(1),
     "DOWNLOAD_PROCESSES": at_least(1),

@@ -1,0 +1,125 @@
+"""ComfyUI's API graph (PNG chunk `prompt`, WebP EXIF `prompt:{json}`) to a generation's fields.
+
+The graph maps node id -> {"class_type", "inputs"}; an input holds a value or a link [node id, output].
+The prompt is not in a fixed node: it is found by following the sampler's `positive` input back through
+whatever sits between (FluxGuidance, conditioning combiners, ControlNet) to the text encoders, and each
+setting by following the input that carries it (a LoRA loader between checkpoint and sampler, say).
+Pure: text in, fields out; a graph that is not one raises ValueError.
+"""
+
+import json
+import re
+
+TEXT_INPUTS = ("text", "t5xxl", "text_g", "clip_l", "text_l")  # CLIPTextEncode; Flux's; SDXL's (g and l often equal)
+STRING_INPUTS = ("text", "string", "value", "prompt", "seed", "noise_seed", "int", "float")  # of nodes giving a value
+# (field, inputs that hold it, inputs to follow from the sampler until one is found)
+SETTINGS = (
+    ("seed", ("seed", "noise_seed"), ("noise",)),
+    ("num_steps", ("steps",), ("sigmas",)),
+    ("cfg_scale", ("cfg",), ("guider",)),
+    ("sampler", ("sampler_name",), ("sampler",)),
+    ("width", ("width",), ("latent_image",)),
+    ("height", ("height",), ("latent_image",)),
+    ("model", ("ckpt_name", "unet_name", "model_name"), ("model", "guider")),
+)
+Nodes = dict[str, dict]
+
+
+def parse_comfyui(text: str) -> dict[str, object]:
+    """The fields of a ComfyUI API graph: prompt, negative_prompt and the sampler's settings."""
+    graph = json.loads(text)  # Python's json reads the NaN ComfyUI writes for unset floats, where strict parsers fail
+    if not isinstance(graph, dict) or not all(isinstance(node, dict) for node in graph.values()):
+        raise ValueError("not a ComfyUI node graph")
+    nodes = {str(key): node for key, node in graph.items()}
+    order = sorted(nodes, key=_natural)
+    sampler = next((key for key in order if _is_sampler(_inputs(nodes, key))), None)
+    fields: dict[str, object] = {}
+    if sampler is not None:
+        fields["prompt"] = "\n".join(_distinct(_texts(nodes, sampler, "positive", set(), False)))
+        fields["negative_prompt"] = "\n".join(_distinct(_texts(nodes, sampler, "negative", set(), False)))
+        for name, keys, via in SETTINGS:
+            fields[name] = _setting(nodes, sampler, keys, via, set())
+    if not fields.get("prompt"):  # no sampler, or one whose prompt comes from a node this does not know
+        encoders = [key for key in order if "TextEncode" in str(nodes[key].get("class_type", ""))]
+        fields["prompt"] = "\n".join(_distinct(t for key in encoders for t in _encoder_texts(nodes, key)))
+    return fields
+
+
+def _is_sampler(inputs: dict) -> bool:
+    """KSampler, KSamplerAdvanced, SamplerCustom(Advanced): a latent in and a prompt (or a guider holding one);
+    ControlNet nodes have positive and negative inputs too, but no latent."""
+    return "latent_image" in inputs and ("positive" in inputs or "guider" in inputs)
+
+
+def _texts(nodes: Nodes, key: str, side: str, seen: set[str], entered: bool) -> list[str]:
+    """The prompt texts reaching node key's `side` input ("positive" or "negative").
+
+    From the sampler, `side` and a guider are followed; once past a `side` input (entered), every conditioning
+    input too (combiners have conditioning_1, conditioning_to...). Before, a guider's `conditioning` is
+    followed for the positive side only: BasicGuider's one conditioning is positive.
+    """
+    if key in seen:
+        return []
+    seen.add(key)
+    inputs = _inputs(nodes, key)
+    if any(name in inputs for name in TEXT_INPUTS):
+        return _encoder_texts(nodes, key)
+    found = []
+    for name, value in inputs.items():
+        follow = name in (side, "guider") or (name.startswith("conditioning") and (entered or side == "positive"))
+        if follow and _is_link(value):
+            found += _texts(nodes, str(value[0]), side, seen, entered or name == side)
+    return found
+
+
+def _encoder_texts(nodes: Nodes, key: str) -> list[str]:
+    inputs = _inputs(nodes, key)
+    texts = (_value(nodes, inputs[name], set()) for name in TEXT_INPUTS if name in inputs)
+    return [text for text in texts if isinstance(text, str) and text.strip()]
+
+
+def _setting(nodes: Nodes, key: str, keys: tuple[str, ...], via: tuple[str, ...], seen: set[str]) -> object:
+    """The first of keys among node key's inputs, or those of the nodes its `via` inputs link to, depth first."""
+    if key in seen:
+        return None
+    seen.add(key)
+    inputs = _inputs(nodes, key)
+    for name in keys:
+        if name in inputs and (value := _value(nodes, inputs[name], set())) is not None:
+            return value
+    for name in via:
+        if _is_link(inputs.get(name)) and (value := _setting(nodes, str(inputs[name][0]), keys, via, seen)) is not None:
+            return value
+    return None
+
+
+def _value(nodes: Nodes, value: object, seen: set[str]) -> object:
+    """A plain input value, or the value of the node a link points at (a text or number node), else None."""
+    if not _is_link(value):
+        return value if isinstance(value, str | int | float) else None
+    key = str(value[0])
+    if key in seen:
+        return None
+    seen.add(key)
+    inputs = _inputs(nodes, key)
+    return next((found for name in STRING_INPUTS if name in inputs
+                 and (found := _value(nodes, inputs[name], seen)) is not None), None)
+
+
+def _inputs(nodes: Nodes, key: str) -> dict:
+    inputs = nodes.get(key, {}).get("inputs")
+    return inputs if isinstance(inputs, dict) else {}
+
+
+def _is_link(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str | int) and isinstance(value[1], int)
+
+
+def _distinct(texts) -> list[str]:
+    """Each text once, stripped, in order: SDXL's text_g and text_l, or Flux's clip_l and t5xxl, are often equal."""
+    return list(dict.fromkeys(text.strip() for text in texts))
+
+
+def _natural(key: str) -> list:
+    """Node ids in number order ("9" before "10"); group nodes have ids like "12:3"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]

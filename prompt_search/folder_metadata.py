@@ -1,0 +1,147 @@
+"""Step 1 for a folder of one's own generations: the prompt and settings inside each image file, as a table.
+
+Writes the output set out_dir/metadata (published as one: see files.py), as step 1 does for a CSV:
+  metadata.parquet  one row per image step 3 embeds, under the same id (images.list_images): SCHEMA
+  rejects.csv       path, reason, detail for every image whose metadata could not be read (it still has its row,
+                    with what could be read, and an empty prompt at worst), or that step 3 refuses (duplicate id)
+The texts are read here (PNG text chunks, EXIF, the .txt beside the image); image_metadata.py parses them.
+"""
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, PngImagePlugin
+from tqdm import tqdm
+
+from prompt_search.cli import UserError
+from prompt_search.files import output_set
+from prompt_search.image_metadata import parse_metadata
+from prompt_search.images import UNREADABLE, list_images
+from prompt_search.links import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
+from prompt_search.links import SCHEMA as CSV_SCHEMA
+
+# Step 1's columns where they mean the same (id, prompt, width, height, seed, cfg_scale, num_steps), so that
+# the index's item table and the query show a folder's rows as a CSV's; then what only image files carry.
+SCHEMA = pa.schema([
+    CSV_SCHEMA.field("id"),  # the image's path below IMG_DIR, or its img2dataset sidecar's id, as in step 3
+    CSV_SCHEMA.field("prompt"),  # "" when the file carries none
+    ("negative_prompt", pa.string()),
+    *(CSV_SCHEMA.field(name) for name in ("width", "height", "seed", "cfg_scale", "num_steps")),
+    ("sampler", pa.string()),
+    ("model", pa.string()),  # the checkpoint's name
+    ("model_hash", pa.string()),
+    ("tool", pa.string()),  # the formats found (image_metadata.TOOLS), the preferred first; null when none
+])
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+# IFD0's Model, Make and ImageDescription: ComfyUI's WebP writes "prompt:{json}" and "workflow:{json}" there.
+COMFYUI_EXIF_TAGS = (0x0110, 0x010F, 0x010E)
+MAX_TXT_BYTES = 1 << 20  # a .txt beside an image larger than this is not generation parameters
+ROW_GROUP_ROWS = 65_536
+
+
+@dataclass
+class FolderSummary:
+    images: int = 0
+    prompts: int = 0  # images with a prompt
+    tools: Counter = field(default_factory=Counter)  # images by the formats found
+    rejected: Counter = field(default_factory=Counter)  # problems by reason
+
+
+def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
+    """The texts an image file carries (for image_metadata.parse_metadata), and its size in pixels.
+
+    Only the headers are read, never the pixels: PNG text chunks before the image data (where the generators
+    write them), EXIF, and the .txt beside the image. Raises what PIL raises on a file it cannot open.
+    """
+    with Image.open(path) as image:
+        texts: dict[str, str | bytes] = {key: _chunk_text(value) for key, value in image.info.items()
+                                         if isinstance(key, str) and isinstance(value, str)}
+        exif = image.getexif()
+        for ifd in (exif.get_ifd(EXIF_IFD), exif):  # the EXIF sub-IFD, where it belongs, or IFD0, where some put it
+            comment = ifd.get(USER_COMMENT)
+            if comment and "UserComment" not in texts:
+                texts["UserComment"] = comment if isinstance(comment, bytes) else str(comment).encode()
+        for tag in COMFYUI_EXIF_TAGS:
+            name, sep, rest = str(exif.get(tag, "")).partition(":")
+            if sep and name in ("prompt", "workflow"):
+                texts.setdefault(name, rest)
+        size = image.size
+    sidecar = os.path.splitext(path)[0] + ".txt"
+    if os.path.isfile(sidecar) and os.path.getsize(sidecar) <= MAX_TXT_BYTES:
+        with open(sidecar, "rb") as f:
+            texts[".txt"] = f.read().decode("utf-8", errors="replace")
+    return texts, size
+
+
+def _chunk_text(value: str) -> str:
+    """A PNG text chunk's text. tEXt is Latin-1 by the standard, yet some tools write UTF-8 bytes into it: those
+    read back as UTF-8. iTXt (what Pillow writes when the text isn't Latin-1) is UTF-8 already."""
+    if isinstance(value, PngImagePlugin.iTXt):
+        return str(value)
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def image_row(path: str, preferred: str) -> tuple[dict, list[tuple[str, str]]]:
+    """One image's row of SCHEMA (without its id) and its problems; a file PIL cannot open has an empty row."""
+    try:
+        texts, (width, height) = read_texts(path)
+    except UNREADABLE as error:
+        return {"prompt": ""}, [("unreadable_image", f"{type(error).__name__}: {error}"[:200])]
+    row, problems = parse_metadata(texts, preferred)
+    row["width"] = row["width"] or width  # the file's own size when no format says the generation's
+    row["height"] = row["height"] or height
+    return row, problems
+
+
+def extract_folder_metadata(img_dir: str, out_dir: str, preferred: str) -> FolderSummary:
+    """Read the metadata of every image step 3 would embed below img_dir into out_dir's metadata set."""
+    if not os.path.isdir(img_dir):
+        raise UserError(f"image folder {img_dir} not found: set --IMG_DIR to the folder of your images")
+    items, duplicates, _ = list_images(img_dir)  # step 3 reports the sidecars' problems
+    if not items:
+        raise UserError(f"no images in {img_dir}")
+    summary = FolderSummary(images=len(items))
+    with (
+        output_set(os.path.join(out_dir, METADATA_SET)) as folder,
+        open(os.path.join(folder, os.path.basename(REJECTS_FILE)), "w", encoding="utf-8", newline="") as rejects_file,
+        pq.ParquetWriter(os.path.join(folder, os.path.basename(METADATA_FILE)), SCHEMA, **PARQUET_OPTIONS) as table,
+    ):
+        rejects = csv.writer(rejects_file)
+        rejects.writerow(["path", "reason", "detail"])
+        rows: list[dict] = []
+        for item_id, path in tqdm(items, unit="img", desc="metadata", disable=None):
+            row, problems = image_row(path, preferred)
+            rows.append({"id": item_id, **row})
+            summary.prompts += bool(row["prompt"])
+            summary.tools[row.get("tool") or "none"] += 1
+            summary.rejected.update(reason for reason, _ in problems)
+            rejects.writerows((path, reason, detail) for reason, detail in problems)
+            if len(rows) == ROW_GROUP_ROWS:
+                table.write_table(pa.Table.from_pylist(rows, SCHEMA))
+                rows = []
+        if rows:
+            table.write_table(pa.Table.from_pylist(rows, SCHEMA))
+        rejects.writerows((path, "duplicate_id", reason) for path, reason in duplicates)
+        if duplicates:
+            summary.rejected["duplicate_id"] += len(duplicates)
+    return summary
+
+
+def print_summary(summary: FolderSummary, img_dir: str, out_dir: str) -> None:
+    print(f"{img_dir}: {summary.images} images, {summary.prompts} with a prompt")
+    for tool, count in summary.tools.most_common():
+        print(f"  {tool}: {count}")
+    problems = sum(summary.rejected.values())
+    if problems:
+        print(f"{problems} problems (the images are still indexed), by reason:")
+        for reason, count in summary.rejected.most_common():
+            print(f"  {reason}: {count}")
+    for name in (METADATA_FILE, REJECTS_FILE):
+        print(f"wrote {os.path.join(out_dir, name)}")

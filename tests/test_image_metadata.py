@@ -1,0 +1,176 @@
+"""The metadata inside generated images: each format's parser, the texts read from files, and the folder's table."""
+
+import csv
+import json
+import math
+
+import pandas as pd
+import pytest
+from generations import (
+    NEGATIVE,
+    a1111_text,
+    comfyui_flux,
+    comfyui_sd15,
+    comfyui_sdxl,
+    fooocus_json,
+    invokeai,
+    novelai_comment,
+    png,
+    unicode_comment,
+    with_exif,
+    write_folder,
+)
+
+from prompt_search.cli import UserError, load_config
+from prompt_search.comfyui import parse_comfyui
+from prompt_search.folder_metadata import SCHEMA, extract_folder_metadata, read_texts
+from prompt_search.image_metadata import (
+    KINDS,
+    Malformed,
+    decode_user_comment,
+    parse_a1111,
+    parse_dream,
+    parse_metadata,
+    parse_novelai,
+    parse_sd_metadata,
+)
+from prompt_search.links import METADATA_FILE, REJECTS_FILE
+
+
+def test_a1111_is_parsed_by_key_with_quoted_values_and_lines():
+    text = ("a knight,\nin (shining:1.2) armour\nNegative prompt: ugly,\nbad hands\n"
+            'Seed: 42, Size: 640x512, Template: "a, b: \\"c\\"", Steps: 20, CFG scale: 6.5, Sampler: Euler a, '
+            "Model: sd15")
+    fields = parse_a1111(text)
+    assert fields["prompt"] == "a knight,\nin (shining:1.2) armour" and fields["negative_prompt"] == "ugly,\nbad hands"
+    assert (fields["seed"], fields["width"], fields["height"], fields["num_steps"]) == ("42", "640", "512", "20")
+    assert (fields["sampler"], fields["cfg_scale"], fields["model"]) == ("Euler a", "6.5", "sd15")
+
+
+def test_a1111_without_settings_is_all_prompt():
+    assert parse_a1111("just a prompt: with a colon")["prompt"] == "just a prompt: with a colon"
+    assert parse_a1111("a cat\nNegative prompt: dogs")["negative_prompt"] == "dogs"
+
+
+@pytest.mark.parametrize("raw", [
+    unicode_comment("a cat 猫"), unicode_comment("a cat 猫", "utf-16-le"), unicode_comment("a cat 猫", "utf-16"),
+    b"UNICODE\0" + "a cat 猫".encode(), b"ASCII\0\0\0a cat \xe7\x8c\xab", "a cat 猫".encode() + b"\0",
+])
+def test_user_comment_in_every_encoding_seen(raw):
+    assert decode_user_comment(raw) == "a cat 猫"
+
+
+def test_undecodable_user_comment_is_malformed():
+    with pytest.raises(Malformed, match="undecodable"):
+        decode_user_comment(b"UNICODE\0a\0\xd8")  # a lone surrogate half in UTF-16LE
+
+
+def test_comfyui_follows_links_through_a_lora_loader_and_reads_nan():
+    fields = parse_comfyui(comfyui_sd15("a corgi astronaut", 7, cfg=float("nan")))
+    assert fields["prompt"] == "a corgi astronaut" and fields["negative_prompt"] == NEGATIVE
+    assert fields["model"] == "dreamshaper_8.safetensors" and math.isnan(fields["cfg_scale"])
+    assert (fields["seed"], fields["num_steps"], fields["sampler"], fields["width"], fields["height"]) == \
+        (7, 25, "euler", 512, 640)
+
+
+def test_comfyui_sdxl_text_g_and_l_through_a_combiner_and_a_controlnet():
+    fields = parse_comfyui(comfyui_sdxl("a kangaroo", "watercolor", 3))
+    assert fields["prompt"] == "a kangaroo\nwatercolor\ngolden hour" and fields["negative_prompt"] == NEGATIVE
+    assert (fields["seed"], fields["cfg_scale"], fields["model"]) == (3, 6.0, "sd_xl_base_1.0.safetensors")
+
+
+def test_comfyui_flux_guider_and_custom_sampler():
+    fields = parse_comfyui(comfyui_flux("neon city", 11))
+    assert fields["prompt"] == "neon city" and fields["negative_prompt"] == ""  # BasicGuider has no negative
+    assert (fields["seed"], fields["num_steps"], fields["sampler"], fields["model"], fields["width"]) == \
+        (11, 20, "euler", "flux1-dev.safetensors", 1024)
+
+
+def test_comfyui_without_a_sampler_takes_every_text_encoder():
+    graph = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "first"}},
+             "2": {"class_type": "SaveImage", "inputs": {}},
+             "10": {"class_type": "CLIPTextEncode", "inputs": {"text": "second"}}}
+    assert parse_comfyui(json.dumps(graph))["prompt"] == "first\nsecond"
+    with pytest.raises(ValueError):
+        parse_comfyui("[1, 2]")
+
+
+def test_invokeai_old_formats_and_novelai():
+    old = parse_sd_metadata(json.dumps({"model_weights": "sd-1.5", "image": {
+        "prompt": [{"prompt": "a red barn [fog, people]", "weight": 1}], "steps": 40, "seed": 5, "sampler": "k_lms"}}))
+    assert (old["prompt"], old["negative_prompt"], old["model"], old["num_steps"]) == \
+        ("a red barn", "fog, people", "sd-1.5", 40)
+    dream = parse_dream('"a red barn [fog]" -s 50 -S 42 -W 512 -H 768 -C 7.5 -A k_lms')
+    assert (dream["prompt"], dream["negative_prompt"], dream["seed"], dream["height"], dream["sampler"]) == \
+        ("a red barn", "fog", "42", "768", "k_lms")
+    novelai = parse_novelai("a fox", novelai_comment(9), "NovelAI Diffusion V3")
+    assert (novelai["prompt"], novelai["negative_prompt"], novelai["cfg_scale"], novelai["model"]) == \
+        ("a fox", NEGATIVE, 5.0, "NovelAI Diffusion V3")
+
+
+def test_every_format_gives_its_fields():
+    cases = {
+        "invokeai": {"invokeai_metadata": invokeai("ramen", 4)},
+        "fooocus": {"parameters": fooocus_json("a dragon", 5), "fooocus_scheme": "json"},
+        "novelai": {"Description": "a fox", "Comment": novelai_comment(6), "Software": "NovelAI"},
+        "comfyui": {"prompt": comfyui_sd15("a corgi", 7)},
+        "a1111": {"UserComment": unicode_comment(a1111_text("a castle", 8))},
+    }
+    for tool, texts in cases.items():
+        fields, problems = parse_metadata(texts)
+        assert fields["tool"] == tool and fields["prompt"] and fields["negative_prompt"] == NEGATIVE, tool
+        assert isinstance(fields["seed"], int) and isinstance(fields["cfg_scale"], float) and not problems, tool
+    fooocus, _ = parse_metadata(cases["fooocus"])
+    assert (fooocus["seed"], fooocus["width"], fooocus["height"], fooocus["model"]) == \
+        (5, 1152, 896, "juggernautXL_v8Rundiffusion")
+
+
+def test_two_formats_keep_both_preferring_the_setting():
+    texts = {"parameters": a1111_text("from a1111", 1), "prompt": comfyui_flux("from comfyui", 2)}
+    a1111, _ = parse_metadata(texts, "a1111")
+    comfyui, _ = parse_metadata(texts, "comfyui")
+    assert (a1111["prompt"], a1111["seed"], a1111["tool"]) == ("from a1111", 1, "a1111,comfyui")
+    assert (comfyui["prompt"], comfyui["seed"], comfyui["tool"]) == ("from comfyui", 2, "comfyui,a1111")
+    assert comfyui["negative_prompt"] == NEGATIVE  # the graph has none: A1111's fills it
+
+
+def test_bad_metadata_is_counted_never_fatal():
+    fields, problems = parse_metadata({"prompt": "{not json", "parameters": "a cat\nSteps: many, Seed: 1e30, Size: x"})
+    assert fields["prompt"] == "a cat" and fields["seed"] is None and fields["tool"] == "a1111"
+    assert [reason for reason, _ in problems] == ["a1111_bad_value"] * 2 + ["comfyui_invalid_json"]
+    assert parse_metadata({}) == ({**dict.fromkeys(KINDS), "prompt": "", "tool": None}, [])
+
+
+def test_the_table_holds_every_field():
+    assert set(SCHEMA.names) == {"id", "tool", *KINDS}
+
+
+def test_preferred_metadata_is_checked():
+    with pytest.raises(UserError, match="PREFERRED_METADATA must be one of"):
+        load_config(["--PREFERRED_METADATA=midjourney"])
+
+
+def test_texts_read_from_files(tmp_path):
+    text = a1111_text("a cat in a teacup", 1)
+    assert read_texts(png(tmp_path / "t.png", {"parameters": text}))[0]["parameters"] == text
+    utf8_in_text = png(tmp_path / "u.png", {"parameters": "caf\u00c3\u00a9"})  # UTF-8 bytes of café, in a tEXt
+    assert read_texts(utf8_in_text)[0]["parameters"] == "café"
+    jpeg = with_exif(tmp_path / "e.jpg", unicode_comment(text), in_ifd0=True)
+    texts, size = read_texts(jpeg)
+    assert decode_user_comment(texts["UserComment"]) == text and size == (64, 96)
+
+
+def test_folder_of_every_format(tmp_path):
+    prompts = write_folder(tmp_path / "images")
+    summary = extract_folder_metadata(str(tmp_path / "images"), str(tmp_path / "out"), "a1111")
+    table = pd.read_parquet(tmp_path / "out" / METADATA_FILE).set_index("id")
+    assert table["prompt"].to_dict() == prompts
+    assert table.loc["comfyui/lora.png", "model"] == "dreamshaper_8.safetensors"
+    assert table.loc["a1111/castle.jpg", "seed"] == 3 and table.loc["a1111/owl.png", "negative_prompt"] == NEGATIVE
+    assert table.loc["plain/nothing.png", "width"] == 64  # no metadata: the file's own size
+    assert table.loc["novelai/fox.png", "tool"] == "novelai" and pd.isna(table.loc["plain/nothing.png", "tool"])
+    with open(tmp_path / "out" / REJECTS_FILE, newline="") as f:
+        rejects = list(csv.DictReader(f))
+    assert [(r["path"].endswith("broken-graph.png"), r["reason"]) for r in rejects] == [(True, "comfyui_invalid_json")]
+    assert summary.images == len(prompts) and summary.prompts == len(prompts) - 2
+    assert summary.rejected == {"comfyui_invalid_json": 1}
