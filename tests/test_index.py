@@ -157,7 +157,7 @@ def test_empty_or_incomplete_folder_is_a_clear_error(tmp_path):
 
 
 def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path):
-    """12k clustered vectors with a memory budget that forces a compressed (OPQ, PQ) index, as autofaiss picks at 10M."""
+    """12k clustered vectors, a memory budget that forces a compressed (OPQ, PQ) index as autofaiss picks at 10M."""
     from prompt_search.query import open_index, search
 
     rng = np.random.default_rng(6)
