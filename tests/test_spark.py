@@ -1,0 +1,63 @@
+"""Steps 2-4 with DISTRIBUTOR=pyspark on a real local Spark give the local distributor's outputs, byte for byte."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_image, serve, write_open_prompts_csv
+
+from prompt_search.download import download_images
+from prompt_search.index import INFOS_FILE, build_index
+from prompt_search.links import METADATA_FILE, extract_links
+
+pytest.importorskip("pyspark")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark for every test here (its JVM takes seconds to start): 2 cores, 4 attempts per task."""
+    from prompt_search.spark import local_master, spark_session
+
+    with spark_session(local_master("2")) as session:
+        yield session
+
+
+def files_of(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every file below folder (the set a link points to, followed), by relative path."""
+    root = folder.resolve()
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(skip)}
+
+
+def test_download_on_spark_gives_the_same_images_sidecars_and_summary(tmp_path, spark):
+    served = tmp_path / "served"
+    names = [f"{i}.png" for i in range(6)]
+    for seed, name in enumerate(names):
+        make_image(served / name, (120 + 10 * seed, 90), "RGB", seed)
+    with serve(served) as base:
+        write_open_prompts_csv(tmp_path / "p.csv", [(f"prompt {n}", f"{base}/{n}") for n in [*names, "gone.png"]])
+        extract_links(str(tmp_path / "p.csv"), str(tmp_path / "out"))
+        metadata = str(tmp_path / "out" / METADATA_FILE)
+        summaries = {distributor: download_images(metadata, str(tmp_path / distributor), 64, "keep_ratio", 2, 1, 5,
+                                                  0, "files", distributor)
+                     for distributor in ("local", "pyspark")}
+    assert summaries["local"] == summaries["pyspark"] and summaries["local"].successes == 6
+    # the stats hold timings (what they count is the summary above); a shard's table lists its images in the order
+    # the download threads finished them, whichever the distributor
+    varying = ("_stats.json", ".parquet")
+    assert files_of(tmp_path / "local", varying) == files_of(tmp_path / "pyspark", varying)
+    tables = [pq.read_table(tmp_path / d / "00000.parquet").sort_by("key") for d in ("local", "pyspark")]
+    assert tables[0].equals(tables[1])
+
+
+def test_index_on_spark_is_the_local_index_with_the_same_items_vectors_and_source(tmp_path, spark):
+    from test_index import fake_embeddings
+
+    fake_embeddings(tmp_path / "emb", [50] * 25)
+    for distributor in ("local", "pyspark"):
+        build_index(str(tmp_path / "emb"), str(tmp_path / distributor), "1G", "2G", 10.0, "", distributor)
+    timings = (INFOS_FILE,)
+    assert files_of(tmp_path / "local", timings) == files_of(tmp_path / "pyspark", timings)
+    infos = [json.loads((tmp_path / d / INFOS_FILE).read_text()) for d in ("local", "pyspark")]
+    assert infos[0]["index_key"] == infos[1]["index_key"] and infos[1]["nb vectors"] == 50 * 25
