@@ -7,10 +7,15 @@ spark-submit's configuration makes. Otherwise one is made here and stopped when 
   - on the master SPARK_MASTER names: what that cluster's configuration says.
 """
 
+import glob
 import os
 import sys
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import config
 
 LOCAL_ATTEMPTS = 4  # attempts per task on a local master: Spark's local[N] gives a task one, a cluster 4
 DRIVER_MEMORY = "2g"  # img2dataset's and autofaiss's own sessions ask for 16g; this driver only schedules and merges
@@ -68,3 +73,22 @@ def session_for(distributor: str, master: str = "") -> Iterator[object | None]:
         return
     with spark_session(master) as spark:
         yield spark
+
+
+_shipped: set[str] = set()  # applicationIds of the SparkContexts that have this project's code
+
+
+def ship_code(spark) -> None:
+    """Give the executors this project's modules, which Spark tasks of step 3 run: the project is no installed
+    package, so they go as a zip on the workers' path (what spark-submit --py-files does), once per SparkContext."""
+    context = spark.sparkContext
+    if context.applicationId in _shipped:
+        return
+    package = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(tempfile.mkdtemp(prefix="prompt-search-code-"), "prompt_search.zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(config.__file__, "config.py")  # prompt_search.cli reads it
+        for module in sorted(glob.glob(os.path.join(package, "*.py"))):
+            archive.write(module, f"prompt_search/{os.path.basename(module)}")
+    context.addPyFile(path)
+    _shipped.add(context.applicationId)

@@ -10,6 +10,7 @@ from conftest import make_image, serve, write_open_prompts_csv
 from prompt_search.download import download_images
 from prompt_search.index import INFOS_FILE, build_index
 from prompt_search.links import METADATA_FILE, extract_links
+from prompt_search.visual import embed_images
 
 pytest.importorskip("pyspark")
 
@@ -61,3 +62,26 @@ def test_index_on_spark_is_the_local_index_with_the_same_items_vectors_and_sourc
     assert files_of(tmp_path / "local", timings) == files_of(tmp_path / "pyspark", timings)
     infos = [json.loads((tmp_path / d / INFOS_FILE).read_text()) for d in ("local", "pyspark")]
     assert infos[0]["index_key"] == infos[1]["index_key"] and infos[1]["nb vectors"] == 50 * 25
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Images of every size, a broken one (skipped), nested folders: 40 items, 14 batches of 3."""
+    folder = tmp_path_factory.mktemp("images")
+    for seed in range(39):
+        make_image(folder / f"{seed % 3}" / f"{seed:03d}.png", (64 + seed % 5, 64), "RGB", seed)
+    (folder / "1" / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def embed(images: Path, out: Path, tiny_clip: str, distributor: str) -> list[tuple[str, str]]:
+    return embed_images(str(images), str(out), tiny_clip, "", "cpu", 3, 0, "", distributor)[1]
+
+
+def test_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, spark, images, tiny_clip):
+    skipped = {distributor: embed(images, tmp_path / distributor, tiny_clip, distributor)
+               for distributor in ("local", "pyspark")}
+    assert skipped["local"] == skipped["pyspark"] and len(skipped["local"]) == 1
+    local = files_of(tmp_path / "local")
+    assert len([name for name in local if name.startswith("batches/")]) == 14
+    assert files_of(tmp_path / "pyspark") == local
