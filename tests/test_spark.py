@@ -1,6 +1,10 @@
 """Steps 2-4 with DISTRIBUTOR=pyspark on a real local Spark give the local distributor's outputs, byte for byte."""
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -85,3 +89,50 @@ def test_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, spark, 
     local = files_of(tmp_path / "local")
     assert len([name for name in local if name.startswith("batches/")]) == 14
     assert files_of(tmp_path / "pyspark") == local
+
+
+def python_workers(spark) -> list[int]:
+    """The pids of the Python workers our Spark's daemon forked (other Sparks on this machine are not ours)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the state
+        except OSError:  # ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    daemons, todo = [], [spark.sparkContext._gateway.proc.pid]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
+            (daemons if b"pyspark.daemon" in cmdline else todo).append(child)
+    return [worker for daemon in daemons for worker in children.get(daemon, [])]
+
+
+def test_a_task_killed_mid_run_is_retried_from_its_complete_batches_to_the_same_files(tmp_path, spark, tiny_clip):
+    for seed in range(120):
+        make_image(tmp_path / "many" / f"{seed:03d}.png", (64, 64 + seed % 5), "RGB", seed)
+    local = tmp_path / "local"
+    embed_images(str(tmp_path / "many"), str(local), tiny_clip, "", "cpu", 1, 0)
+    batches = tmp_path / ".killed.1" / "batches"  # the unpublished set
+    killed: list[tuple[float, list[str]]] = []
+
+    def kill_once_some_batches_are_done():
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(batches.glob("*.json"))) < 4:
+            time.sleep(0.005)
+        done = sorted(p.name for p in batches.glob("*.json"))
+        workers = python_workers(spark)
+        for worker in workers:
+            os.kill(worker, signal.SIGKILL)
+        killed.append((time.time(), done if workers else []))
+
+    killer = threading.Thread(target=kill_once_some_batches_are_done)
+    killer.start()
+    embed_images(str(tmp_path / "many"), str(tmp_path / "killed"), tiny_clip, "", "cpu", 1, 0, "", "pyspark")
+    killer.join()
+    when, done_before = killed[0]
+    assert 4 <= len(done_before) < 120, "the run ended before a task could be killed"
+    assert files_of(tmp_path / "killed") == files_of(local)
+    # the batches complete at the kill were kept by the retried tasks, not computed again
+    assert all((tmp_path / "killed" / "batches" / name).stat().st_mtime < when for name in done_before)
