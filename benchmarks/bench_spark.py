@@ -66,7 +66,7 @@ def main() -> None:
     (vectors / "manifest.json").write_text('{"model": "random"}')
 
     started = time.perf_counter()
-    with spark_session(local_master(str(args.cores))) as spark:
+    with spark_session(local_master(str(args.cores))):
         print(f"Spark session (local[{args.cores}]) started in {time.perf_counter() - started:.1f} s")
         tasks = min(args.cores, -(-args.images // args.batch_size))
         for distributor in ("local", "pyspark"):
