@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run serve own test lint browser
+.PHONY: setup run serve own test lint browser java
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-dev-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,13 @@ browser:
 		apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; \
 	fi
 
-test: setup browser
+# tests/test_spark.py runs steps 2-4 on a local Spark, which needs a Java runtime: Debian's when missing (CI runs as root).
+java:
+	@if ! command -v java >/dev/null; then \
+		apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless; \
+	fi
+
+test: setup browser java
 	$(PY) -m pytest -q -rs tests
 
 lint: setup

@@ -27,6 +27,8 @@ def main(argv: list[str]) -> None:
         timeout=cfg.DOWNLOAD_TIMEOUT,
         retries=cfg.DOWNLOAD_RETRIES,
         output_format=cfg.OUTPUT_FORMAT,
+        distributor=cfg.DISTRIBUTOR,
+        spark_master=cfg.SPARK_MASTER,
     )
     print_summary(summary, images_dir)
     print("next: python extract_visual_clip_embeddings.py")

@@ -17,7 +17,7 @@ def main(argv: list[str]) -> None:
     img_dir = cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images")
     folder = os.path.join(cfg.OUT_DIR, "visual_embeddings")
     written, skipped = embed_images(img_dir, folder, cfg.MODEL, cfg.MODEL_DIR, cfg.DEVICE, cfg.BATCH_SIZE,
-                                    cfg.NUM_WORKERS, cfg.DECODE)
+                                    cfg.NUM_WORKERS, cfg.DECODE, cfg.DISTRIBUTOR, cfg.SPARK_MASTER)
     print_summary(folder, written, skipped)
     print("next: python create_visual_knn_indices.py")
 

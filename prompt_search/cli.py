@@ -57,6 +57,7 @@ _SHA256 = Allowed(lambda v: type(v) is str and re.fullmatch(r"[0-9a-f]{64}", v) 
 # tests/test_config.py checks that every number setting has an entry.
 ALLOWED: dict[str, Allowed] = {
     "CSV_SHA256": _SHA256,
+    "DISTRIBUTOR": one_of("local", "pyspark"),
     "LINK_WORKERS": minus_one_or_at_least(1, "one per CPU core"),
     "IMAGE_SIZE": at_least(1),
     "PREFERRED_METADATA": one_of(*TOOLS),

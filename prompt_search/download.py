@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from prompt_search.cli import UserError
+from prompt_search.spark import session_for
 
 
 @dataclass
@@ -30,29 +31,37 @@ def download_images(
     timeout: int,
     retries: int,
     output_format: str,
+    distributor: str = "local",
+    spark_master: str = "",
 ) -> DownloadSummary:
-    """Run img2dataset on metadata_file; shards already complete in images_dir are kept (incremental)."""
+    """Run img2dataset on metadata_file; shards already complete in images_dir are kept (incremental).
+
+    distributor "pyspark": img2dataset's own Spark distributor, on the session spark.py makes (its own would ask
+    for 16G of driver memory); the files and stats are the same as its multiprocessing one's.
+    """
     if not os.path.isfile(metadata_file):
         raise UserError(f"{metadata_file} not found: run extract_img_links_from_csv.py first")
-    from img2dataset import download  # heavy import, only for this step
+    from img2dataset import download as _img2dataset  # heavy import, only for this step
 
-    download(
-        url_list=os.path.realpath(metadata_file),  # the set step 1 publishes now, whatever it publishes next
-        input_format="parquet",
-        url_col="url",
-        caption_col="prompt",
-        save_additional_columns=["id"],
-        output_folder=images_dir,
-        output_format=output_format,
-        image_size=image_size,
-        resize_mode=resize_mode,
-        thread_count=threads,
-        processes_count=processes,
-        timeout=timeout,
-        retries=retries,
-        enable_wandb=False,
-        incremental_mode="incremental",
-    )
+    with session_for(distributor, spark_master):
+        _img2dataset(
+            url_list=os.path.realpath(metadata_file),  # the set step 1 publishes now, whatever it publishes next
+            input_format="parquet",
+            url_col="url",
+            caption_col="prompt",
+            save_additional_columns=["id"],
+            output_folder=images_dir,
+            output_format=output_format,
+            image_size=image_size,
+            resize_mode=resize_mode,
+            thread_count=threads,
+            processes_count=processes,
+            timeout=timeout,
+            retries=retries,
+            enable_wandb=False,
+            incremental_mode="incremental",
+            distributor="multiprocessing" if distributor == "local" else distributor,
+        )
     return read_stats(images_dir)
 
 

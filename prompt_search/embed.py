@@ -46,6 +46,11 @@ def read_manifest(folder: str | None) -> dict | None:
         return json.load(f)
 
 
+def write_manifest(folder: str, manifest: dict) -> None:
+    with atomic_path(os.path.join(folder, MANIFEST)) as tmp, open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
 def resume_folder(folder: str, manifest: dict) -> set[int]:
     """Check that an unfinished folder holds embeddings of these inputs; return its complete batches."""
     previous = read_manifest(folder)
@@ -94,7 +99,9 @@ def batch_ranges(count: int, batch_size: int, done: set[int]) -> list[tuple[int,
 def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, batch_size: int,
                 encode_batches: Callable[[list[range]], Iterator[Batch]], unit: str,
                 tables: dict[str, pa.Table] | None = None,
-                rejected: list[tuple[str, str]] = (), digest: str | None = None) -> list[tuple[str, str]]:
+                rejected: list[tuple[str, str]] = (), digest: str | None = None,
+                distribute: Callable[[str, dict, list[tuple[int, range]]], None] | None = None,
+                ) -> list[tuple[str, str]]:
     """Embed items (id, source) into the output set at path, resuming after the batches already complete.
 
     encode_batches(ranges) loads the model and yields, for each range of item indices in order,
@@ -102,6 +109,8 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
     the embeddings; rejected (source, reason) are sources refused before embedding, listed first in
     skipped.csv. A set of these same inputs is kept as it is. Returns every skipped or rejected item.
     digest: items_digest(items), when the caller can compute it without a Python loop over millions of items.
+    distribute(folder, manifest, todo): writes the (batch number, item indices) batches of todo into folder itself,
+    with save_batch, elsewhere (spark_embed.py) instead of encode_batches here.
     """
     manifest = {"model": model_fingerprint(model_name), "batch_size": batch_size,
                 "items": digest or items_digest(items), "count": len(items)}
@@ -111,14 +120,16 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
         return [*rejected, *read_skipped(published)]
     with output_set(path, resume=True) as folder:
         todo = batch_ranges(len(items), batch_size, resume_folder(folder, manifest))
-        if todo:
+        if todo and distribute:
+            write_manifest(folder, manifest)
+            distribute(folder, manifest, todo)
+        elif todo:
             remaining = sum(len(r) for _, r in todo)
             with tqdm(total=len(items), initial=len(items) - remaining, unit=unit, disable=None) as bar:
                 batches = encode_batches([r for _, r in todo])
                 for (batch, _), (vectors, ids, skipped) in zip(todo, batches, strict=True):
                     if read_manifest(folder) is None:  # only now is there work to protect from other inputs
-                        with atomic_path(os.path.join(folder, MANIFEST)) as tmp, open(tmp, "w") as f:
-                            json.dump(manifest, f, indent=1)
+                        write_manifest(folder, manifest)
                     save_batch(folder, batch, vectors, ids, skipped)
                     bar.update(len(ids) + len(skipped))
         skipped = [*rejected, *read_skipped(folder)]

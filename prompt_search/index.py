@@ -16,6 +16,7 @@ of the vector (exact under ties, and tolerant of lossy codes such as PQ).
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from prompt_search.files import current_set, output_set
 from prompt_search.images import IMAGES_FILE
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
+from prompt_search.spark import session_for
 
 INDEX_FILE = "knn.index"
 INFOS_FILE = "infos.json"
@@ -37,6 +39,7 @@ VECTORS_FILE = "vectors.npy"
 SOURCE_FILE = "source.json"
 ALIGNMENT_SAMPLE = 1000  # stored positions checked against the source files after a build, whatever their number
 LOSSY_MISSES = 0.02  # share of sampled positions a lossy code (PQ...) may reconstruct nearer another source vector
+PARTS_FOLDER = "parts"  # autofaiss's distributed parts, inside the set (storage every executor reaches), then removed
 NEAR_DUPLICATE = 0.99  # source vectors this similar are the same picture to the alignment check
 
 
@@ -69,10 +72,11 @@ def source_files(folder: str) -> list[SourceFile]:
 
 
 def build_index(embeddings: str, index_set: str, max_memory: str, memory_available: str, max_query_ms: float,
-                metadata_file: str = "") -> dict:
+                metadata_file: str = "", distributor: str = "local", spark_master: str = "") -> dict:
     """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned.
 
     Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one.
+    distributor "pyspark": autofaiss adds the vectors in Spark tasks, in parts it merges (spark.py's session).
     """
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
@@ -83,7 +87,8 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     with open(os.path.join(folder, MANIFEST)) as f:
         manifest = json.load(f)
     total = files[-1].start + files[-1].count
-    with output_set(index_set) as out, _autofaiss_opq_keywords():
+    with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
+        parts = os.path.join(out, PARTS_FOLDER)
         index, infos = autofaiss_build(
             embeddings=os.path.join(folder, "embeddings"),
             index_path=os.path.join(out, INDEX_FILE),
@@ -94,7 +99,9 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
             max_index_query_time_ms=max_query_ms,
             should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
             verbose=40,
+            **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
         )
+        shutil.rmtree(parts, ignore_errors=True)
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         ids = write_vectors(files, out)
@@ -193,11 +200,12 @@ def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], 
     build_index(folder, os.path.join(out_dir, "knn_indices", name), "1G", "2G", 10.0)
 
 
-def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float) -> None:
+def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float,
+                 distributor: str = "local", spark_master: str = "") -> None:
     """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
     index_set = os.path.join(out_dir, "knn_indices", name)
     infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), index_set, max_memory, memory_available,
-                        max_query_ms, os.path.join(out_dir, METADATA_FILE))
+                        max_query_ms, os.path.join(out_dir, METADATA_FILE), distributor, spark_master)
     print(f"{index_set}: {infos['index_key']} index of {infos['nb vectors']} vectors of dimension "
           f"{infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
           f"(memory budget {max_memory})")

@@ -10,6 +10,7 @@ import glob
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,8 @@ from prompt_search.gpu_input import (
 )
 from prompt_search.images import IMAGES_FILE, PixelSpec, list_images
 from prompt_search.model import choose_device
+from prompt_search.spark import session_for
+from prompt_search.spark_embed import embed_on_spark
 
 LOADER_PREFETCH = 4  # batches each loader process keeps ready (DataLoader's default 2 can leave a GPU waiting)
 DEVICE_PREFETCH = 3  # batches the GPU path decodes ahead of the model
@@ -93,12 +96,55 @@ def gpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, 
     return prefetched(batches, DEVICE_PREFETCH, device)
 
 
+def encode_images(items: list[tuple[str, str]], ranges: list[range], model_name: str, model_dir: str, device: str,
+                  num_workers: int, decode: str, started: float, listed: float) -> Iterator[Batch]:
+    """Load the model and yield each range's batch of items: the encode_batches of embed.embed_items.
+
+    A module function, not a closure, so that a Spark task can run it too (spark_embed.py).
+    started, listed: when the step started and when its images were listed, for the timings it prints.
+    """
+    chosen = choose_device(device)
+    clip_model = load(model_name, chosen, model_dir)
+    model, pixels = clip_model.model, clip_model.pixels
+    loaded = time.perf_counter()
+    path, counts = decode_path(decode, chosen), Counts()
+    where = {"gpu": f"batches decoded on {chosen}" + (" with nvJPEG" if chosen.startswith("cuda") else ""),
+             "cpu": "images decoded with PIL"}[path]
+    print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} in "
+          f"{clip_model.dtype}; input path {path}: {where} in {workers(num_workers)} loader processes")
+    if path == "gpu":
+        batches = gpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers, counts)
+    else:
+        batches = cpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers)
+    done, first = 0, None
+    with torch.inference_mode():
+        for pixels_in, ids, skipped in batches:
+            vectors = np.empty((0, clip_model.dim), np.float32)
+            if ids:
+                vectors = model.encode_image(pixels_in).float().cpu().numpy()
+            if first is None:
+                first = time.perf_counter()
+                print(f"first batch after {first - started:.1f} s: listing {listed - started:.1f} s, model "
+                      f"{loaded - listed:.1f} s, loaders and the first batch {first - loaded:.1f} s")
+            done += len(ids) + len(skipped)
+            yield vectors, ids, skipped
+    end = time.perf_counter()
+    steady = f", {(done - len(ranges[0])) / (end - first):.1f} after the first batch" if len(ranges) > 1 else ""
+    print(f"input path {path}: {done} images in {end - started:.1f} s, {done / (end - started):.1f} images/s"
+          f"{steady}")
+    if path == "gpu" and counts.on_cpu:
+        print(f"  {counts.on_cpu} of them decoded with PIL on the CPU (not JPEG, or refused by the device), "
+              f"first: {counts.first_on_cpu}")
+
+
 def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, device: str, batch_size: int,
-                 num_workers: int, decode: str = "") -> tuple[int, list[tuple[str, str]]]:
+                 num_workers: int, decode: str = "", distributor: str = "local",
+                 spark_master: str = "") -> tuple[int, list[tuple[str, str]]]:
     """Embed every image below img_dir into the set at folder; return (vectors written, skipped (path, reason)).
 
     An image whose id another image already has is skipped, so that an id always names one picture.
     decode: "cpu" or "gpu" input path (see the module's doc), "" for the device's own.
+    distributor "pyspark": the batches are computed in Spark tasks (spark_embed.py), the same files as a local run.
     """
     started = time.perf_counter()
     if not os.path.isdir(img_dir):
@@ -115,43 +161,13 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
                             "OUTPUT_FORMAT=files; download again with --OUTPUT_FORMAT=files")
         raise UserError(f"no images in {img_dir}: nothing to embed (see download_images.py's summary)")
 
-    def encode_batches(ranges: list[range]) -> Iterator[Batch]:
-        chosen = choose_device(device)
-        clip_model = load(model_name, chosen, model_dir)
-        model, pixels = clip_model.model, clip_model.pixels
-        loaded = time.perf_counter()
-        path, counts = decode_path(decode, chosen), Counts()
-        where = {"gpu": f"batches decoded on {chosen}" + (" with nvJPEG" if chosen.startswith("cuda") else ""),
-                 "cpu": "images decoded with PIL"}[path]
-        print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} in "
-              f"{clip_model.dtype}; input path {path}: {where} in {workers(num_workers)} loader processes")
-        if path == "gpu":
-            batches = gpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers, counts)
-        else:
-            batches = cpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers)
-        done, first = 0, None
-        with torch.inference_mode():
-            for pixels_in, ids, skipped in batches:
-                vectors = np.empty((0, clip_model.dim), np.float32)
-                if ids:
-                    vectors = model.encode_image(pixels_in).float().cpu().numpy()
-                if first is None:
-                    first = time.perf_counter()
-                    print(f"first batch after {first - started:.1f} s: listing {listed - started:.1f} s, model "
-                          f"{loaded - listed:.1f} s, loaders and the first batch {first - loaded:.1f} s")
-                done += len(ids) + len(skipped)
-                yield vectors, ids, skipped
-        end = time.perf_counter()
-        steady = f", {(done - len(ranges[0])) / (end - first):.1f} after the first batch" if len(ranges) > 1 else ""
-        print(f"input path {path}: {done} images in {end - started:.1f} s, {done / (end - started):.1f} images/s"
-              f"{steady}")
-        if path == "gpu" and counts.on_cpu:
-            print(f"  {counts.on_cpu} of them decoded with PIL on the CPU (not JPEG, or refused by the device), "
-                  f"first: {counts.first_on_cpu}")
-
+    encode = partial(encode_images, model_name=model_name, model_dir=model_dir, device=device,
+                     num_workers=num_workers, decode=decode, started=started, listed=listed)
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
-    skipped = embed_items(folder, items, model_name, batch_size, encode_batches, unit="img",
-                          tables={IMAGES_FILE: paths}, rejected=rejected)
+    with session_for(distributor, spark_master) as spark:
+        distribute = None if spark is None else partial(embed_on_spark, spark, items, encode)
+        skipped = embed_items(folder, items, model_name, batch_size, partial(encode, items), unit="img",
+                              tables={IMAGES_FILE: paths}, rejected=rejected, distribute=distribute)
     return len(items) - len(skipped) + len(rejected), skipped
 
 

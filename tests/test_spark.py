@@ -1,0 +1,146 @@
+"""Steps 2-4 with DISTRIBUTOR=pyspark on a real local Spark give the local distributor's outputs, byte for byte."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_image, serve, write_open_prompts_csv
+
+from prompt_search.download import download_images
+from prompt_search.index import INDEX_FILE, INFOS_FILE, build_index
+from prompt_search.links import METADATA_FILE, extract_links
+from prompt_search.visual import embed_images
+
+pytest.importorskip("pyspark")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark for every test here (its JVM takes seconds to start): 2 cores, 4 attempts per task."""
+    from prompt_search.spark import local_master, spark_session
+
+    with spark_session(local_master("2")) as session:
+        yield session
+
+
+def files_of(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every file below folder (the set a link points to, followed), by relative path."""
+    root = folder.resolve()
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(skip)}
+
+
+def test_download_on_spark_gives_the_same_images_sidecars_and_summary(tmp_path, spark):
+    served = tmp_path / "served"
+    names = [f"{i}.png" for i in range(6)]
+    for seed, name in enumerate(names):
+        make_image(served / name, (120 + 10 * seed, 90), "RGB", seed)
+    with serve(served) as base:
+        write_open_prompts_csv(tmp_path / "p.csv", [(f"prompt {n}", f"{base}/{n}") for n in [*names, "gone.png"]])
+        extract_links(str(tmp_path / "p.csv"), str(tmp_path / "out"))
+        metadata = str(tmp_path / "out" / METADATA_FILE)
+        summaries = {distributor: download_images(metadata, str(tmp_path / distributor), 64, "keep_ratio", 2, 1, 5,
+                                                  0, "files", distributor)
+                     for distributor in ("local", "pyspark")}
+    assert summaries["local"] == summaries["pyspark"] and summaries["local"].successes == 6
+    # the stats hold timings (what they count is the summary above); a shard's table lists its images in the order
+    # the download threads finished them, whichever the distributor
+    varying = ("_stats.json", ".parquet")
+    assert files_of(tmp_path / "local", varying) == files_of(tmp_path / "pyspark", varying)
+    tables = [pq.read_table(tmp_path / d / "00000.parquet").sort_by("key") for d in ("local", "pyspark")]
+    assert tables[0].equals(tables[1])
+
+
+def test_index_on_spark_is_the_local_index_with_the_same_items_vectors_and_source(tmp_path, spark):
+    from test_index import fake_embeddings
+
+    fake_embeddings(tmp_path / "emb", [50] * 25)
+    for distributor in ("local", "pyspark"):
+        build_index(str(tmp_path / "emb"), str(tmp_path / distributor), "1G", "2G", 10.0, "", distributor)
+    # autofaiss tunes nprobe from measured search times (in infos.json, and in the index): the machine's load
+    # may change it between any two builds, so the indices are compared with the same nprobe
+    timed = (INFOS_FILE, INDEX_FILE)
+    assert files_of(tmp_path / "local", timed) == files_of(tmp_path / "pyspark", timed)
+    infos = [json.loads((tmp_path / d / INFOS_FILE).read_text()) for d in ("local", "pyspark")]
+    assert infos[0]["index_key"] == infos[1]["index_key"] and infos[1]["nb vectors"] == 50 * 25
+    indices = [faiss.read_index(str(tmp_path / d / INDEX_FILE)) for d in ("local", "pyspark")]
+    for index in indices:
+        faiss.extract_index_ivf(index).nprobe = 1
+    assert np.array_equal(faiss.serialize_index(indices[0]), faiss.serialize_index(indices[1]))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Images of every size, a broken one (skipped), nested folders: 40 items, 14 batches of 3."""
+    folder = tmp_path_factory.mktemp("images")
+    for seed in range(39):
+        make_image(folder / f"{seed % 3}" / f"{seed:03d}.png", (64 + seed % 5, 64), "RGB", seed)
+    (folder / "1" / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def embed(images: Path, out: Path, tiny_clip: str, distributor: str) -> list[tuple[str, str]]:
+    return embed_images(str(images), str(out), tiny_clip, "", "cpu", 3, 0, "", distributor)[1]
+
+
+def test_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, spark, images, tiny_clip):
+    skipped = {distributor: embed(images, tmp_path / distributor, tiny_clip, distributor)
+               for distributor in ("local", "pyspark")}
+    assert skipped["local"] == skipped["pyspark"] and len(skipped["local"]) == 1
+    local = files_of(tmp_path / "local")
+    assert len([name for name in local if name.startswith("batches/")]) == 14
+    assert files_of(tmp_path / "pyspark") == local
+
+
+def python_workers(spark) -> list[int]:
+    """The pids of the Python workers our Spark's daemon forked (other Sparks on this machine are not ours)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the state
+        except OSError:  # ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    daemons, todo = [], [spark.sparkContext._gateway.proc.pid]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
+            (daemons if b"pyspark.daemon" in cmdline else todo).append(child)
+    return [worker for daemon in daemons for worker in children.get(daemon, [])]
+
+
+def test_a_task_killed_mid_run_is_retried_from_its_complete_batches_to_the_same_files(tmp_path, spark, tiny_clip):
+    for seed in range(120):
+        make_image(tmp_path / "many" / f"{seed:03d}.png", (64, 64 + seed % 5), "RGB", seed)
+    local = tmp_path / "local"
+    embed_images(str(tmp_path / "many"), str(local), tiny_clip, "", "cpu", 1, 0)
+    batches = tmp_path / ".killed.1" / "batches"  # the unpublished set
+    killed: list[tuple[float, list[str]]] = []
+
+    def kill_once_some_batches_are_done():
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(batches.glob("*.json"))) < 4:
+            time.sleep(0.005)
+        done = sorted(p.name for p in batches.glob("*.json"))
+        workers = python_workers(spark)
+        for worker in workers:
+            os.kill(worker, signal.SIGKILL)
+        killed.append((time.time(), done if workers else []))
+
+    killer = threading.Thread(target=kill_once_some_batches_are_done)
+    killer.start()
+    embed_images(str(tmp_path / "many"), str(tmp_path / "killed"), tiny_clip, "", "cpu", 1, 0, "", "pyspark")
+    killer.join()
+    when, done_before = killed[0]
+    assert 4 <= len(done_before) < 120, "the run ended before a task could be killed"
+    assert files_of(tmp_path / "killed") == files_of(local)
+    # the batches complete at the kill were kept by the retried tasks, not computed again
+    assert all((tmp_path / "killed" / "batches" / name).stat().st_mtime < when for name in done_before)
