@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from prompt_search.cli import UserError
 from prompt_search.clip_models import load
-from prompt_search.embed import Batch, embed_items
+from prompt_search.embed import embed_items
 from prompt_search.gpu_input import (
     Counts,
     DeviceBatch,
@@ -32,6 +32,7 @@ from prompt_search.gpu_input import (
 )
 from prompt_search.images import IMAGES_FILE, PixelSpec, list_images
 from prompt_search.model import choose_device
+from prompt_search.reuse import Batch, Ranges, content_hash
 
 LOADER_PREFETCH = 4  # batches each loader process keeps ready (DataLoader's default 2 can leave a GPU waiting)
 DEVICE_PREFETCH = 3  # batches the GPU path decodes ahead of the model
@@ -71,13 +72,13 @@ def decode_path(decode: str, device: str) -> str:
     return decode or ("gpu" if device.startswith("cuda") else "cpu")
 
 
-def loader(dataset: Dataset, ranges: list[range], num_workers: int, collate, pin: bool) -> DataLoader:
+def loader(dataset: Dataset, ranges: Ranges, num_workers: int, collate, pin: bool) -> DataLoader:
     count = workers(num_workers)
     return DataLoader(dataset, batch_sampler=[list(r) for r in ranges], num_workers=count, collate_fn=collate,
                       pin_memory=pin, prefetch_factor=LOADER_PREFETCH if count else None)
 
 
-def cpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: PixelSpec, dtype: torch.dtype,
+def cpu_batches(items: list[tuple[str, str]], ranges: Ranges, device: str, pixels: PixelSpec, dtype: torch.dtype,
                 num_workers: int) -> Iterator[DeviceBatch]:
     for crops, ids, skipped in loader(PilCrops(items, pixels), ranges, num_workers, stack_crops,
                                       pin=device != "cpu"):
@@ -86,7 +87,7 @@ def cpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, 
         yield crops, ids, skipped
 
 
-def gpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: PixelSpec, dtype: torch.dtype,
+def gpu_batches(items: list[tuple[str, str]], ranges: Ranges, device: str, pixels: PixelSpec, dtype: torch.dtype,
                 num_workers: int, counts: Counts) -> Iterator[DeviceBatch]:
     samples = loader(JpegBytes(items, pixels), ranges, num_workers, keep_list, pin=False)
     batches = (device_batch(batch, device, pixels, dtype, counts) for batch in samples)
@@ -104,7 +105,9 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
     items, rejected, sidecar_problems = list_images(img_dir)
+    hashes = [content_hash(path) for _, path in items]  # reading every file costs far less than encoding it
     listed = time.perf_counter()
+    print(f"listed and hashed {len(items)} images in {listed - started:.1f} s")
     if sidecar_problems:
         sidecar, problem = sidecar_problems[0]
         print(f"{len(sidecar_problems)} sidecars give no usable id, so their images have their path as id "
@@ -115,7 +118,7 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
                             "OUTPUT_FORMAT=files; download again with --OUTPUT_FORMAT=files")
         raise UserError(f"no images in {img_dir}: nothing to embed (see download_images.py's summary)")
 
-    def encode_batches(ranges: list[range]) -> Iterator[Batch]:
+    def encode_batches(ranges: Ranges) -> Iterator[Batch]:
         chosen = choose_device(device)
         clip_model = load(model_name, chosen, model_dir)
         model, pixels = clip_model.model, clip_model.pixels
@@ -137,8 +140,8 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
                     vectors = model.encode_image(pixels_in).float().cpu().numpy()
                 if first is None:
                     first = time.perf_counter()
-                    print(f"first batch after {first - started:.1f} s: listing {listed - started:.1f} s, model "
-                          f"{loaded - listed:.1f} s, loaders and the first batch {first - loaded:.1f} s")
+                    print(f"first batch after {first - started:.1f} s: listing and hashing {listed - started:.1f} s, "
+                          f"model {loaded - listed:.1f} s, loaders and the first batch {first - loaded:.1f} s")
                 done += len(ids) + len(skipped)
                 yield vectors, ids, skipped
         end = time.perf_counter()
@@ -151,7 +154,7 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
 
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
     skipped = embed_items(folder, items, model_name, batch_size, encode_batches, unit="img",
-                          tables={IMAGES_FILE: paths}, rejected=rejected)
+                          tables={IMAGES_FILE: paths}, rejected=rejected, hashes=hashes)
     return len(items) - len(skipped) + len(rejected), skipped
 
 
