@@ -3,7 +3,8 @@
     python extract_visual_clip_embeddings.py [--BATCH_SIZE=128] [--IMG_DIR=my/images] [--MODEL=ViT-B/32]
 
 On a GPU the model runs in fp16 and the GPU decodes the JPEGs too (DECODE); on the CPU the model runs in fp32.
-Rerunning resumes where a run stopped.
+Rerunning resumes where a run stopped; after images were added, renamed, changed or deleted, it embeds only
+the new or changed contents and takes the other vectors from the set already published.
 """
 
 import os

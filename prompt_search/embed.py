@@ -5,6 +5,7 @@ every batch is done: see files.py; a killed run resumes in the unpublished folde
   manifest.json              what the vectors were made from (model, item list, batch size)
   embeddings/NNNNNNNNN.npy   float32 N x D, L2-normalised, one file per batch
   ids/NNNNNNNNN.npy          the N ids of those rows, a unicode array (no pickle)
+  hashes/NNNNNNNNN.npy       (when the caller gives content hashes) the content hash of each row (reuse.py)
   batches/NNNNNNNNN.json     written last: the batch is complete; lists the items it skipped
   skipped.csv                every skipped item and why
 A batch whose items were all skipped has no .npy files (autofaiss skips empty files, and the
@@ -16,7 +17,7 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +26,9 @@ from tqdm import tqdm
 
 from prompt_search.cli import UserError
 from prompt_search.files import atomic_path, current_set, model_fingerprint, output_set
+from prompt_search.reuse import HASHES, Encoder, Previous, reusing
 
 MANIFEST = "manifest.json"
-Batch = tuple[np.ndarray, list[str], list[tuple[str, str]]]  # vectors, their ids, skipped (source, reason)
 
 
 def items_digest(items: Sequence[tuple[str, str]]) -> str:
@@ -65,15 +66,21 @@ def resume_folder(folder: str, manifest: dict) -> set[int]:
     return {int(os.path.basename(p)[:-5]) for p in glob.glob(os.path.join(folder, "batches", "*.json"))}
 
 
-def save_batch(folder: str, batch: int, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]]) -> None:
-    """Write one batch atomically; the batches/ record goes last, marking it complete."""
+def save_batch(folder: str, batch: int, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]],
+               hashes: list[str] | None = None) -> None:
+    """Write one batch atomically; the batches/ record goes last, marking it complete.
+
+    hashes: the content hash of each row, when the items have one.
+    """
     name = f"{batch:09d}"
     if len(ids):
         vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         with atomic_path(os.path.join(folder, "embeddings", name + ".npy")) as tmp, open(tmp, "wb") as f:
             np.save(f, vectors.astype(np.float32))
-        with atomic_path(os.path.join(folder, "ids", name + ".npy")) as tmp, open(tmp, "wb") as f:
-            np.save(f, np.array(ids, dtype=str))
+        columns = {"ids": ids} if hashes is None else {"ids": ids, HASHES: hashes}
+        for column, values in columns.items():
+            with atomic_path(os.path.join(folder, column, name + ".npy")) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.array(values, dtype=str))
     with atomic_path(os.path.join(folder, "batches", name + ".json")) as tmp, open(tmp, "w") as f:
         json.dump({"count": len(ids), "skipped": skipped}, f)
 
@@ -96,10 +103,19 @@ def batch_ranges(count: int, batch_size: int, done: set[int]) -> list[tuple[int,
     ]
 
 
+def row_hashes(items: Sequence[tuple[str, str]], hashes: Sequence[str] | None, indices: range,
+               ids: list[str]) -> list[str] | None:
+    """The content hash of each vector of a batch (its ids: the items of indices the loader did not skip)."""
+    if hashes is None:
+        return None
+    by_id = {items[i][0]: hashes[i] for i in indices}
+    return [by_id[item_id] for item_id in ids]
+
+
 def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, batch_size: int,
-                encode_batches: Callable[[list[range]], Iterator[Batch]], unit: str,
-                tables: dict[str, pa.Table] | None = None,
+                encode_batches: Encoder, unit: str, tables: dict[str, pa.Table] | None = None,
                 rejected: list[tuple[str, str]] = (), digest: str | None = None,
+                hashes: Sequence[str] | None = None,
                 distribute: Callable[[str, dict, list[tuple[int, range]]], None] | None = None,
                 ) -> list[tuple[str, str]]:
     """Embed items (id, source) into the output set at path, resuming after the batches already complete.
@@ -109,15 +125,25 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
     the embeddings; rejected (source, reason) are sources refused before embedding, listed first in
     skipped.csv. A set of these same inputs is kept as it is. Returns every skipped or rejected item.
     digest: items_digest(items), when the caller can compute it without a Python loop over millions of items.
+    hashes: the content hash of each item (reuse.py): a changed content makes a new set, whose items of
+    unchanged content take their vectors from the published set of the same model instead of encode_batches.
     distribute(folder, manifest, todo): writes the (batch number, item indices) batches of todo into folder itself,
     with save_batch, elsewhere (spark_embed.py) instead of encode_batches here.
     """
     manifest = {"model": model_fingerprint(model_name), "batch_size": batch_size,
                 "items": digest or items_digest(items), "count": len(items)}
+    if hashes is not None:
+        manifest["contents"] = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
     published = current_set(path)
-    if read_manifest(published) == manifest:
+    previous_manifest = read_manifest(published)
+    if previous_manifest == manifest:
         print(f"{path}: already holds the embeddings of these {len(items)} items")
         return [*rejected, *read_skipped(published)]
+    if hashes is not None:
+        same_model = previous_manifest is not None and previous_manifest["model"] == manifest["model"]
+        previous = Previous(published if same_model else None)
+        print(f"{path}: {previous.summary(hashes)}")
+        encode_batches = reusing(encode_batches, items, hashes, previous)
     with output_set(path, resume=True) as folder:
         todo = batch_ranges(len(items), batch_size, resume_folder(folder, manifest))
         if todo and distribute:
@@ -127,10 +153,10 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
             remaining = sum(len(r) for _, r in todo)
             with tqdm(total=len(items), initial=len(items) - remaining, unit=unit, disable=None) as bar:
                 batches = encode_batches([r for _, r in todo])
-                for (batch, _), (vectors, ids, skipped) in zip(todo, batches, strict=True):
+                for (batch, indices), (vectors, ids, skipped) in zip(todo, batches, strict=True):
                     if read_manifest(folder) is None:  # only now is there work to protect from other inputs
                         write_manifest(folder, manifest)
-                    save_batch(folder, batch, vectors, ids, skipped)
+                    save_batch(folder, batch, vectors, ids, skipped, row_hashes(items, hashes, indices, ids))
                     bar.update(len(ids) + len(skipped))
         skipped = [*rejected, *read_skipped(folder)]
         with open(os.path.join(folder, "skipped.csv"), "w", newline="") as f:

@@ -14,9 +14,10 @@ import torch
 
 from prompt_search.cli import UserError
 from prompt_search.clip_models import load
-from prompt_search.embed import Batch, embed_items
+from prompt_search.embed import embed_items
 from prompt_search.listing import Listing, write_listing
 from prompt_search.model import choose_device
+from prompt_search.reuse import Batch
 
 
 def listing_file(folder: str) -> str:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from prompt_search.cli import UserError
 from prompt_search.clip_models import load
-from prompt_search.embed import Batch, embed_items
+from prompt_search.embed import embed_items
 from prompt_search.gpu_input import (
     Counts,
     DeviceBatch,
@@ -33,6 +33,7 @@ from prompt_search.gpu_input import (
 )
 from prompt_search.images import IMAGES_FILE, PixelSpec, list_images
 from prompt_search.model import choose_device
+from prompt_search.reuse import Batch, Ranges, content_hash
 from prompt_search.spark import session_for
 from prompt_search.spark_embed import embed_on_spark
 
@@ -74,13 +75,13 @@ def decode_path(decode: str, device: str) -> str:
     return decode or ("gpu" if device.startswith("cuda") else "cpu")
 
 
-def loader(dataset: Dataset, ranges: list[range], num_workers: int, collate, pin: bool) -> DataLoader:
+def loader(dataset: Dataset, ranges: Ranges, num_workers: int, collate, pin: bool) -> DataLoader:
     count = workers(num_workers)
     return DataLoader(dataset, batch_sampler=[list(r) for r in ranges], num_workers=count, collate_fn=collate,
                       pin_memory=pin, prefetch_factor=LOADER_PREFETCH if count else None)
 
 
-def cpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: PixelSpec, dtype: torch.dtype,
+def cpu_batches(items: list[tuple[str, str]], ranges: Ranges, device: str, pixels: PixelSpec, dtype: torch.dtype,
                 num_workers: int) -> Iterator[DeviceBatch]:
     for crops, ids, skipped in loader(PilCrops(items, pixels), ranges, num_workers, stack_crops,
                                       pin=device != "cpu"):
@@ -89,7 +90,7 @@ def cpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, 
         yield crops, ids, skipped
 
 
-def gpu_batches(items: list[tuple[str, str]], ranges: list[range], device: str, pixels: PixelSpec, dtype: torch.dtype,
+def gpu_batches(items: list[tuple[str, str]], ranges: Ranges, device: str, pixels: PixelSpec, dtype: torch.dtype,
                 num_workers: int, counts: Counts) -> Iterator[DeviceBatch]:
     samples = loader(JpegBytes(items, pixels), ranges, num_workers, keep_list, pin=False)
     batches = (device_batch(batch, device, pixels, dtype, counts) for batch in samples)
@@ -124,7 +125,7 @@ def encode_images(items: list[tuple[str, str]], ranges: list[range], model_name:
                 vectors = model.encode_image(pixels_in).float().cpu().numpy()
             if first is None:
                 first = time.perf_counter()
-                print(f"first batch after {first - started:.1f} s: listing {listed - started:.1f} s, model "
+                print(f"first batch after {first - started:.1f} s: listing and hashing {listed - started:.1f} s, model "
                       f"{loaded - listed:.1f} s, loaders and the first batch {first - loaded:.1f} s")
             done += len(ids) + len(skipped)
             yield vectors, ids, skipped
@@ -150,7 +151,9 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
     items, rejected, sidecar_problems = list_images(img_dir)
+    hashes = [content_hash(path) for _, path in items]  # reading every file costs far less than encoding it
     listed = time.perf_counter()
+    print(f"listed and hashed {len(items)} images in {listed - started:.1f} s")
     if sidecar_problems:
         sidecar, problem = sidecar_problems[0]
         print(f"{len(sidecar_problems)} sidecars give no usable id, so their images have their path as id "
@@ -167,7 +170,7 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
     with session_for(distributor, spark_master) as spark:
         distribute = None if spark is None else partial(embed_on_spark, spark, items, encode)
         skipped = embed_items(folder, items, model_name, batch_size, partial(encode, items), unit="img",
-                              tables={IMAGES_FILE: paths}, rejected=rejected, distribute=distribute)
+                              tables={IMAGES_FILE: paths}, rejected=rejected, hashes=hashes, distribute=distribute)
     return len(items) - len(skipped) + len(rejected), skipped
 
 
