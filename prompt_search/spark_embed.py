@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from prompt_search.embed import Batch, resume_folder, save_batch
+from prompt_search.embed import resume_folder, save_batch
+from prompt_search.reuse import Batch
 from prompt_search.spark import ship_code
 
 # encode(items, ranges, device=, started=, listed=): a functools.partial of visual.encode_images, its other
