@@ -41,8 +41,10 @@ def write_items(path: str, ids: pa.Array, sources: list[str], scratch: str) -> N
             for table, rows in joined:
                 taken = table.take(rows[start : start + BATCH_ROWS])
                 chunk |= {name: taken.column(name) for name in taken.column_names if name not in chunk}
-            writer.write_table(pa.table([_column(chunk, name, type_) for name, type_ in columns.items()],
-                                        schema=schema))
+            # One record batch per BATCH_ROWS rows (not one per source chunk): opening reads each batch's header.
+            arrays = [_column(chunk, name, type_) for name, type_ in columns.items()]
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in arrays], schema=schema))
     for number in range(len(joined)):
         os.remove(os.path.join(scratch, f"source-{number}.arrow"))
 
@@ -66,8 +68,11 @@ class ItemTable:
 
     def __init__(self, path: str):
         self.reader = ipc.open_file(pa.memory_map(path))
-        sizes = [self.reader.get_batch(i).num_rows for i in range(self.reader.num_record_batches)]
-        self.starts = np.cumsum([0, *sizes])
+        # write_items makes every batch but the last BATCH_ROWS long: only the last is read to know the length
+        # (reading each batch's header cost 140 ms at 10M rows on a cold file).
+        count = self.reader.num_record_batches
+        last = self.reader.get_batch(count - 1).num_rows if count else 0
+        self.starts = np.append(np.arange(count) * BATCH_ROWS, max(count - 1, 0) * BATCH_ROWS + last)
 
     def __len__(self) -> int:
         return int(self.starts[-1])

@@ -12,45 +12,50 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from prompt_search.embed import resume_folder, save_batch
+from prompt_search.embed import resume_folder, row_hashes, save_batch
 from prompt_search.reuse import Batch
 from prompt_search.spark import ship_code
 
 # encode(items, ranges, device=, started=, listed=): a functools.partial of visual.encode_images, its other
 # settings bound (the task reads its device)
 Encode = Callable[..., Iterator[Batch]]
-Task = tuple[list[tuple[int, int, int]], list[tuple[str, str]], int]  # (batch, start, stop)s, their items, offset
+# (batch, start, stop)s, their items, offset, the items' content hashes (reuse.py) or None
+Task = tuple[list[tuple[int, int, int]], list[tuple[str, str]], int, list[str] | None]
 
 
 def embed_on_spark(spark, items: Sequence[tuple[str, str]], encode: Encode, folder: str, manifest: dict,
-                   todo: list[tuple[int, range]]) -> None:
-    """embed_items' distribute: todo's batches in one task per core Spark offers, each task a run of batches."""
+                   todo: list[tuple[int, range]], hashes: Sequence[str] | None = None) -> None:
+    """embed_items' distribute: todo's batches in one task per core Spark offers, each task a run of batches.
+
+    hashes: each item's content hash, saved with its vector as a local run saves it (for the next run's reuse).
+    """
     ship_code(spark)
     context = spark.sparkContext
-    tasks = [_task(items, [todo[i] for i in chunk])
+    tasks = [_task(items, hashes, [todo[i] for i in chunk])
              for chunk in np.array_split(np.arange(len(todo)), min(len(todo), context.defaultParallelism))]
     context.setJobDescription(f"prompt-search step 3: {len(todo)} batches of {folder}")
     computed = context.parallelize(tasks, len(tasks)).map(lambda task: embed_task(folder, manifest, encode, task))
     computed.collect()
 
 
-def _task(items: Sequence[tuple[str, str]], batches: list[tuple[int, range]]) -> Task:
+def _task(items: Sequence[tuple[str, str]], hashes: Sequence[str] | None, batches: list[tuple[int, range]]) -> Task:
     """A task's batches, and only the items they cover (offset: the index of the first in the whole list)."""
     offset, stop = batches[0][1].start, batches[-1][1].stop
-    return [(batch, r.start, r.stop) for batch, r in batches], list(items[offset:stop]), offset
+    return ([(batch, r.start, r.stop) for batch, r in batches], list(items[offset:stop]), offset,
+            None if hashes is None else list(hashes[offset:stop]))
 
 
 def embed_task(folder: str, manifest: dict, encode: Encode, task: Task) -> int:
     """Run in a Spark task: compute and save the task's batches that are not complete yet; return how many."""
-    batches, items, offset = task
+    batches, items, offset, hashes = task
     done = resume_folder(folder, manifest)  # those an earlier attempt of this task saved
     todo = [(batch, range(start - offset, stop - offset)) for batch, start, stop in batches if batch not in done]
     if todo:
         now = time.perf_counter()  # the driver's clock means nothing here
         encoded = encode(items, [r for _, r in todo], device=_task_device(encode.keywords["device"]), started=now,
                          listed=now)
-        for (batch, _), (vectors, ids, skipped) in zip(todo, encoded, strict=True):
-            save_batch(folder, batch, vectors, ids, skipped)
+        for (batch, indices), (vectors, ids, skipped) in zip(todo, encoded, strict=True):
+            save_batch(folder, batch, vectors, ids, skipped, row_hashes(items, hashes, indices, ids))
     return len(todo)
 
 

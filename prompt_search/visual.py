@@ -168,7 +168,7 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
                      num_workers=num_workers, decode=decode, started=started, listed=listed)
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
     with session_for(distributor, spark_master) as spark:
-        distribute = None if spark is None else partial(embed_on_spark, spark, items, encode)
+        distribute = None if spark is None else partial(embed_on_spark, spark, items, encode, hashes=hashes)
         skipped = embed_items(folder, items, model_name, batch_size, partial(encode, items), unit="img",
                               tables={IMAGES_FILE: paths}, rejected=rejected, hashes=hashes, distribute=distribute)
     return len(items) - len(skipped) + len(rejected), skipped
