@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,20 +63,27 @@ def built(tmp_path_factory, tiny_clip) -> tuple[Path, list[str]]:
     return work, common
 
 
-@pytest.fixture(scope="module")
-def server(built):
+@contextmanager
+def running_server(work: Path, common: list[str]) -> Iterator[str]:
     """serve.py with torch hidden, on a free port; yields its base URL, stops it afterwards."""
-    work, common = built
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", WITHOUT_TORCH, str(REPO / "serve.py"), *common,
                                 "--SERVE_PORT=0", "--MAX_UPLOAD_MB=1", "--MAX_NUM_RESULTS=50"],
                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = process.stdout.readline()  # the first line, once the indices and sessions are open
-    found = re.search(r"http://127\.0\.0\.1:\d+", line)
-    assert found, line + process.stdout.read() if process.poll() is not None else line
-    yield found.group(0)
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        line = process.stdout.readline()  # the first line, once the indices and sessions are open
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert found, line + process.stdout.read() if process.poll() is not None else line
+        yield found.group(0)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    with running_server(*built) as base:
+        yield base
 
 
 def load_clip_client() -> types.ModuleType:
@@ -266,3 +275,21 @@ def test_page_searches_as_you_type_and_by_dropped_image(server, browser, tmp_pat
     wait.until(lambda d: d.execute_script(LOADED))
     shot = tmp_path / "search-page.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_server_with_an_open_clip_model(tmp_path, tiny_open_clip):
+    """The prompt side of an OpenCLIP model (its own tokenizer's special tokens), served without torch."""
+    rows = [(prompt, f"http://127.0.0.1:9/{i}.png") for i, prompt in enumerate(PROMPTS)]  # never fetched
+    write_open_prompts_csv(tmp_path / "prompts.csv", rows)
+    common = ["--OUT_DIR=out", f"--MODEL={tiny_open_clip}", "--BATCH_SIZE=4"]
+    run_script("extract_img_links_from_csv.py", "--CSV_FILE=prompts.csv", *common, cwd=tmp_path)
+    run_script("extract_textual_clip_embeddings.py", *common, cwd=tmp_path)
+    run_script("create_textual_knn_indices.py", *common, cwd=tmp_path)
+    make_image(tmp_path / "query.png", (256, 256))
+    run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=query.png", "--COMPARE_WITH_TORCH=False",
+               cwd=tmp_path)  # exports the ONNX models, with the model's text and pixel specs
+    with running_server(tmp_path, common) as base:
+        answer = post(base, "/api/search", text=PROMPTS[4], index="prompts", num_results=2)
+        assert answer.status_code == 200, answer.text
+        top = answer.json()["results"][0]
+        assert top["prompt"] == PROMPTS[4] and top["score"] > 0.99
