@@ -70,14 +70,18 @@ def cpu_sample(item_id: str, path: str, pixels: PixelSpec) -> Sample:
         return Sample(item_id, path, reason=reason(error))
 
 
-class JpegBytes(Dataset):
-    """Item i: a Sample with the file's bytes when the device can decode them, else decoded here with PIL."""
+class ItemImages(Dataset):
+    """The images of (id, path) items, for a loader process to read; what item i becomes is the subclass's."""
 
     def __init__(self, items: list[tuple[str, str]], pixels: PixelSpec):
         self.items, self.pixels = items, pixels
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+class JpegBytes(ItemImages):
+    """Item i: a Sample with the file's bytes when the device can decode them, else decoded here with PIL."""
 
     def __getitem__(self, i: int) -> Sample:
         item_id, path = self.items[i]

@@ -23,6 +23,7 @@ from prompt_search.embed import embed_items
 from prompt_search.gpu_input import (
     Counts,
     DeviceBatch,
+    ItemImages,
     JpegBytes,
     Sample,
     cpu_sample,
@@ -41,14 +42,8 @@ LOADER_PREFETCH = 4  # batches each loader process keeps ready (DataLoader's def
 DEVICE_PREFETCH = 3  # batches the GPU path decodes ahead of the model
 
 
-class PilCrops(Dataset):
+class PilCrops(ItemImages):
     """Item i: a Sample holding its PIL crop (size x size x 3 uint8), or the reason it was skipped."""
-
-    def __init__(self, items: list[tuple[str, str]], pixels: PixelSpec):
-        self.items, self.pixels = items, pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def __getitem__(self, i: int) -> Sample:
         item_id, path = self.items[i]
