@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from prompt_search.cli import UserError
-from prompt_search.embed import MANIFEST
-from prompt_search.files import current_set, output_set
+from prompt_search.embed import MANIFEST, save_batch
+from prompt_search.files import current_set, model_fingerprint, output_set
 from prompt_search.images import IMAGES_FILE
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
@@ -190,9 +190,6 @@ def _reconstruction_misses(index, positions: np.ndarray, source: np.ndarray) -> 
 def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], model_name: str) -> None:
     """out_dir/{name}_embeddings holding these vectors and ids as one batch, and its index set built by
     step 4: for tests and benchmarks that have their vectors already."""
-    from prompt_search.embed import save_batch
-    from prompt_search.files import model_fingerprint
-
     folder = os.path.join(out_dir, f"{name}_embeddings")
     save_batch(folder, 0, vectors, ids, [])
     with open(os.path.join(folder, MANIFEST), "w") as f:

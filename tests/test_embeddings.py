@@ -91,6 +91,19 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_clip):
     assert not re.search(r"embedding \d+ of", again.stdout)  # nothing left to do
 
 
+def stop_after_one_batch(monkeypatch) -> None:
+    """Make step 3 stop (as Ctrl-C does) once it has saved one batch."""
+    calls = []
+
+    def stopped_after_one_batch(*args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(args)
+        save_batch(*args)
+
+    monkeypatch.setattr(embed, "save_batch", stopped_after_one_batch)
+
+
 def test_changed_inputs_make_a_new_set_and_unfinished_work_is_kept(tmp_path, tiny_clip, monkeypatch):
     images = tmp_path / "images"
     for seed in range(3):
@@ -101,15 +114,7 @@ def test_changed_inputs_make_a_new_set_and_unfinished_work_is_kept(tmp_path, tin
     embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
     assert sorted(read_folder(out)[0]) == ["0.png", "1.png", "2.png", "3.png"]  # replaced whole, not mixed
 
-    calls = []
-
-    def stopped_after_one_batch(*args):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(args)
-        save_batch(*args)
-
-    monkeypatch.setattr(embed, "save_batch", stopped_after_one_batch)
+    stop_after_one_batch(monkeypatch)
     make_image(images / "4.png", (64, 64), "RGB", 4)
     with pytest.raises(KeyboardInterrupt):
         embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import make_image
-from test_embeddings import read_folder
+from test_embeddings import read_folder, stop_after_one_batch
 
 from prompt_search import embed, visual
 from prompt_search.embed import save_batch
@@ -86,15 +86,7 @@ def test_a_rename_alone_never_loads_the_model(tmp_path, tiny_clip, monkeypatch, 
 
 
 def test_a_stopped_incremental_run_resumes_to_the_full_result(tmp_path, tiny_clip, monkeypatch, changed_folder):
-    calls = []
-
-    def stopped_after_one_batch(*args):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(args)
-        save_batch(*args)
-
-    monkeypatch.setattr(embed, "save_batch", stopped_after_one_batch)
+    stop_after_one_batch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         embed_images(str(changed_folder), str(tmp_path / "out"), tiny_clip, "", "cpu", 3, 0)
     monkeypatch.setattr(embed, "save_batch", save_batch)
