@@ -15,6 +15,7 @@ of the vector (exact under ties, and tolerant of lossy codes such as PQ).
 """
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ ALIGNMENT_SAMPLE = 1000  # stored positions checked against the source files aft
 LOSSY_MISSES = 0.02  # share of sampled positions a lossy code (PQ...) may reconstruct nearer another source vector
 PARTS_FOLDER = "parts"  # autofaiss's distributed parts, inside the set (storage every executor reaches), then removed
 NEAR_DUPLICATE = 0.99  # source vectors this similar are the same picture to the alignment check
+PQ_SIZES = (256, 128, 64, 48, 32, 24, 16, 8, 4)  # bytes per vector a compressed index may take (autofaiss's list)
+ID_BYTES = 8  # an inverted list stores each vector's position beside its code
 
 
 @dataclass
@@ -72,11 +75,13 @@ def source_files(folder: str) -> list[SourceFile]:
 
 
 def build_index(embeddings: str, index_set: str, max_memory: str, memory_available: str, max_query_ms: float,
-                metadata_file: str = "", distributor: str = "local", spark_master: str = "") -> dict:
+                metadata_file: str = "", distributor: str = "local", spark_master: str = "",
+                index_key: str = "") -> dict:
     """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned.
 
     Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one.
     distributor "pyspark": autofaiss adds the vectors in Spark tasks, in parts it merges (spark.py's session).
+    index_key: a faiss index_factory string, or "" for compressed_index_key's choice.
     """
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
@@ -87,6 +92,8 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     with open(os.path.join(folder, MANIFEST)) as f:
         manifest = json.load(f)
     total = files[-1].start + files[-1].count
+    dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
+    index_key = index_key or compressed_index_key(total, dimension, max_memory)
     with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
         parts = os.path.join(out, PARTS_FOLDER)
         index, infos = autofaiss_build(
@@ -99,11 +106,19 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
             max_index_query_time_ms=max_query_ms,
             should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
             verbose=40,
+            **({"index_key": index_key} if index_key else {}),
+            **({"index_param": "nprobe=1"} if index_key.startswith("Pad") else {}),  # tuned below instead
             **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
         )
         shutil.rmtree(parts, ignore_errors=True)
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
+        if index_key.startswith("Pad"):
+            _tune_padded(index, index_key, max_query_ms, os.path.join(out, INDEX_FILE))
+            infos = {**{k: v for k, v in infos.items() if "speed" not in k},  # measured before the tuning
+                     "index_param": _search_parameters(index)}
+            with open(os.path.join(out, INFOS_FILE), "w") as f:
+                json.dump(infos, f, indent=1)
         ids = write_vectors(files, out)
         write_items(os.path.join(out, ITEMS_FILE), ids, [os.path.join(folder, IMAGES_FILE), metadata_file], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
@@ -113,6 +128,49 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
             json.dump(source, f, indent=1)
         infos["size on disk"] = os.path.getsize(os.path.join(out, INDEX_FILE))
     return infos
+
+
+def compressed_index_key(count: int, dimension: int, max_memory: str) -> str:
+    """The index to build where autofaiss would compress the vectors (OPQ, IVF, PQ); "" lets autofaiss choose.
+
+    Queries re-rank a compressed index's candidates against the stored vectors, so its codes need only
+    find the candidates: PQ without OPQ (whose training took over an hour at 1M vectors on 2 cores), at
+    most dimension/8 bytes a vector (recall@10 0.99 re-ranked at 1M: benchmarks/RESULTS.md), and 4 sqrt(n)
+    lists, rounded to a power of two, as autofaiss takes below 1M (its 16,384 at 1M train four times longer).
+    """
+    from autofaiss.external.optimize import get_optimal_index_keys_v2
+    from autofaiss.utils.cast import cast_memory_to_bytes
+
+    chosen = get_optimal_index_keys_v2(count, dimension, max_memory, should_be_memory_mappable=True)
+    if not chosen or not chosen[0].startswith("OPQ"):
+        return ""
+    budget = cast_memory_to_bytes(max_memory)
+    fitting = [m for m in PQ_SIZES if m <= dimension // 4 and dimension % m == 0 and (m + ID_BYTES) * count <= budget]
+    if not fitting:
+        return ""  # nothing smaller fits either: autofaiss says so
+    lists = 2 ** round(math.log2(4 * math.sqrt(count)))
+    return f"Pad{dimension},IVF{lists}_HNSW32,PQ{fitting[0]}x8"  # Pad to its own size: autofaiss's IVF-PQ form for
+    # inner product without OPQ
+
+
+def _tune_padded(index, index_key: str, max_query_ms: float, index_path: str) -> None:
+    """Tune a Pad{d},IVF{n}_HNSW{m},PQ{m}x8 index within the query-time budget and save it.
+
+    autofaiss tunes only efSearch for this form (HNSW's parameter: it takes the whole key for an HNSW
+    index) and leaves nprobe at 1; it tunes nprobe and efSearch for the same IVF-PQ under its OPQ name."""
+    from autofaiss import tune_index
+
+    pad, rest = index_key.split(",", 1)
+    opq_name = f"OPQ{rest.rsplit(',PQ', 1)[1].split('x')[0]}_{pad.removeprefix('Pad')},{rest}"
+    tune_index(index, opq_name, output_index_path=index_path, max_index_query_time_ms=max_query_ms, verbose=40)
+
+
+def _search_parameters(index) -> str:
+    """nprobe and efSearch as set on an IVF index with an HNSW quantizer."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    return f"nprobe={ivf.nprobe},efSearch={faiss.downcast_index(ivf.quantizer).hnsw.efSearch}"
 
 
 @contextmanager
@@ -198,11 +256,11 @@ def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], 
 
 
 def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float,
-                 distributor: str = "local", spark_master: str = "") -> None:
+                 distributor: str = "local", spark_master: str = "", index_key: str = "") -> None:
     """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
     index_set = os.path.join(out_dir, "knn_indices", name)
     infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), index_set, max_memory, memory_available,
-                        max_query_ms, os.path.join(out_dir, METADATA_FILE), distributor, spark_master)
+                        max_query_ms, os.path.join(out_dir, METADATA_FILE), distributor, spark_master, index_key)
     print(f"{index_set}: {infos['index_key']} index of {infos['nb vectors']} vectors of dimension "
           f"{infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
           f"(memory budget {max_memory})")

@@ -19,6 +19,7 @@ from prompt_search.index import (
     VECTORS_FILE,
     build_index,
     check_alignment,
+    compressed_index_key,
     source_files,
 )
 from prompt_search.items import ItemTable
@@ -157,7 +158,7 @@ def test_empty_or_incomplete_folder_is_a_clear_error(tmp_path):
 
 
 def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path):
-    """12k clustered vectors, a memory budget that forces a compressed (OPQ, PQ) index as autofaiss picks at 10M."""
+    """12k clustered vectors, a memory budget that forces a compressed index: IVF-PQ without OPQ, as from 1M on."""
     from prompt_search.query import open_index, search
 
     rng = np.random.default_rng(6)
@@ -166,7 +167,9 @@ def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     fake_embeddings(tmp_path / "emb", [1000] * 12, dim=32, vectors=vectors)
     index_set, infos = build(tmp_path, tmp_path / "emb", max_memory="300K")
-    assert "PQ" in infos["index_key"] and json.loads((index_set / SOURCE_FILE).read_text())["lossy"]
+    assert infos["index_key"] == compressed_index_key(12_000, 32, "300K") and "OPQ" not in infos["index_key"]
+    assert json.loads((index_set / SOURCE_FILE).read_text())["lossy"]
+    assert json.loads((index_set / INFOS_FILE).read_text())["index_param"] != "nprobe=1"  # tuned, not left at 1
     searched = open_index(str(index_set))
     queries = vectors[rng.choice(12_000, 50, replace=False)] + rng.normal(0, 0.05, (50, 32))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
@@ -178,3 +181,13 @@ def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path)
     ids = ItemTable(str(index_set / ITEMS_FILE)).column("id").to_numpy(zero_copy_only=False)
     with pytest.raises(UserError, match="hold another row's id"):
         check_alignment(searched.index, np.random.default_rng(1).permutation(ids), source_files(str(tmp_path / "emb")))
+
+
+def test_compressed_index_key_fits_the_budget_and_leaves_small_collections_to_autofaiss():
+    assert compressed_index_key(500_000, 512, "4G") == ""  # autofaiss's uncompressed IVF,Flat
+    key = compressed_index_key(1_000_000, 512, "4G")
+    assert key.startswith("Pad512,IVF4096_HNSW32,PQ") and "OPQ" not in key
+    for count, budget in ((10_000_000, 4 * 2**30), (10_000_000, 500 * 2**20), (100_000_000, 4 * 2**30)):
+        code = int(compressed_index_key(count, 512, f"{budget}B").rsplit(",PQ", 1)[1].split("x")[0])
+        assert 512 % code == 0 and (code + 8) * count <= budget
+    assert compressed_index_key(10_000_000, 512, "10M") == ""  # nothing fits: autofaiss says so
