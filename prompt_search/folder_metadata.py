@@ -4,10 +4,14 @@ Writes the output set out_dir/metadata (published as one: see files.py), as step
   metadata.parquet  one row per image step 3 embeds, under the same id (images.list_images): SCHEMA
   rejects.csv       path, reason, detail for every image whose metadata could not be read (it still has its row,
                     with what could be read, and an empty prompt at worst), or that step 3 refuses (duplicate id)
+  stamps.parquet    id, stamp: each row's image and .txt sizes and modification times, with the folder and the
+                    preferred format in its schema's metadata. A rerun on the same folder and setting re-reads only
+                    the images whose stamp changed or that are new, and takes the other rows from the current set.
 The texts are read here (PNG text chunks, EXIF, the .txt beside the image); image_metadata.py parses them.
 """
 
 import csv
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +22,7 @@ from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from prompt_search.cli import UserError
-from prompt_search.files import output_set
+from prompt_search.files import current_set, output_set
 from prompt_search.image_metadata import parse_metadata
 from prompt_search.images import UNREADABLE, list_images
 from prompt_search.links import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
@@ -41,6 +45,8 @@ EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 COMFYUI_EXIF_TAGS = (0x0110, 0x010F, 0x010E)
 MAX_TXT_BYTES = 1 << 20  # a .txt beside an image larger than this is not generation parameters
 ROW_GROUP_ROWS = 65_536
+STAMPS_FILE = "stamps.parquet"
+STAMPS_KEY = b"prompt_search"  # the stamps' schema metadata: the folder and setting the rows were read with
 
 
 @dataclass
@@ -49,6 +55,53 @@ class FolderSummary:
     prompts: int = 0  # images with a prompt
     tools: Counter = field(default_factory=Counter)  # images by the formats found
     rejected: Counter = field(default_factory=Counter)  # problems by reason
+    read: int = 0  # images whose metadata was read: new, changed, or every one on a first run
+    reused: int = 0  # rows taken unchanged from the current set
+    removed: int = 0  # rows of the current set whose image is gone
+
+
+@dataclass
+class PreviousRows:
+    """The current metadata set's rows, where it was read from the same folder with the same setting."""
+    table: pa.Table
+    position: dict[str, int]  # id -> row
+    stamps: list[str]
+    problems: dict[str, list[tuple[str, str]]]  # path -> its rejects, duplicates aside (listed anew each run)
+
+
+def file_stamp(path: str) -> str:
+    """What changes when an image or the .txt beside it is rewritten: their sizes and modification times."""
+    stamps = []
+    for name in (path, os.path.splitext(path)[0] + ".txt"):
+        try:
+            stat = os.stat(name)
+        except FileNotFoundError:
+            stamps.append("-")
+        else:
+            stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    return " ".join(stamps)
+
+
+def previous_rows(out_dir: str, settings: dict) -> PreviousRows | None:
+    """The current set's rows, if they were read with these settings (folder, preferred format), else None."""
+    folder = current_set(os.path.join(out_dir, METADATA_SET))
+    stamps_path = os.path.join(folder or "", STAMPS_FILE)
+    if not folder or not os.path.isfile(stamps_path):
+        return None  # no set yet, or one step 1 made from a CSV
+    stamps = pq.read_table(stamps_path)
+    if json.loads((stamps.schema.metadata or {}).get(STAMPS_KEY, b"{}")) != settings:
+        return None
+    table = pq.read_table(os.path.join(folder, os.path.basename(METADATA_FILE)))
+    ids = table.column("id").to_pylist()
+    if ids != stamps.column("id").to_pylist():
+        return None  # not one set: read everything again
+    problems: dict[str, list[tuple[str, str]]] = {}
+    with open(os.path.join(folder, os.path.basename(REJECTS_FILE)), encoding="utf-8", newline="") as f:
+        for reject in csv.DictReader(f):
+            if reject["reason"] != "duplicate_id":
+                problems.setdefault(reject["path"], []).append((reject["reason"], reject["detail"]))
+    return PreviousRows(table, {item_id: i for i, item_id in enumerate(ids)}, stamps.column("stamp").to_pylist(),
+                        problems)
 
 
 def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
@@ -101,41 +154,70 @@ def image_row(path: str, preferred: str) -> tuple[dict, list[tuple[str, str]]]:
 
 
 def extract_folder_metadata(img_dir: str, out_dir: str, preferred: str) -> FolderSummary:
-    """Read the metadata of every image step 3 would embed below img_dir into out_dir's metadata set."""
+    """Read the metadata of every image step 3 would embed below img_dir into out_dir's metadata set, reusing
+    the current set's rows of unchanged images (see STAMPS_FILE)."""
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: set --IMG_DIR to the folder of your images")
     items, duplicates, _ = list_images(img_dir)  # step 3 reports the sidecars' problems
     if not items:
         raise UserError(f"no images in {img_dir}")
+    settings = {"img_dir": os.path.abspath(img_dir), "preferred": preferred}
+    previous = previous_rows(out_dir, settings)
     summary = FolderSummary(images=len(items))
+    stamps_schema = pa.schema([("id", pa.string()), ("stamp", pa.string())],
+                              metadata={STAMPS_KEY: json.dumps(settings)})
     with (
         output_set(os.path.join(out_dir, METADATA_SET)) as folder,
         open(os.path.join(folder, os.path.basename(REJECTS_FILE)), "w", encoding="utf-8", newline="") as rejects_file,
         pq.ParquetWriter(os.path.join(folder, os.path.basename(METADATA_FILE)), SCHEMA, **PARQUET_OPTIONS) as table,
+        pq.ParquetWriter(os.path.join(folder, STAMPS_FILE), stamps_schema) as stamps_table,
     ):
         rejects = csv.writer(rejects_file)
         rejects.writerow(["path", "reason", "detail"])
-        rows: list[dict] = []
+        rows: list[dict | int] = []  # a row read now, or the position of a row of the previous set
+        stamps: list[str] = []
+
+        def write_rows() -> None:
+            reused = iter(previous.table.take([r for r in rows if isinstance(r, int)]).to_pylist() if previous else [])
+            chunk = [next(reused) if isinstance(r, int) else r for r in rows]
+            for row in chunk:
+                summary.prompts += bool(row["prompt"])
+                summary.tools[row.get("tool") or "none"] += 1
+            table.write_table(pa.Table.from_pylist(chunk, SCHEMA))
+            stamps_table.write_table(pa.table({"id": [row["id"] for row in chunk], "stamp": stamps},
+                                              schema=stamps_schema))
+            rows.clear()
+            stamps.clear()
+
         for item_id, path in tqdm(items, unit="img", desc="metadata", disable=None):
-            row, problems = image_row(path, preferred)
-            rows.append({"id": item_id, **row})
-            summary.prompts += bool(row["prompt"])
-            summary.tools[row.get("tool") or "none"] += 1
+            stamp = file_stamp(path)
+            position = previous.position.get(item_id) if previous else None
+            if position is not None and previous.stamps[position] == stamp:
+                rows.append(position)
+                problems = previous.problems.get(path, [])
+                summary.reused += 1
+            else:
+                row, problems = image_row(path, preferred)
+                rows.append({"id": item_id, **row})
+                summary.read += 1
+            stamps.append(stamp)
             summary.rejected.update(reason for reason, _ in problems)
             rejects.writerows((path, reason, detail) for reason, detail in problems)
             if len(rows) == ROW_GROUP_ROWS:
-                table.write_table(pa.Table.from_pylist(rows, SCHEMA))
-                rows = []
+                write_rows()
         if rows:
-            table.write_table(pa.Table.from_pylist(rows, SCHEMA))
+            write_rows()
         rejects.writerows((path, "duplicate_id", reason) for path, reason in duplicates)
         if duplicates:
             summary.rejected["duplicate_id"] += len(duplicates)
+    if previous:
+        summary.removed = len(previous.position.keys() - {item_id for item_id, _ in items})
     return summary
 
 
 def print_summary(summary: FolderSummary, img_dir: str, out_dir: str) -> None:
-    print(f"{img_dir}: {summary.images} images, {summary.prompts} with a prompt")
+    print(f"{img_dir}: {summary.images} images, {summary.prompts} with a prompt; metadata read from "
+          f"{summary.read} new or changed images, reused for {summary.reused}, {summary.removed} removed")
     for tool, count in summary.tools.most_common():
         print(f"  {tool}: {count}")
     problems = sum(summary.rejected.values())

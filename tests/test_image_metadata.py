@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -21,6 +22,7 @@ from generations import (
     write_folder,
 )
 
+from prompt_search import folder_metadata
 from prompt_search.cli import UserError, load_config
 from prompt_search.comfyui import parse_comfyui
 from prompt_search.folder_metadata import SCHEMA, extract_folder_metadata, read_texts
@@ -174,3 +176,28 @@ def test_folder_of_every_format(tmp_path):
     assert [(r["path"].endswith("broken-graph.png"), r["reason"]) for r in rejects] == [(True, "comfyui_invalid_json")]
     assert summary.images == len(prompts) and summary.prompts == len(prompts) - 2
     assert summary.rejected == {"comfyui_invalid_json": 1}
+
+
+def test_rerun_reads_only_new_or_changed_images_and_equals_a_full_run(tmp_path, monkeypatch):
+    images, out = tmp_path / "images", tmp_path / "out"
+    prompts = write_folder(images)
+    extract_folder_metadata(str(images), str(out), "a1111")
+    png(images / "a1111/bicycle.png", {"parameters": a1111_text("a red bicycle", 99)}, 99)  # new
+    (images / "a1111/owl.txt").write_text(a1111_text("an owl without a crown", 5), encoding="utf-8")  # changed
+    (images / "novelai/fox.png").unlink()  # removed
+    read = []
+    image_row = folder_metadata.image_row
+    monkeypatch.setattr(folder_metadata, "image_row", lambda path, preferred: read.append(path) or
+                        image_row(path, preferred))
+    summary = extract_folder_metadata(str(images), str(out), "a1111")
+    assert sorted(os.path.relpath(path, images) for path in read) == ["a1111/bicycle.png", "a1111/owl.png"]
+    assert (summary.read, summary.reused, summary.removed) == (2, len(prompts) - 2, 1)
+    table = pd.read_parquet(out / METADATA_FILE).set_index("id")
+    assert table.loc["a1111/owl.png", "prompt"] == "an owl without a crown" and "novelai/fox.png" not in table.index
+    full = extract_folder_metadata(str(images), str(tmp_path / "full"), "a1111")
+    assert pd.read_parquet(tmp_path / "full" / METADATA_FILE).set_index("id").equals(table)
+    assert (out / REJECTS_FILE).read_bytes() == (tmp_path / "full" / REJECTS_FILE).read_bytes()  # kept for reused
+    assert (summary.prompts, summary.tools, summary.rejected) == (full.prompts, full.tools, full.rejected)
+    read.clear()
+    extract_folder_metadata(str(images), str(out), "comfyui")  # another setting: every image read again
+    assert len(read) == len(table)
