@@ -11,7 +11,7 @@ CSV_URL = "https://raw.githubusercontent.com/krea-ai/open-prompts/main/data/1k.c
 CSV_SHA256 = "d7072d0a07b0799e21e785cf224448be199826748353a89d40de439f0d3304f5"  # checksum of the default CSV_FILE
 OUT_DIR = "outputs"  # every output of every step goes below here
 
-# --- where steps 2-4 run ----------------------------------------------------------------
+# --- where steps 2-4 and 3'-4' run ------------------------------------------------------
 DISTRIBUTOR = "local"  # "local": in this process and its children; "pyspark": on Apache Spark (README: Beyond one machine)
 SPARK_MASTER = ""  # with pyspark: "" = the master spark-submit gave, else a local Spark on this machine's cores; or "spark://host:7077", "local[4]"...
 

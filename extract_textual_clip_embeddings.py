@@ -17,7 +17,7 @@ def main(argv: list[str]) -> None:
     cfg = load_config(argv)
     folder = os.path.join(cfg.OUT_DIR, "textual_embeddings")
     embedded, empty = embed_prompts(os.path.join(cfg.OUT_DIR, METADATA_FILE), folder, cfg.MODEL, cfg.MODEL_DIR,
-                                    cfg.DEVICE, cfg.BATCH_SIZE)
+                                    cfg.DEVICE, cfg.BATCH_SIZE, cfg.DISTRIBUTOR, cfg.SPARK_MASTER)
     print(f"{folder}: {embedded} distinct prompts embedded ({empty} rows have no prompt)")
     print("next: python create_textual_knn_indices.py")
 

@@ -173,7 +173,12 @@ class Listing(Sequence):
             self.cached = number, self.reader.get_batch(number)
         return self.cached[1]
 
-    def __getitem__(self, i: int) -> tuple[str, str]:
+    def __getitem__(self, i: int | slice) -> tuple[str, str] | list[tuple[str, str]]:
+        if isinstance(i, slice):  # one read per record batch, not per item
+            indices = range(len(self))[i]
+            if indices.step != 1:
+                raise ValueError("a listing is read in ranges of consecutive items")
+            return list(zip(*self.columns(indices), strict=True)) if indices else []
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         ids, prompts = self.columns(range(i % len(self), i % len(self) + 1))

@@ -1,4 +1,4 @@
-"""Step 3 on Spark: the batches of embed.embed_items computed in Spark tasks, the same files as a local run.
+"""Steps 3 and 3' on Spark: the batches of embed.embed_items computed in Spark tasks, the same files as a local run.
 
 The batch numbering is a local run's (embed.batch_ranges over the whole item list, in its order): each task takes
 a run of consecutive batches and writes each one with save_batch into the unpublished set folder, which must be
@@ -7,7 +7,6 @@ of its batches are complete and computes only the others. Back on the driver, em
 the tables and publishes the set, as it does after a local run.
 """
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ from prompt_search.embed import resume_folder, row_hashes, save_batch
 from prompt_search.reuse import Batch
 from prompt_search.spark import ship_code
 
-# encode(items, ranges, device=, started=, listed=): a functools.partial of visual.encode_images, its other
+# encode(items, ranges, device=): a functools.partial of visual.encode_images or textual.encode_prompts, its other
 # settings bound (the task reads its device)
 Encode = Callable[..., Iterator[Batch]]
 # (batch, start, stop)s, their items, offset, the items' content hashes (reuse.py) or None
@@ -51,9 +50,7 @@ def embed_task(folder: str, manifest: dict, encode: Encode, task: Task) -> int:
     done = resume_folder(folder, manifest)  # those an earlier attempt of this task saved
     todo = [(batch, range(start - offset, stop - offset)) for batch, start, stop in batches if batch not in done]
     if todo:
-        now = time.perf_counter()  # the driver's clock means nothing here
-        encoded = encode(items, [r for _, r in todo], device=_task_device(encode.keywords["device"]), started=now,
-                         listed=now)
+        encoded = encode(items, [r for _, r in todo], device=_task_device(encode.keywords["device"]))
         for (batch, indices), (vectors, ids, skipped) in zip(todo, encoded, strict=True):
             save_batch(folder, batch, vectors, ids, skipped, row_hashes(items, hashes, indices, ids))
     return len(todo)

@@ -7,7 +7,8 @@ The distinct prompts are listed on disk first (listing.py), and each batch reads
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from prompt_search.embed import embed_items
 from prompt_search.listing import Listing, write_listing
 from prompt_search.model import choose_device
 from prompt_search.reuse import Batch
+from prompt_search.spark import session_for
+from prompt_search.spark_embed import embed_on_spark
 
 
 def listing_file(folder: str) -> str:
@@ -27,9 +30,28 @@ def listing_file(folder: str) -> str:
     return os.path.join(parent, f".{name}-listing.arrow")
 
 
+def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[range], model_name: str, model_dir: str,
+                   device: str) -> Iterator[Batch]:
+    """Load the model and yield each range's batch of (id, prompt) items: the encode_batches of embed.embed_items.
+
+    A module function, not a closure, so that a Spark task can run it too (spark_embed.py).
+    """
+    chosen = choose_device(device)
+    loaded = load(model_name, chosen, model_dir)
+    print(f"embedding {sum(map(len, ranges))} of {len(items)} distinct prompts with {model_name} on {chosen}")
+    with torch.inference_mode():
+        for indices in ranges:
+            ids, prompts = zip(*items[indices.start : indices.stop], strict=True)
+            tokens = loaded.tokenize(list(prompts)).to(chosen)  # the model's own tokenizer
+            yield loaded.model.encode_text(tokens).float().cpu().numpy().astype(np.float32), list(ids), []
+
+
 def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: str, device: str,
-                  batch_size: int) -> tuple[int, int]:
-    """Embed each distinct prompt into folder; return (prompts embedded, rows without a prompt)."""
+                  batch_size: int, distributor: str = "local", spark_master: str = "") -> tuple[int, int]:
+    """Embed each distinct prompt into folder; return (prompts embedded, rows without a prompt).
+
+    distributor "pyspark": the batches are computed in Spark tasks (spark_embed.py), each task given its prompts.
+    """
     path = listing_file(folder)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
@@ -37,18 +59,11 @@ def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: s
         if not count:
             raise UserError(f"no prompts in {metadata_file}: nothing to embed")
         items = Listing(path)
-
-        def encode_batches(ranges: list[range]) -> Iterator[Batch]:
-            chosen = choose_device(device)
-            loaded = load(model_name, chosen, model_dir)
-            print(f"embedding {sum(map(len, ranges))} of {count} distinct prompts with {model_name} on {chosen}")
-            with torch.inference_mode():
-                for indices in ranges:
-                    ids, prompts = items.columns(indices)
-                    tokens = loaded.tokenize(prompts).to(chosen)  # the model's own tokenizer
-                    yield loaded.model.encode_text(tokens).float().cpu().numpy().astype(np.float32), ids, []
-
-        embed_items(folder, items, model_name, batch_size, encode_batches, unit="prompt", digest=items.digest())
+        encode = partial(encode_prompts, model_name=model_name, model_dir=model_dir, device=device)
+        with session_for(distributor, spark_master) as spark:
+            distribute = None if spark is None else partial(embed_on_spark, spark, items, encode)
+            embed_items(folder, items, model_name, batch_size, partial(encode, items), unit="prompt",
+                        digest=items.digest(), distribute=distribute)
     finally:
         if os.path.exists(path):  # rewritten by every run: a killed run's copy is simply replaced
             os.remove(path)

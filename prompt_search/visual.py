@@ -93,12 +93,16 @@ def gpu_batches(items: list[tuple[str, str]], ranges: Ranges, device: str, pixel
 
 
 def encode_images(items: list[tuple[str, str]], ranges: list[range], model_name: str, model_dir: str, device: str,
-                  num_workers: int, decode: str, started: float, listed: float) -> Iterator[Batch]:
+                  num_workers: int, decode: str, started: float | None = None,
+                  listed: float | None = None) -> Iterator[Batch]:
     """Load the model and yield each range's batch of items: the encode_batches of embed.embed_items.
 
     A module function, not a closure, so that a Spark task can run it too (spark_embed.py).
-    started, listed: when the step started and when its images were listed, for the timings it prints.
+    started, listed: when the step started and when its images were listed, for the timings it prints; None: now
+    (in a Spark task, where the driver's clock means nothing).
     """
+    now = time.perf_counter()
+    started, listed = (now if started is None else started), (now if listed is None else listed)
     chosen = choose_device(device)
     clip_model = load(model_name, chosen, model_dir)
     model, pixels = clip_model.model, clip_model.pixels

@@ -119,7 +119,9 @@ def test_text_finds_its_prompt_with_metadata_and_timings(server):
     top = body["results"][0]
     assert top["prompt"] == PROMPTS[3] and top["score"] > 0.99 and top["seed"] == 3 and top["width"] == 512
     assert top["date"].startswith("2022-08-") and set(body["timings_ms"]) == {"encode", "search", "lookup"}
-    assert "Server-Timing" in answer.headers and "script-src 'self'" in answer.headers["Content-Security-Policy"]
+    timing = dict(part.strip().split(";dur=") for part in answer.headers["Server-Timing"].split(","))
+    assert set(timing) == {"encode", "search", "lookup", "app"} and float(timing["app"]) >= float(timing["encode"])
+    assert "script-src 'self'" in answer.headers["Content-Security-Policy"]
 
 
 def test_image_finds_itself_and_more_like_this(server, built):

@@ -1,7 +1,9 @@
-"""Steps 2-4 with DISTRIBUTOR=pyspark on a real local Spark give the local distributor's outputs, byte for byte."""
+"""Steps 2-4 and 3' with DISTRIBUTOR=pyspark on a real local Spark give the local distributor's outputs, byte for
+byte."""
 
 import json
 import os
+import random
 import signal
 import threading
 import time
@@ -16,6 +18,7 @@ from conftest import make_image, serve, write_open_prompts_csv
 from prompt_search.download import download_images
 from prompt_search.index import INDEX_FILE, INFOS_FILE, build_index
 from prompt_search.links import METADATA_FILE, extract_links
+from prompt_search.textual import embed_prompts
 from prompt_search.visual import embed_images
 
 pytest.importorskip("pyspark")
@@ -97,6 +100,18 @@ def test_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, spark, 
     local = files_of(tmp_path / "local")
     assert len([name for name in local if name.startswith("batches/")]) == 14
     assert files_of(tmp_path / "pyspark") == local
+
+
+def test_prompt_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, spark, tiny_clip):
+    from test_listing import variants, write_metadata
+
+    write_metadata(tmp_path / "metadata.parquet", variants(random.Random(3), 60))
+    for distributor in ("local", "pyspark"):
+        embed_prompts(str(tmp_path / "metadata.parquet"), str(tmp_path / distributor / "textual_embeddings"),
+                      tiny_clip, "", "cpu", 4, distributor)
+    local = files_of(tmp_path / "local" / "textual_embeddings")
+    assert len([name for name in local if name.startswith("batches/")]) > 3
+    assert files_of(tmp_path / "pyspark" / "textual_embeddings") == local
 
 
 def python_workers(spark) -> list[int]:
