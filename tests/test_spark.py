@@ -61,18 +61,21 @@ def test_download_on_spark_gives_the_same_images_sidecars_and_summary(tmp_path, 
     assert tables[0].equals(tables[1])
 
 
-def test_index_on_spark_is_the_local_index_with_the_same_items_vectors_and_source(tmp_path, spark):
+@pytest.mark.parametrize("index_key", ["", "OPQ4_16,IVF8,PQ4x8"])  # autofaiss's choice; an OPQ one (a faiss shim)
+def test_index_on_spark_is_the_local_index_with_the_same_items_vectors_and_source(tmp_path, spark, index_key):
     from test_index import fake_embeddings
 
     fake_embeddings(tmp_path / "emb", [50] * 25)
     for distributor in ("local", "pyspark"):
-        build_index(str(tmp_path / "emb"), str(tmp_path / distributor), "1G", "2G", 10.0, "", distributor)
+        build_index(str(tmp_path / "emb"), str(tmp_path / distributor), "1G", "2G", 10.0, "", distributor,
+                    index_key=index_key)
     # autofaiss tunes nprobe from measured search times (in infos.json, and in the index): the machine's load
     # may change it between any two builds, so the indices are compared with the same nprobe
     timed = (INFOS_FILE, INDEX_FILE)
     assert files_of(tmp_path / "local", timed) == files_of(tmp_path / "pyspark", timed)
     infos = [json.loads((tmp_path / d / INFOS_FILE).read_text()) for d in ("local", "pyspark")]
-    assert infos[0]["index_key"] == infos[1]["index_key"] and infos[1]["nb vectors"] == 50 * 25
+    assert infos[0]["index_key"] == infos[1]["index_key"] == (index_key or infos[0]["index_key"])
+    assert infos[1]["nb vectors"] == 50 * 25
     indices = [faiss.read_index(str(tmp_path / d / INDEX_FILE)) for d in ("local", "pyspark")]
     for index in indices:
         faiss.extract_index_ivf(index).nprobe = 1
