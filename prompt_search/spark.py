@@ -48,6 +48,7 @@ def spark_session(master: str = "") -> Iterator[object]:
     if master.startswith("local"):
         builder = _on_loopback(builder)
     spark = builder.getOrCreate()
+    print(f"on Spark {spark.sparkContext.master}, web UI {spark.sparkContext.uiWebUrl}")
     try:
         yield spark
     finally:

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_image, serve, write_open_prompts_csv
+from conftest import make_image, run_script, serve, write_open_prompts_csv
 
 from prompt_search.download import download_images
 from prompt_search.index import INDEX_FILE, INFOS_FILE, build_index
@@ -115,6 +115,24 @@ def test_prompt_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, 
     local = files_of(tmp_path / "local" / "textual_embeddings")
     assert len([name for name in local if name.startswith("batches/")]) > 3
     assert files_of(tmp_path / "pyspark" / "textual_embeddings") == local
+
+
+def test_the_prompt_scripts_run_on_their_own_local_spark_as_locally(tmp_path, tiny_clip):
+    """The scripts as a user runs them: each starts and stops its own local Spark (no session given)."""
+    from test_listing import variants, write_metadata
+
+    for distributor in ("local", "pyspark"):
+        out = tmp_path / distributor
+        (out / METADATA_FILE).parent.mkdir(parents=True)
+        write_metadata(out / METADATA_FILE, variants(random.Random(5), 30))
+        for script in ("extract_textual_clip_embeddings.py", "create_textual_knn_indices.py"):
+            ran = run_script(script, f"--OUT_DIR={out}", f"--MODEL={tiny_clip}", "--DEVICE=cpu", "--BATCH_SIZE=4",
+                             f"--DISTRIBUTOR={distributor}", "--SPARK_MASTER=local[2]", cwd=tmp_path)
+            assert ("on Spark local[2]" in ran.stdout) == (distributor == "pyspark")
+    assert files_of(tmp_path / "pyspark" / "textual_embeddings") == files_of(tmp_path / "local" / "textual_embeddings")
+    index_sets = [files_of(tmp_path / d / "knn_indices" / "textual", (INFOS_FILE, INDEX_FILE)) for d in ("local",
+                                                                                                     "pyspark")]
+    assert index_sets[0] == index_sets[1] and "items.arrow" in index_sets[0]  # the index itself: nprobe is timed
 
 
 def python_workers(spark) -> list[int]:
