@@ -107,18 +107,11 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
             should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
             verbose=40,
             **({"index_key": index_key} if index_key else {}),
-            **({"index_param": "nprobe=1"} if index_key.startswith("Pad") else {}),  # tuned below instead
             **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
         )
         shutil.rmtree(parts, ignore_errors=True)
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
-        if index_key.startswith("Pad"):
-            _tune_padded(index, index_key, max_query_ms, os.path.join(out, INDEX_FILE))
-            infos = {**{k: v for k, v in infos.items() if "speed" not in k},  # measured before the tuning
-                     "index_param": _search_parameters(index)}
-            with open(os.path.join(out, INFOS_FILE), "w") as f:
-                json.dump(infos, f, indent=1)
         ids = write_vectors(files, out)
         write_items(os.path.join(out, ITEMS_FILE), ids, [os.path.join(folder, IMAGES_FILE), metadata_file], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
@@ -131,12 +124,17 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
 
 
 def compressed_index_key(count: int, dimension: int, max_memory: str) -> str:
-    """The index to build where autofaiss would compress the vectors (OPQ, IVF, PQ); "" lets autofaiss choose.
+    """The index to build where autofaiss would compress the vectors; "" lets autofaiss choose.
 
     Queries re-rank a compressed index's candidates against the stored vectors, so its codes need only
-    find the candidates: PQ without OPQ (whose training took over an hour at 1M vectors on 2 cores), at
-    most dimension/8 bytes a vector (recall@10 0.99 re-ranked at 1M: benchmarks/RESULTS.md), and 4 sqrt(n)
-    lists, rounded to a power of two, as autofaiss takes below 1M (its 16,384 at 1M train four times longer).
+    find them: what matters is that each vector sits in the inverted list of its nearest centroid.
+    autofaiss's choice from 1M vectors on (OPQ256_768,IVF16384_HNSW32,PQ256x8 at 1M, 512-d) finds the
+    lists with an HNSW graph, which put a fifth of the vectors in another list than their nearest
+    (efSearch 16 while adding) and capped recall@10 near 0.93 whatever nprobe, and its 16,384 lists
+    took 16 minutes to train on 2 cores. Here: exact (flat) assignment to 4 sqrt(n) lists, rounded to
+    a power of two (autofaiss's own rule below 1M), and at most dimension/8 bytes a vector, within the
+    budget. OPQ without reduction (OPQ{m}_{d}) is the form autofaiss builds and tunes with a flat
+    quantiser under inner product. Measured in benchmarks/RESULTS.md (issue 17).
     """
     from autofaiss.external.optimize import get_optimal_index_keys_v2
     from autofaiss.utils.cast import cast_memory_to_bytes
@@ -145,32 +143,11 @@ def compressed_index_key(count: int, dimension: int, max_memory: str) -> str:
     if not chosen or not chosen[0].startswith("OPQ"):
         return ""
     budget = cast_memory_to_bytes(max_memory)
-    fitting = [m for m in PQ_SIZES if m <= dimension // 4 and dimension % m == 0 and (m + ID_BYTES) * count <= budget]
+    fitting = [m for m in PQ_SIZES if m <= dimension // 8 and dimension % m == 0 and (m + ID_BYTES) * count <= budget]
     if not fitting:
         return ""  # nothing smaller fits either: autofaiss says so
     lists = 2 ** round(math.log2(4 * math.sqrt(count)))
-    return f"Pad{dimension},IVF{lists}_HNSW32,PQ{fitting[0]}x8"  # Pad to its own size: autofaiss's IVF-PQ form for
-    # inner product without OPQ
-
-
-def _tune_padded(index, index_key: str, max_query_ms: float, index_path: str) -> None:
-    """Tune a Pad{d},IVF{n}_HNSW{m},PQ{m}x8 index within the query-time budget and save it.
-
-    autofaiss tunes only efSearch for this form (HNSW's parameter: it takes the whole key for an HNSW
-    index) and leaves nprobe at 1; it tunes nprobe and efSearch for the same IVF-PQ under its OPQ name."""
-    from autofaiss import tune_index
-
-    pad, rest = index_key.split(",", 1)
-    opq_name = f"OPQ{rest.rsplit(',PQ', 1)[1].split('x')[0]}_{pad.removeprefix('Pad')},{rest}"
-    tune_index(index, opq_name, output_index_path=index_path, max_index_query_time_ms=max_query_ms, verbose=40)
-
-
-def _search_parameters(index) -> str:
-    """nprobe and efSearch as set on an IVF index with an HNSW quantizer."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    return f"nprobe={ivf.nprobe},efSearch={faiss.downcast_index(ivf.quantizer).hnsw.efSearch}"
+    return f"OPQ{fitting[0]}_{dimension},IVF{lists},PQ{fitting[0]}x8"
 
 
 @contextmanager
