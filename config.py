@@ -43,7 +43,7 @@ DECODE = ""  # "" = JPEGs decoded in batches on the GPU when DEVICE is one, else
 MAX_INDEX_MEMORY = "4G"  # largest index autofaiss may build
 CURRENT_MEMORY_AVAILABLE = "8G"  # memory autofaiss may use while building
 MAX_INDEX_QUERY_TIME_MS = 10.0  # query-time budget autofaiss tunes the index for
-INDEX_KEY = ""  # "" = autofaiss's choice, or IVF-PQ without OPQ where it would compress (README: step 4); or any faiss index_factory string, e.g. "IVF4096_HNSW32,PQ64x8"
+INDEX_KEY = ""  # "" = autofaiss's choice, or OPQ/IVF/PQ with exact list assignment where autofaiss would compress (README: step 4); or a faiss index_factory string autofaiss accepts, e.g. "IVF4096,Flat"
 
 # --- step 5: queries --------------------------------------------------------------------
 INPUT_PROMPT = "image of a blue robot with red background"  # text query

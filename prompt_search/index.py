@@ -17,6 +17,7 @@ of the vector (exact under ties, and tolerant of lossy codes such as PQ).
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +94,8 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         manifest = json.load(f)
     total = files[-1].start + files[-1].count
     dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
+    if index_key:
+        _check_index_key(index_key, dimension)
     index_key = index_key or compressed_index_key(total, dimension, max_memory)
     with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
         parts = os.path.join(out, PARTS_FOLDER)
@@ -148,6 +151,19 @@ def compressed_index_key(count: int, dimension: int, max_memory: str) -> str:
         return ""  # nothing smaller fits either: autofaiss says so
     lists = 2 ** round(math.log2(4 * math.sqrt(count)))
     return f"OPQ{fitting[0]}_{dimension},IVF{lists},PQ{fitting[0]}x8"
+
+
+def _check_index_key(index_key: str, dimension: int) -> None:
+    """Refuse an INDEX_KEY autofaiss cannot make for these vectors before any work, in one line."""
+    import faiss
+    from autofaiss.indices.index_factory import index_factory
+
+    try:
+        with _autofaiss_opq_keywords():
+            index_factory(dimension, index_key, faiss.METRIC_INNER_PRODUCT)
+    except (ValueError, RuntimeError) as error:
+        reason = re.sub(r"^Error in .*?\.(cpp|h):\d+: (Error: )?", "", str(error).strip().splitlines()[0])
+        raise UserError(f"INDEX_KEY {index_key!r} cannot be built for {dimension}-d vectors: {reason}") from None
 
 
 @contextmanager

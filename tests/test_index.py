@@ -189,3 +189,21 @@ def test_compressed_index_key_fits_the_budget_and_leaves_small_collections_to_au
         code = int(compressed_index_key(count, 512, f"{budget}B").rsplit(",PQ", 1)[1].split("x")[0])
         assert 512 % code == 0 and (code + 8) * count <= budget
     assert compressed_index_key(10_000_000, 512, "10M") == ""  # nothing fits: autofaiss says so
+
+
+@pytest.mark.parametrize(("key", "reason"), [("IVF8,PQ3x8", "multiple of the number of subquantizers"),
+                                             ("Bogus", "could not parse"), ("IVF8,PQ4x8", "inner product")])
+def test_an_index_key_autofaiss_cannot_build_is_one_clear_line_and_keeps_the_set(tmp_path, key, reason):
+    fake_embeddings(tmp_path / "emb", [40])
+    index_set, _ = build(tmp_path, tmp_path / "emb")
+    before = (index_set / INDEX_FILE).read_bytes()
+    with pytest.raises(UserError, match=f"INDEX_KEY '{key}' cannot be built for 16-d vectors: .*{reason}"):
+        build_index(str(tmp_path / "emb"), str(index_set), "1G", "2G", 10.0, index_key=key)
+    assert (index_set / INDEX_FILE).read_bytes() == before
+
+
+def test_an_index_key_is_built_as_named(tmp_path):
+    fake_embeddings(tmp_path / "emb", [300])
+    index_set = tmp_path / "knn" / "visual"
+    infos = build_index(str(tmp_path / "emb"), str(index_set), "1G", "2G", 10.0, index_key="OPQ4_16,IVF4,PQ4x8")
+    assert infos["index_key"] == "OPQ4_16,IVF4,PQ4x8" and json.loads((index_set / SOURCE_FILE).read_text())["lossy"]
