@@ -8,7 +8,8 @@ Needs no downloaded image: the prompt search works even when no link answers.
 
 import os
 
-from prompt_search.cli import load_config, run
+from prompt_search.cli import UserError, load_config, run
+from prompt_search.files import withdraw_set
 from prompt_search.links import METADATA_FILE
 from prompt_search.textual import embed_prompts
 
@@ -16,8 +17,15 @@ from prompt_search.textual import embed_prompts
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
     folder = os.path.join(cfg.OUT_DIR, "textual_embeddings")
-    embedded, empty = embed_prompts(os.path.join(cfg.OUT_DIR, METADATA_FILE), folder, cfg.MODEL, cfg.MODEL_DIR,
-                                    cfg.DEVICE, cfg.BATCH_SIZE, cfg.DISTRIBUTOR, cfg.SPARK_MASTER)
+    metadata_file = os.path.join(cfg.OUT_DIR, METADATA_FILE)
+    embedded, empty = embed_prompts(metadata_file, folder, cfg.MODEL, cfg.MODEL_DIR, cfg.DEVICE, cfg.BATCH_SIZE,
+                                    cfg.DISTRIBUTOR, cfg.SPARK_MASTER)
+    if not embedded:  # a prompt side left from an earlier table would show that table's prompts
+        withdrawn = [path for path in (folder, os.path.join(cfg.OUT_DIR, "knn_indices", "textual"))
+                     if withdraw_set(path)]
+        raise UserError(f"no prompts in {metadata_file}: nothing to embed"
+                        + (f"; removed the prompt side made from an earlier table: {', '.join(withdrawn)}"
+                           if withdrawn else ""))
     print(f"{folder}: {embedded} distinct prompts embedded ({empty} rows have no prompt)")
     print("next: python create_textual_knn_indices.py")
 

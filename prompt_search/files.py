@@ -107,6 +107,16 @@ def publish_set(path: str, folder: str) -> None:
             shutil.rmtree(old)
 
 
+def withdraw_set(path: str) -> bool:
+    """Unpublish the set at path (one atomic removal of its link) and remove its folders; whether there was one."""
+    published = os.path.islink(path)
+    if published:
+        os.remove(path)
+    for folder in glob.glob(_set_folder(path, "*")):
+        shutil.rmtree(folder)
+    return published
+
+
 def _generation(folder: str) -> int:
     """N of a set folder .NAME.N; -1 for anything else."""
     match = re.search(r"\.(\d+)$", folder)

@@ -13,7 +13,6 @@ from functools import partial
 import numpy as np
 import torch
 
-from prompt_search.cli import UserError
 from prompt_search.clip_models import load
 from prompt_search.embed import embed_items
 from prompt_search.listing import Listing, write_listing
@@ -48,7 +47,8 @@ def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[range], model_
 
 def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: str, device: str,
                   batch_size: int, distributor: str = "local", spark_master: str = "") -> tuple[int, int]:
-    """Embed each distinct prompt into folder; return (prompts embedded, rows without a prompt).
+    """Embed each distinct prompt into folder; return (prompts embedded, rows without a prompt): (0, rows) and
+    nothing written when no row has a prompt.
 
     distributor "pyspark": the batches are computed in Spark tasks (spark_embed.py), each task given its prompts.
     """
@@ -57,7 +57,7 @@ def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: s
     try:
         count, empty = write_listing(metadata_file, path)
         if not count:
-            raise UserError(f"no prompts in {metadata_file}: nothing to embed")
+            return 0, empty
         items = Listing(path)
         encode = partial(encode_prompts, model_name=model_name, model_dir=model_dir, device=device)
         with session_for(distributor, spark_master) as spark:

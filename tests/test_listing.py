@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_script
 
 from prompt_search import embed, listing
 from prompt_search.embed import items_digest, save_batch
-from prompt_search.links import PARQUET_OPTIONS, SCHEMA
+from prompt_search.links import METADATA_FILE, PARQUET_OPTIONS, SCHEMA
 from prompt_search.listing import Listing, prompt_keys, write_listing
 from prompt_search.textual import embed_prompts, listing_file
 
@@ -138,3 +139,22 @@ def test_past_its_memory_limit_duckdb_spills_and_the_listing_is_the_same(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["listing.arrow", "metadata.parquet"]  # the spill folder is gone
     assert (count, empty) == (150_000, 0)
     assert Listing(str(tmp_path / "listing.arrow")).digest() == items_digest(python_rule(rows)[0])
+
+
+def test_a_table_without_prompts_removes_the_prompt_side_of_an_earlier_table(tmp_path, tiny_clip):
+    """A folder of images without prompts after one with: its query must not show the earlier folder's prompts."""
+    out = tmp_path / "out"
+    (out / METADATA_FILE).parent.mkdir(parents=True)
+    write_metadata(out / METADATA_FILE, ["a red dragon", "a castle", None] * 3)
+    settings = (f"--OUT_DIR={out}", f"--MODEL={tiny_clip}", "--DEVICE=cpu")
+    for script in ("extract_textual_clip_embeddings.py", "create_textual_knn_indices.py"):
+        run_script(script, *settings, cwd=tmp_path)
+    assert (out / "knn_indices" / "textual" / "items.arrow").exists()
+    write_metadata(out / METADATA_FILE, [None, "", None])
+    result = run_script("extract_textual_clip_embeddings.py", *settings, cwd=tmp_path, check=False)
+    assert result.returncode != 0 and "nothing to embed; removed the prompt side made from an earlier table" in (
+        result.stdout + result.stderr)
+    assert not os.path.lexists(out / "textual_embeddings") and not os.path.lexists(out / "knn_indices" / "textual")
+    assert not list(out.glob(".textual_embeddings.*")) and not list((out / "knn_indices").glob(".textual.*"))
+    again = run_script("extract_textual_clip_embeddings.py", *settings, cwd=tmp_path, check=False)
+    assert again.returncode != 0 and "removed" not in again.stdout + again.stderr  # nothing left to remove
