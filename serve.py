@@ -13,7 +13,7 @@ import uvicorn
 
 from prompt_search.cli import load_config, run
 from prompt_search.onnx_clip import is_current
-from prompt_search.server import create_app
+from prompt_search.server import create_app, listening_socket
 from prompt_search.service import Searcher
 
 
@@ -27,13 +27,8 @@ def main(argv: list[str]) -> None:
     searcher = Searcher(cfg.OUT_DIR, cfg.MODEL, onnx_dir, cfg.QUANTIZE_INT8, cfg.QUERY_THREADS,
                         cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images"))
     app = create_app(searcher, int(cfg.MAX_UPLOAD_MB * 2**20), cfg.MAX_NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
-    # Bind here rather than in uvicorn, so that port 0 becomes a known free port before the URL is printed.
-    family = socket.AF_INET6 if ":" in cfg.SERVE_HOST else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg.SERVE_HOST, cfg.SERVE_PORT))
-    sock.listen(2048)  # connections wait in the backlog from now, while uvicorn starts
-    host = f"[{cfg.SERVE_HOST}]" if family == socket.AF_INET6 else cfg.SERVE_HOST
+    sock = listening_socket(cfg.SERVE_HOST, cfg.SERVE_PORT)  # port 0 is a known free port before the URL is printed
+    host = f"[{cfg.SERVE_HOST}]" if sock.family == socket.AF_INET6 else cfg.SERVE_HOST
     print(f"search page: http://{host}:{sock.getsockname()[1]}/  (Ctrl-C stops)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5)).run(sockets=[sock])
 

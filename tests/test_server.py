@@ -295,3 +295,29 @@ def test_server_with_an_open_clip_model(tmp_path, tiny_open_clip):
         assert answer.status_code == 200, answer.text
         top = answer.json()["results"][0]
         assert top["prompt"] == PROMPTS[4] and top["score"] > 0.99
+
+
+def test_connections_to_the_listening_socket_send_without_delay():
+    """asyncio (uvicorn's loop) sets TCP_NODELAY on the connections it accepts from serve.py's socket: without it a
+    kept-alive connection waited for the client's delayed ACK before each answer's last segment."""
+    import asyncio
+    import socket
+
+    from prompt_search.server import listening_socket
+
+    async def accepted_nodelay() -> int:
+        found = asyncio.get_running_loop().create_future()
+
+        def on_connection(reader, writer):
+            found.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listening_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(on_connection, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            value = await asyncio.wait_for(found, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
