@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 CHILD = """
 import json, os, resource, sys, time
-from prompt_search.links import extract_links, worker_count
+from prompt_search.csv_pieces import worker_count
+from prompt_search.links import extract_links
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start, cpu_start = time.perf_counter(), time.process_time()
 summary = extract_links(sys.argv[1], sys.argv[2], int(sys.argv[3]))

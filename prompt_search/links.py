@@ -7,21 +7,16 @@ Outputs, the output set out_dir/metadata (published as one: see files.py):
 """
 
 import csv
-import ctypes
 import gc
 import hashlib
 import io
-import multiprocessing
 import os
 import re
-import signal
 import sys
-import threading
-import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import orjson
@@ -31,6 +26,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from prompt_search.cli import UserError
+from prompt_search.csv_pieces import parse_in_order, pieces, worker_count
 from prompt_search.files import is_http_url, output_set
 
 METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see files.py)
@@ -38,8 +34,6 @@ LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
 METADATA_FILE = os.path.join(METADATA_SET, "metadata.parquet")
 REJECTS_FILE = os.path.join(METADATA_SET, "rejects.csv")
 
-CHUNK_BYTES = 16 << 20  # CSV bytes parsed as one piece: bounds memory whatever the CSV size
-MAX_CHUNK_BYTES = 4 * CHUNK_BYTES  # a piece is cut at its last line end once this big, even inside quotes
 ROW_GROUP_ROWS = 65_536  # kept rows written to the Parquet file at once
 # Dictionaries and min/max statistics only where values repeat or can be ranged: half the time to write.
 _NUMBERS = ["width", "height", "seed", "cfg_scale", "num_steps", "num_generations", "is_grid", "timestamp", "csv_line"]
@@ -100,13 +94,6 @@ def extract_links(csv_file: str, out_dir: str, workers: int = 1) -> Summary:
             gc.enable()
 
 
-def worker_count(csv_file: str, workers: int) -> int:
-    """The parsing processes extract_links runs for csv_file when asked for workers (-1: one per CPU core)."""
-    if os.path.getsize(csv_file) < 4 * CHUNK_BYTES:  # a worker takes a second to start: not worth it for a few pieces
-        return 1
-    return (os.cpu_count() or 1) if workers < 0 else workers
-
-
 def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
     summary = Summary()
     kept_urls = _KeptUrls()
@@ -124,7 +111,7 @@ def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
         bar.update(raw.tell())
         kept: list[pa.Table] = []  # written as one row group once ROW_GROUP_ROWS are kept
         line = 2  # where the next piece starts
-        for piece in _parse_in_order(csv_file, _pieces(raw), columns, workers):
+        for piece in parse_in_order(csv_file, pieces(raw), partial(parse_piece, columns=columns), workers):
             piece.number_lines_from(line)
             line += piece.lines
             table = _drop_duplicates(piece, kept_urls, rejects, summary)
@@ -137,82 +124,6 @@ def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
         if kept:
             metadata.write_table(pa.concat_tables(kept))
     return summary
-
-
-def _pieces(raw) -> Iterator[tuple[int, bytes]]:
-    """(offset in the file, bytes) for the rest of the CSV, in pieces of about CHUNK_BYTES that end where a row ends."""
-    size = CHUNK_BYTES
-    while True:
-        start = raw.tell()
-        data = raw.read(size)
-        if not data:
-            return
-        end = len(data) if len(data) < size else _last_row_end(data)  # a short read ends at the end of the file
-        if not end and size >= MAX_CHUNK_BYTES:  # a stray quote makes the rest look quoted
-            end = data.rfind(b"\n") + 1
-        if not end:  # no row ends in it: read a longer piece from the same place
-            raw.seek(start)
-            size *= 2
-            continue
-        raw.seek(start + end)
-        size = CHUNK_BYTES
-        yield start, data[:end]
-
-
-def _last_row_end(buffer: bytes) -> int:
-    """Just past the last line end with an even number of quote characters before it (outside quotes), or 0."""
-    end = buffer.rfind(b"\n")
-    quotes = np.count_nonzero(np.frombuffer(buffer, np.uint8, max(end, 0)) == ord('"'))  # 3x bytes.count's speed
-    while end >= 0 and quotes % 2:
-        before = buffer.rfind(b"\n", 0, end)
-        quotes -= buffer.count(b'"', before + 1, end)
-        end = before
-    return end + 1
-
-
-def _parse_in_order(
-    csv_file: str, pieces: Iterator[tuple[int, bytes]], columns: Columns, workers: int
-) -> Iterator["ParsedPiece"]:
-    """parse_piece over the pieces, in their order; with workers > 1, in that many processes at once."""
-    if workers <= 1:
-        yield from (parse_piece(piece, columns) for _, piece in pieces)
-        return
-    # spawn, not fork: pyarrow's and tqdm's threads are already running in this process.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                               initargs=(os.getpid(),))
-    try:
-        pending: deque[Future] = deque()
-        for start, piece in pieces:  # each worker reads its piece from the file: cheaper than sending it
-            pending.append(pool.submit(_parse_file_piece, csv_file, start, len(piece), columns))
-            if len(pending) > 2 * workers:  # a bounded queue: reading must not run ahead of parsing
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
-def _start_worker(parent: int) -> None:
-    """In each parsing process: no cyclic collector (see extract_links), and death with the script's process.
-
-    A killed script (SIGKILL, OOM) cannot shut its pool down, and its workers (about 180 MB each) would live on.
-    """
-    gc.disable()
-    if sys.platform == "linux":  # the kernel sends SIGKILL when the parent dies
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    else:
-        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:  # it died before the signal was asked for
-        os._exit(1)
-
-
-PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(1)
 
 
 @dataclass
@@ -229,12 +140,6 @@ class ParsedPiece:
         where = SCHEMA.get_field_index("csv_line")
         self.table = self.table.set_column(where, SCHEMA.field(where), pc.add(self.table["csv_line"], first_line))
         self.rejects = [(line + first_line, reason, detail) for line, reason, detail in self.rejects]
-
-
-def _parse_file_piece(csv_file: str, start: int, size: int, columns: Columns) -> ParsedPiece:
-    with open(csv_file, "rb") as f:
-        f.seek(start)
-        return parse_piece(f.read(size), columns)
 
 
 def parse_piece(data: bytes, columns: Columns) -> ParsedPiece:

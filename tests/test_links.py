@@ -18,7 +18,7 @@ import pytest
 from conftest import serve, write_open_prompts_csv
 
 import config
-from prompt_search import links
+from prompt_search import csv_pieces, links
 from prompt_search.cli import UserError
 from prompt_search.files import is_http_url
 from prompt_search.links import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
@@ -282,21 +282,21 @@ def read_rejects(out):
 
 def count_pools(monkeypatch):
     """The process pools extract_links starts, from now on."""
-    pools, real = [], links.ProcessPoolExecutor
+    pools, real = [], csv_pieces.ProcessPoolExecutor
 
     def pool(*args, **kwargs):
         pools.append(real(*args, **kwargs))
         return pools[-1]
 
-    monkeypatch.setattr(links, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(csv_pieces, "ProcessPoolExecutor", pool)
     return pools
 
 
 # Pieces of the default size (the whole file), of about one row (1 byte: the read doubles until it holds a row end),
 # of a few rows; duplicates are then found within a piece and across pieces. 2 workers parse in other processes.
-@pytest.mark.parametrize(("chunk_bytes", "workers"), [(links.CHUNK_BYTES, 1), (1, 1), (300, 1), (300, 2)])
+@pytest.mark.parametrize(("chunk_bytes", "workers"), [(csv_pieces.CHUNK_BYTES, 1), (1, 1), (300, 1), (300, 2)])
 def test_bad_rows_are_skipped_counted_and_written_to_rejects(tmp_path, monkeypatch, chunk_bytes, workers):
-    monkeypatch.setattr(links, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", chunk_bytes)
     source = tmp_path / "bad.csv"
     lines = write_rows(source, BAD_ROWS)
     pools = count_pools(monkeypatch)
@@ -458,7 +458,7 @@ def test_interrupted_run_leaves_previous_outputs_intact(sample_csv, tmp_path, mo
     out = tmp_path / "out"
     extract_links(str(sample_csv), str(out))
     before = output_bytes(out)
-    monkeypatch.setattr(links, "CHUNK_BYTES", 100_000)  # several pieces already written when it fails
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 100_000)  # several pieces already written when it fails
     monkeypatch.setattr(links, "ROW_GROUP_ROWS", 100)
     if where == "write_table":
         real = links.pq.ParquetWriter.write_table
@@ -562,7 +562,7 @@ def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, worker
     rng = random.Random(2)
     urls = [f"https://example.com/{rng.randrange(300)}.png" for _ in range(1000)]
     write_rows(tmp_path / "dups.csv", [(csv_line("p", raw_json(discord=url)), None) for url in urls])
-    monkeypatch.setattr(links, "CHUNK_BYTES", 700)  # about 7 rows a piece
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 700)  # about 7 rows a piece
     monkeypatch.setattr(links._KeptUrls, "RECENT_KEYS", 16)  # the latest keys merged into the rest now and then
     summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"), workers)
     first = list(dict.fromkeys(urls))
@@ -590,7 +590,7 @@ BOTH_CSVS = pytest.mark.parametrize("csv_fixture", ["sample_csv", "csv_1k"])
 def test_csv_in_pieces_gives_the_same_outputs(request, csv_fixture, tmp_path, monkeypatch, workers):
     source = str(request.getfixturevalue(csv_fixture))
     whole = extract_links(source, str(tmp_path / "whole"))
-    monkeypatch.setattr(links, "CHUNK_BYTES", 64_000)  # over a dozen pieces
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 64_000)  # over a dozen pieces
     pools = count_pools(monkeypatch)
     summary = extract_links(source, str(tmp_path / "out"), workers)
     assert len(pools) == (workers > 1)
@@ -602,11 +602,11 @@ def test_csv_in_pieces_gives_the_same_outputs(request, csv_fixture, tmp_path, mo
 @BOTH_CSVS
 def test_pieces_end_where_rows_end(request, csv_fixture, monkeypatch):
     source = request.getfixturevalue(csv_fixture)
-    monkeypatch.setattr(links, "CHUNK_BYTES", 5_000)
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 5_000)
     data = source.read_bytes()
     with open(source, "rb") as raw:
         raw.readline()
-        pieces = list(links._pieces(raw))
+        pieces = list(csv_pieces.pieces(raw))
     assert len(pieces) > 100 and b"".join(piece for _, piece in pieces) == data[data.index(b"\n") + 1 :]
     for start, piece in pieces:
         assert data[start : start + len(piece)] == piece
@@ -620,11 +620,11 @@ def test_a_stray_quote_does_not_make_one_huge_piece(tmp_path, monkeypatch):
     rows = [(b'a 5" robot,' + csv_line(raw_json(discord=URL_A)), None)]
     rows += [(csv_line(f"row {i}", raw_json(discord=f"{URL_C}?{i}")), None) for i in range(200)]
     lines = write_rows(tmp_path / "stray.csv", rows)
-    monkeypatch.setattr(links, "CHUNK_BYTES", 1_000)
-    monkeypatch.setattr(links, "MAX_CHUNK_BYTES", 4_000)
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 1_000)
+    monkeypatch.setattr(csv_pieces, "MAX_CHUNK_BYTES", 4_000)
     with open(tmp_path / "stray.csv", "rb") as raw:
         raw.readline()
-        sizes = [len(piece) for _, piece in links._pieces(raw)]
+        sizes = [len(piece) for _, piece in csv_pieces.pieces(raw)]
     assert len(sizes) > 10 and max(sizes) < 4_000 + 1_000
     summary = extract_links(str(tmp_path / "stray.csv"), str(tmp_path / "out"))
     assert (summary.rows, summary.kept) == (201, 201)
@@ -636,7 +636,7 @@ def test_failure_while_workers_parse_leaves_previous_outputs_intact(sample_csv, 
     out = tmp_path / "out"
     extract_links(str(sample_csv), str(out))
     before = output_bytes(out)
-    monkeypatch.setattr(links, "CHUNK_BYTES", 50_000)
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 50_000)
     monkeypatch.setattr(links, "ROW_GROUP_ROWS", 100)
     real = links.pq.ParquetWriter.write_table
     monkeypatch.setattr(links.pq.ParquetWriter, "write_table", fail_on_call(3, OSError("disk full"), real))
@@ -680,8 +680,8 @@ def test_garbage_collector_left_as_it_was(tmp_path, monkeypatch, enabled):
 # 4 * CHUNK_BYTES is parsed in the script's own process).
 SMALL_PIECES = """
 import runpy, sys
-from prompt_search import links
-links.CHUNK_BYTES = 50_000
+from prompt_search import csv_pieces
+csv_pieces.CHUNK_BYTES = 50_000
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
