@@ -26,7 +26,9 @@ from prompt_search.onnx_clip import (
 from prompt_search.tokenizer import tokenize
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
-RERANK_CANDIDATES = 100  # candidates a lossy index gives for re-ranking (recall@10 0.99 at 1M: benchmarks/RESULTS.md)
+# Candidates a lossy index gives for re-ranking: more than a dense region's near-equals, which PQ cannot order
+# (recall@10 at 4M vectors: 0.955 with 100, 0.999 with 200, 1.0 with 400; benchmarks/RESULTS.md, issue 17).
+RERANK_CANDIDATES = 400
 
 
 @dataclass
