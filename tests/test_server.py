@@ -20,6 +20,7 @@ import pytest
 import requests
 from conftest import REPO, make_image, run_script, serve, write_open_prompts_csv
 from PIL import Image
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_fast_query import WITHOUT_TORCH
@@ -267,7 +268,11 @@ def test_page_searches_as_you_type_and_by_dropped_image(server, browser, tmp_pat
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#results .prompt").text == SCRIPT_PROMPT)
 
     browser.find_element(By.CSS_SELECTOR, "input[value=images]").click()
-    thumbnail = browser.find_element(By.CSS_SELECTOR, "#results .card img").get_attribute("src")
+    # the cards are replaced when the image results arrive: wait for those, not the prompt cards still shown
+    rerendered = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    thumbnail = rerendered.until(lambda d: next((src for img in d.find_elements(By.CSS_SELECTOR, "#results .card img")
+                                                 if "/thumbnail/images/" in (src := img.get_attribute("src") or "")),
+                                                None))
     browser.find_element(By.ID, "text").clear()
     browser.set_script_timeout(20)
     browser.execute_async_script(DROP_IMAGE, thumbnail)
