@@ -8,19 +8,11 @@ The ONNX models are exported from MODEL into OUT_DIR/onnx on first use (that ste
 import os
 
 import config
-from prompt_search.cli import UserError, load_config, run
+from prompt_search.cli import load_config, run
 from prompt_search.files import ensure_data_file
 from prompt_search.gallery import write_gallery
 from prompt_search.onnx_clip import is_current
-from prompt_search.query import (
-    check_model,
-    compare_with_torch,
-    encode_queries,
-    open_index,
-    print_results,
-    read_image,
-    search,
-)
+from prompt_search.query import compare_with_torch, encode_queries, open_sides, print_results, read_image, search
 
 
 def main(argv: list[str]) -> None:
@@ -28,14 +20,7 @@ def main(argv: list[str]) -> None:
     if cfg.INPUT_IMG_PATH == config.INPUT_IMG_PATH:
         ensure_data_file(cfg.INPUT_IMG_PATH, cfg.INPUT_IMG_URL, cfg.INPUT_IMG_SHA256)
     image = read_image(cfg.INPUT_IMG_PATH)
-    index_dir = os.path.join(cfg.OUT_DIR, "knn_indices")
-    sides = {side: open_index(os.path.join(index_dir, name)) for side, name in (("images", "visual"),
-                                                                                ("prompts", "textual"))}
-    sides = {side: found for side, found in sides.items() if found}
-    if not sides:
-        raise UserError(f"no index in {index_dir}: run create_visual_knn_indices.py first")
-    for searched in sides.values():
-        check_model(searched, cfg.MODEL)
+    sides = open_sides(cfg.OUT_DIR, cfg.MODEL)
     onnx_dir = os.path.join(cfg.OUT_DIR, "onnx")
     if not is_current(onnx_dir, cfg.MODEL):
         from prompt_search.onnx_export import export_onnx  # torch, only to export

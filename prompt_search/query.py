@@ -30,6 +30,7 @@ MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical o
 # Candidates a lossy index gives for re-ranking: more than a dense region's near-equals, which PQ cannot order
 # (recall@10 at 4M vectors: 0.955 with 100, 0.999 with 200, 1.0 with 400; benchmarks/RESULTS.md, issue 17).
 RERANK_CANDIDATES = 400
+SIDES = {"images": "visual", "prompts": "textual"}  # what a query or request names -> its index set's folder
 
 
 @dataclass
@@ -125,6 +126,18 @@ def _scattered_rows(path: str) -> np.ndarray:
     if hasattr(mmap, "MADV_RANDOM"):  # Linux and macOS
         mapped.madvise(mmap.MADV_RANDOM)
     return np.ndarray(shape, dtype, buffer=mapped, offset=offset, order="F" if fortran_order else "C")
+
+
+def open_sides(out_dir: str, model_name: str) -> dict[str, SearchIndex]:
+    """The index sets of out_dir/knn_indices that were built, by side (SIDES), checked against the model."""
+    index_dir = os.path.join(out_dir, "knn_indices")
+    opened = {side: open_index(os.path.join(index_dir, name)) for side, name in SIDES.items()}
+    sides = {side: found for side, found in opened.items() if found}
+    if not sides:
+        raise UserError(f"no index in {index_dir}: run create_visual_knn_indices.py first (or make run)")
+    for searched in sides.values():
+        check_model(searched, model_name)
+    return sides
 
 
 def check_model(searched: SearchIndex, model_name: str) -> None:

@@ -24,10 +24,9 @@ from prompt_search.onnx_clip import (
     query_specs,
     start_session,
 )
-from prompt_search.query import Hit, SearchIndex, check_model, describe, find_hits, open_index
+from prompt_search.query import Hit, SearchIndex, describe, find_hits, open_sides
 from prompt_search.tokenizer import tokenize
 
-SIDES = {"images": "visual", "prompts": "textual"}  # what a request names -> the index set's folder
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
 # A filter's name -> the item table's column. Loaded whole at start (8 bytes a row each, 48 MB at 1M rows) so that a
 # request filters its candidates by position, never scanning the table.
@@ -69,13 +68,7 @@ class Searcher:
     """The published index sets of out_dir, checked against the model, with its ONNX sessions."""
 
     def __init__(self, out_dir: str, model: str, onnx_dir: str, int8: bool, threads: int, images_dir: str):
-        index_dir = os.path.join(out_dir, "knn_indices")
-        opened = {side: open_index(os.path.join(index_dir, name)) for side, name in SIDES.items()}
-        self.sides: dict[str, SearchIndex] = {side: found for side, found in opened.items() if found}
-        if not self.sides:
-            raise UserError(f"no index in {index_dir}: run the pipeline first (make run)")
-        for searched in self.sides.values():
-            check_model(searched, model)
+        self.sides: dict[str, SearchIndex] = open_sides(out_dir, model)
         self.model = model
         self.text_spec, self.pixel_spec = query_specs(onnx_dir)
         self.text_session = start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads)
