@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from bench_incremental import timed  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from prompt_search.embed import save_batch  # noqa: E402
@@ -36,12 +37,6 @@ def same_files(a: Path, b: Path, skip: str = "infos.json") -> bool:
     names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file() and p.name != skip)
     return names == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file() and p.name != skip) \
         and all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
-
-
-def timed(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         shutil.rmtree(parts, ignore_errors=True)
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
-        ids = write_vectors(files, out)
+        ids = write_vectors(files, dimension, out)
         write_items(os.path.join(out, ITEMS_FILE), ids, [os.path.join(folder, IMAGES_FILE), metadata_file], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
         source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "lossy": lossy,
@@ -180,10 +180,9 @@ def _autofaiss_opq_keywords() -> Iterator[None]:
         faiss.OPQMatrix = original
 
 
-def write_vectors(files: list[SourceFile], out: str) -> pa.ChunkedArray:
+def write_vectors(files: list[SourceFile], dimension: int, out: str) -> pa.ChunkedArray:
     """vectors.npy (float16) in index order, streamed file by file; returns the ids in the same order."""
     total = files[-1].start + files[-1].count
-    dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
     vectors = np.lib.format.open_memmap(os.path.join(out, VECTORS_FILE), "w+", np.float16, (total, dimension))
     ids = []
     for f in files:
