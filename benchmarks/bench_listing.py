@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prompt_search.links import PARQUET_OPTIONS, SCHEMA  # noqa: E402
+from prompt_search.links import PARQUET_OPTIONS, ROW_GROUP_ROWS, SCHEMA  # noqa: E402
 
 WORDS = ("a an the of in on with by at from portrait landscape city forest castle dragon robot cat dog girl man "
          "woman knight wizard ship ocean mountain river sunset sunrise night storm rain snow fog light shadow fire "
@@ -133,7 +133,8 @@ def make_metadata(path: Path, rows: int, repeats: bool, seed: int = 0, chunk: in
                 prompts = pc.if_else(pa.array(blank < 0.005), pa.scalar(None, pa.string()), prompts)
                 prompts = pc.if_else(pa.array((blank >= 0.005) & (blank < 0.01)), "  ", prompts)
             columns = {"id": hex_ids(rng, count), "prompt": prompts}
-            writer.write_table(pa.table([columns.get(f.name, pa.nulls(count, f.type)) for f in SCHEMA], schema=SCHEMA))
+            writer.write_table(pa.table([columns.get(f.name, pa.nulls(count, f.type)) for f in SCHEMA], schema=SCHEMA),
+                               row_group_size=ROW_GROUP_ROWS)
 
 
 def make_in_subprocess(path: Path, rows: int, repeats: bool) -> None:

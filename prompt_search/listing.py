@@ -2,20 +2,16 @@
 
 Each distinct non-empty prompt is listed once, under the id of its first row, in first-row order, so
 that the embeddings are the same whatever runs them. Two prompts are the same prompt when Python's
-`" ".join(prompt.split()).casefold()` of each is equal (case and white space ignored). That rule is
-applied with Arrow compute, which has no casefold: a row holding a character whose Arrow lower case
-differs from its casefold ('ß', 'İ', 'ς', Cherokee...) gets its key from Python instead, so the rule
-stays exact. DuckDB then keeps the first row of each key; it spills to disk past its memory limit, so
-memory stays bounded whatever the number of distinct prompts. The listing is an Arrow IPC file read one
-record batch at a time: step 3' holds a few thousand prompts at a time.
+`" ".join(prompt.split()).casefold()` of each is equal (case and white space ignored). Most prompts
+get that key from Arrow compute, the rest from Python (prompt_keys). Row groups of the table are read
+and keyed in threads, one per core. DuckDB then keeps the first row of each key; it spills to disk past its
+memory limit, so memory stays bounded whatever the number of distinct prompts. The listing is an Arrow IPC
+file read one record batch at a time: step 3' holds a few thousand prompts at a time.
 """
 
-import functools
 import hashlib
 import os
-import re
 import shutil
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,71 +26,36 @@ import pyarrow.parquet as pq
 from prompt_search.cli import UserError
 
 LISTING_SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string())])
-BATCH_ROWS = 1 << 16
 LISTING_ROWS = 1 << 12  # items per record batch of the listing: a read per 4096 prompts
 T, U = TypeVar("T"), TypeVar("U")
 DUCKDB_MEMORY = "400MB"  # with Arrow's batches and the interpreter, the listing stays well under 1 GiB
 
 
-@functools.cache
-def _all_characters() -> str:
-    codepoints = np.arange(sys.maxunicode + 1, dtype="<u4")
-    return codepoints[(codepoints < 0xD800) | (codepoints > 0xDFFF)].tobytes().decode("utf-32-le")
-
-
-def _character_class(characters: str) -> str:
-    return "[" + "".join(f"\\x{{{ord(c):x}}}" for c in characters) + "]"
-
-
-@functools.cache
-def _python_space() -> str:
-    """The characters str.split() splits on (re's \\s for str is that same test, Py_UNICODE_ISSPACE)."""
-    return "".join(re.findall(r"\s", _all_characters()))
-
-
-@functools.cache
-def _folded_apart() -> str:
-    """The characters whose Arrow lower case (utf8proc's one-to-one mapping) is not their casefold; none is ASCII.
-
-    Computed from the two libraries in use, so it follows their Unicode versions; compared in blocks
-    first, as most blocks agree throughout.
-    """
-    text = _all_characters()
-    lowered = pc.utf8_lower(pa.array([text]))[0].as_py()
-    apart = ""
-    for start in range(0, len(text), 256):
-        block, lower = text[start:start + 256], lowered[start:start + 256]
-        if block.casefold() != lower:
-            apart += "".join(c for c, low in zip(block, lower, strict=True) if c.casefold() != low)
-    return apart
-
-
-@functools.cache
-def _patterns() -> tuple[str, str, str]:
-    """RE2 patterns: a prompt off the fast road (white space other than single spaces, or a non-ASCII character);
-    a run of white space; a character whose key Python must make."""
-    odd_ascii_space = "".join(c for c in _python_space() if c.isascii() and c != " ")
-    unusual = f"^ | $|  |{_character_class(odd_ascii_space)}|[^\\x00-\\x7f]"
-    return unusual, _character_class(_python_space()) + "+", _character_class(_folded_apart())
-
-
 def prompt_keys(prompts: pa.Array) -> pa.Array:
-    """`" ".join(prompt.split()).casefold()` of each prompt (null for null), vectorised but for rare characters."""
-    # Most prompts are ASCII and single-spaced: their key is ascii_lower, 25x faster than utf8_lower. One regex match
-    # finds the others, and only they take the slow road: respaced (replacing is 10x slower than matching),
-    # lower-cased by Arrow, or by Python where Arrow's lower case is not the casefold.
-    unusual, spaces, apart = _patterns()
-    off_road = pc.fill_null(pc.match_substring_regex(prompts, unusual), False)
+    """`" ".join(prompt.split()).casefold()` of each prompt (null for null), vectorised for most prompts."""
+    # A prompt of printable ASCII with single spaces between words is its own split and join, and its casefold is
+    # its ASCII lower case: Arrow's ascii_lower, no Python string. Any other (a tab, a run of spaces, a character
+    # beyond ASCII) takes Python's rule itself: exact whatever the Unicode version, and faster than Arrow's
+    # utf8_lower and regex replace on such rows (and utf8_lower's first call fills tables for 0.16 s).
+    spaced = pc.or_(pc.starts_with(prompts, " "), pc.ends_with(prompts, " "))
+    off_road = pc.or_(pc.fill_null(pc.or_(pc.invert(pc.ascii_is_printable(prompts)), spaced), False),
+                      pa.array(_has_double_space(prompts)))
     keys = pc.ascii_lower(prompts)
     if not pc.any(off_road).as_py():
         return keys
-    odd = pc.filter(prompts, off_road)
-    odd_keys = pc.utf8_lower(pc.utf8_trim(pc.replace_substring_regex(odd, spaces, " "), " "))
-    by_python = pc.match_substring_regex(odd, apart)
-    if pc.any(by_python).as_py():
-        exact = [" ".join(p.split()).casefold() for p in pc.filter(odd, by_python).to_pylist()]
-        odd_keys = pc.replace_with_mask(odd_keys, by_python, pa.array(exact, pa.string()))
-    return pc.replace_with_mask(keys, off_road, odd_keys)
+    odd = [" ".join(prompt.split()).casefold() for prompt in pc.filter(prompts, off_road).to_pylist()]
+    return pc.replace_with_mask(keys, off_road, pa.array(odd, pa.string()))
+
+
+def _has_double_space(strings: pa.Array) -> np.ndarray:
+    """Which strings hold two spaces in a row, from the bytes themselves (4x faster than Arrow's regex). A string
+    that ends in a space before one that starts with a space counts too."""
+    offsets = np.frombuffer(strings.buffers()[1], np.int32)[strings.offset:strings.offset + len(strings) + 1]
+    found = np.zeros(len(strings), dtype=bool)
+    if len(strings) and offsets[-1] > offsets[0]:
+        space = np.frombuffer(strings.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] == ord(" ")
+        found[np.searchsorted(offsets, np.flatnonzero(space[:-1] & space[1:]) + offsets[0], side="right") - 1] = True
+    return found
 
 
 def write_listing(metadata_file: str, path: str) -> tuple[int, int]:
@@ -102,18 +63,22 @@ def write_listing(metadata_file: str, path: str) -> tuple[int, int]:
     id of its first row, in first-row order. Return (distinct prompts, rows without a prompt)."""
     if not os.path.isfile(metadata_file):
         raise UserError(f"{metadata_file} not found: run extract_img_links_from_csv.py first")
-    empty = 0
+    metadata = pq.read_metadata(metadata_file)
+    starts = np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
+    with_prompt = 0
+
+    def keyed_rows(group: int) -> pa.RecordBatch:
+        """(row, key) of the row group's rows with a prompt."""
+        key = prompt_keys(_read_row_group(metadata_file, metadata, group, ["prompt"])["prompt"].combine_chunks())
+        kept = pc.fill_null(pc.not_equal(key, ""), False)
+        rows = pa.array(np.arange(starts[group], starts[group + 1], dtype=np.int64))
+        return pa.record_batch([rows.filter(kept), key.filter(kept)], names=["row", "key"])
 
     def keys() -> Iterator[pa.RecordBatch]:
-        nonlocal empty
-        row = 0
-        for key in _in_threads(prompt_keys, (batch["prompt"] for batch in pq.ParquetFile(metadata_file).iter_batches(
-                BATCH_ROWS, columns=["prompt"]))):
-            kept = pc.fill_null(pc.not_equal(key, ""), False)
-            empty += len(key) - (pc.sum(kept).as_py() or 0)
-            rows = pa.array(np.arange(row, row + len(key), dtype=np.int64))
-            row += len(key)
-            yield pa.record_batch([rows.filter(kept), key.filter(kept)], names=["row", "key"])
+        nonlocal with_prompt
+        for batch in _in_threads(keyed_rows, range(metadata.num_row_groups)):
+            with_prompt += batch.num_rows
+            yield batch
 
     spill = path + ".tmp"
     try:
@@ -123,12 +88,25 @@ def write_listing(metadata_file: str, path: str) -> tuple[int, int]:
             first = db.execute("SELECT min(row) AS first FROM keys GROUP BY key ORDER BY first").fetchnumpy()["first"]
     finally:
         shutil.rmtree(spill, ignore_errors=True)
-    _write_rows(metadata_file, np.asarray(first, dtype=np.int64), path)
-    return len(first), empty
+    first = np.asarray(first, dtype=np.int64)
+
+    def chosen(group: int) -> pa.Table:
+        low, high = np.searchsorted(first, starts[group:group + 2])
+        table = _read_row_group(metadata_file, metadata, group, ["id", "prompt"])
+        return table.take(pa.array(first[low:high] - starts[group])).cast(LISTING_SCHEMA)
+
+    _write_listing(_in_threads(chosen, range(metadata.num_row_groups)), path)
+    return len(first), int(starts[-1]) - with_prompt
+
+
+def _read_row_group(path: str, metadata: pq.FileMetaData, group: int, columns: list[str]) -> pa.Table:
+    """One row group's columns, through a reader of its own: a row group is read in each thread."""
+    return pq.ParquetFile(path, metadata=metadata).read_row_group(group, columns=columns, use_threads=False)
 
 
 def _in_threads(function: Callable[[T], U], inputs: Iterable[T]) -> Iterator[U]:
-    """function of each input, in order, computed one per core at a time (Arrow compute lets go of the GIL)."""
+    """function of each input, in order, computed one per core at a time (Parquet and Arrow compute let go of
+    the GIL)."""
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         pending: deque[Future[U]] = deque()
         for item in inputs:
@@ -139,16 +117,13 @@ def _in_threads(function: Callable[[T], U], inputs: Iterable[T]) -> Iterator[U]:
             yield pending.popleft().result()
 
 
-def _write_rows(metadata_file: str, rows: np.ndarray, path: str) -> None:
-    """Copy (id, prompt) of the given sorted rows of metadata_file into the Arrow IPC file path, in record batches
-    of exactly LISTING_ROWS rows but the last, so that item i lies in batch i // LISTING_ROWS."""
-    start, pending = 0, []
+def _write_listing(tables: Iterable[pa.Table], path: str) -> None:
+    """Write the rows of tables, in order, into the Arrow IPC file path, in record batches of exactly LISTING_ROWS
+    rows but the last, so that item i lies in batch i // LISTING_ROWS."""
+    pending: list[pa.RecordBatch] = []
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, LISTING_SCHEMA) as writer:
-        for batch in pq.ParquetFile(metadata_file).iter_batches(BATCH_ROWS, columns=["id", "prompt"]):
-            low, high = np.searchsorted(rows, [start, start + batch.num_rows])
-            pending.append(batch.take(pa.array(rows[low:high] - start)).cast(LISTING_SCHEMA))
-            start += batch.num_rows
-            table = pa.Table.from_batches(pending, LISTING_SCHEMA).combine_chunks()
+        for chosen in tables:
+            table = pa.Table.from_batches(pending + chosen.to_batches(), LISTING_SCHEMA).combine_chunks()
             whole = table.num_rows - table.num_rows % LISTING_ROWS
             writer.write_table(table.slice(0, whole), max_chunksize=LISTING_ROWS)
             pending = table.slice(whole).to_batches()

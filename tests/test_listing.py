@@ -58,11 +58,10 @@ def variants(rng: random.Random, count: int) -> list[str | None]:
     return prompts
 
 
-@pytest.mark.parametrize(("batch_rows", "listing_rows"), [(3, 5), (64, 7), (1 << 16, 1 << 12)])
-def test_listing_is_the_python_rule(tmp_path, monkeypatch, batch_rows, listing_rows):
-    monkeypatch.setattr(listing, "BATCH_ROWS", batch_rows)  # metadata read in batches of this many rows
-    monkeypatch.setattr(listing, "LISTING_ROWS", listing_rows)  # and listed in batches of that many items
-    rows = write_metadata(tmp_path / "metadata.parquet", variants(random.Random(batch_rows), 600))
+@pytest.mark.parametrize(("group_rows", "listing_rows"), [(3, 5), (64, 7), (1 << 16, 1 << 12)])
+def test_listing_is_the_python_rule(tmp_path, monkeypatch, group_rows, listing_rows):
+    monkeypatch.setattr(listing, "LISTING_ROWS", listing_rows)  # items listed in batches of this many
+    rows = write_metadata(tmp_path / "metadata.parquet", variants(random.Random(group_rows), 600), group_rows)
     expected, expected_empty = python_rule(rows)
     count, empty = write_listing(str(tmp_path / "metadata.parquet"), str(tmp_path / "listing.arrow"))
     items = Listing(str(tmp_path / "listing.arrow"))
