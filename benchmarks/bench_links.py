@@ -7,7 +7,8 @@ Builds a CSV of --rows rows from 1k.csv's rows, each image URL made unique with 
 a duplicate), and its first 100k rows as a second CSV, in --work-dir (default: a temporary folder, removed
 afterwards). Runs step 1 on each in a fresh subprocess that reports its own time, CPU time and peak RSS,
 with workers=1 (all in one process: the baseline) and workers=-1 (the default, one parsing process per CPU),
-alternating, --rounds times.
+alternating, --rounds times. --memory-keys: how many URL keys the duplicate check holds in memory before it
+sets the rest aside for the end (url_keys.py).
 Targets: >= 50k rows/s; peak RSS < 1 GB and flat from 100k to 1M rows."""
 
 import argparse
@@ -23,10 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from prompt_search import url_keys  # noqa: E402
+
 CHILD = """
 import json, os, resource, sys, time
 from prompt_search.csv_pieces import worker_count
+from prompt_search import url_keys
 from prompt_search.links import extract_links
+url_keys.MEMORY_KEYS = int(sys.argv[4])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start, cpu_start = time.perf_counter(), time.process_time()
 summary = extract_links(sys.argv[1], sys.argv[2], int(sys.argv[3]))
@@ -66,10 +71,10 @@ def build(source: str, small: Path, big: Path, rows: int, small_rows: int) -> No
                 ws.writerow(row)
 
 
-def measure(csv_file: Path, out_dir: Path, workers: int) -> dict:
+def measure(csv_file: Path, out_dir: Path, workers: int, memory_keys: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(csv_file), str(out_dir), str(workers)],
+        [sys.executable, "-c", CHILD, str(csv_file), str(out_dir), str(workers), str(memory_keys)],
         env=env, capture_output=True, text=True, check=True,
     )
     stats = json.loads(result.stdout.strip().splitlines()[-1])
@@ -90,6 +95,8 @@ def main() -> None:
     parser.add_argument("--work-dir", help="folder for the generated CSVs and outputs (default: a temporary one)")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=100_000)
+    parser.add_argument("--memory-keys", type=int, default=url_keys.MEMORY_KEYS,
+                        help="URL keys step 1 holds in memory before checking the rest at the end")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each setting")
     args = parser.parse_args()
 
@@ -105,7 +112,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for n, path in ((args.small_rows, small), (args.rows, big)):
                 for workers in (1, -1) if round_ % 2 == 0 else (-1, 1):
-                    stats = measure(path, work / f"out_{n}_{workers}", workers)
+                    stats = measure(path, work / f"out_{n}_{workers}", workers, args.memory_keys)
                     results.setdefault((n, workers), []).append(stats)
 
     print(f"{'rows':>9} {'workers':>7} {'round':>5} {'CSV MB':>7} {'kept':>9} {'seconds':>8} {'rows/s':>8} "

@@ -25,9 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from prompt_search import url_keys
 from prompt_search.cli import UserError
 from prompt_search.csv_pieces import parse_in_order, pieces, worker_count
 from prompt_search.files import is_http_url, output_set
+from prompt_search.url_keys import KeptUrls, LateRows, duplicate_rejects
 
 METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see files.py)
 LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
@@ -96,7 +98,7 @@ def extract_links(csv_file: str, out_dir: str, workers: int = 1) -> Summary:
 
 def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
     summary = Summary()
-    kept_urls = _KeptUrls()
+    kept_urls, late = KeptUrls(), None
     with (
         output_set(os.path.join(out_dir, METADATA_SET)) as folder,
         open(csv_file, "rb") as raw,
@@ -107,23 +109,48 @@ def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
     ):
         rejects = csv.writer(rejects_file)
         rejects.writerow(["csv_line", "reason", "detail"])
+        kept = _KeptRows(metadata, links)
         columns = _header(raw.readline(), csv_file)
         bar.update(raw.tell())
-        kept: list[pa.Table] = []  # written as one row group once ROW_GROUP_ROWS are kept
         line = 2  # where the next piece starts
         for piece in parse_in_order(csv_file, pieces(raw), partial(parse_piece, columns=columns), workers):
             piece.number_lines_from(line)
             line += piece.lines
-            table = _drop_duplicates(piece, kept_urls, rejects, summary)
-            _write_lines(links, table["url"])
-            kept.append(table)
-            if sum(map(len, kept)) >= ROW_GROUP_ROWS:
-                metadata.write_table(pa.concat_tables(kept))
-                kept = []
+            if late is None and len(kept_urls) >= url_keys.MEMORY_KEYS:  # check the rest at the end (url_keys.py)
+                late = LateRows(folder, SCHEMA, kept_urls)
+            if late is None:
+                table, rejected = _drop_duplicates(piece, kept_urls)
+                kept.write(table)
+                rejects.writerows(rejected)
+            else:
+                rejected = late.add(piece.table, piece.keys, piece.rejects)
+            summary.rows += piece.rows
+            summary.rejected.update(reason for _, reason, _ in rejected)
             bar.update(piece.size)
-        if kept:
-            metadata.write_table(pa.concat_tables(kept))
+        if late is not None:
+            summary.rejected["duplicate_url"] += late.finish(kept.write, rejects)
+        kept.flush()
+        summary.kept = kept.rows
     return summary
+
+
+class _KeptRows:
+    """Kept rows into the metadata table, one row group per ROW_GROUP_ROWS rows, and their URLs into the link list."""
+
+    def __init__(self, metadata: pq.ParquetWriter, links):
+        self.metadata, self.links, self.pending, self.rows = metadata, links, [], 0
+
+    def write(self, table: pa.Table) -> None:
+        _write_lines(self.links, table["url"])
+        self.rows += len(table)
+        self.pending.append(table)
+        if sum(map(len, self.pending)) >= ROW_GROUP_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.metadata.write_table(pa.concat_tables(self.pending))
+            self.pending = []
 
 
 @dataclass
@@ -304,57 +331,15 @@ def _int(value: object, bounds: tuple[int, int]) -> int | None:
     return value if type(value) is int and bounds[0] <= value < bounds[1] else None
 
 
-class _KeptUrls:
-    """The keys of the URLs kept so far, 8 bytes each, sorted: a large array and a small one of the latest.
-
-    New keys go into the small one, merged into the large one once it holds RECENT_KEYS: inserting into one
-    array for every piece copied all of it each time, 13 s of the main process's time at 10M rows.
-    """
-
-    RECENT_KEYS = 1 << 19
-
-    def __init__(self) -> None:
-        self.large = self.recent = np.empty(0, dtype=np.uint64)
-
-    def add(self, keys: np.ndarray) -> np.ndarray:
-        """Keep keys; return which of them are new: the first of their value, and not kept before."""
-        unique, first = np.unique(keys, return_index=True)
-        new = ~(_contains(self.large, unique) | _contains(self.recent, unique))
-        self.recent = _merged(self.recent, unique[new])
-        if len(self.recent) >= self.RECENT_KEYS:
-            self.large, self.recent = _merged(self.large, self.recent), self.recent[:0]
-        fresh = np.zeros(len(keys), dtype=bool)
-        fresh[first[new]] = True
-        return fresh
-
-
-def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    if not len(sorted_keys):
-        return np.zeros(len(keys), dtype=bool)
-    return sorted_keys[np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)] == keys
-
-
-def _merged(sorted_keys: np.ndarray, new: np.ndarray) -> np.ndarray:
-    return np.insert(sorted_keys, np.searchsorted(sorted_keys, new), new)
-
-
-def _drop_duplicates(piece: ParsedPiece, kept_urls: _KeptUrls, rejects, summary: Summary) -> pa.Table:
-    """The piece's rows whose URL was not kept before (in this piece or an earlier one).
-
-    Writes the piece's rejects, duplicates included, and counts them.
-    """
+def _drop_duplicates(piece: ParsedPiece, kept_urls: KeptUrls) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+    """The piece's rows whose URL was not kept before (in this piece or an earlier one), and the piece's rejects,
+    duplicates included, in line order."""
     table, rejected = piece.table, piece.rejects
     fresh = kept_urls.add(piece.keys)
     if not fresh.all():
-        duplicates = np.flatnonzero(~fresh)
-        lines, urls = (table.column(name).take(duplicates).to_pylist() for name in ("csv_line", "url"))
-        rejected = sorted(rejected + [(line, "duplicate_url", url) for line, url in zip(lines, urls, strict=True)])
+        rejected = sorted(rejected + duplicate_rejects(table.take(np.flatnonzero(~fresh))))
         table = table.filter(fresh)
-    summary.rows += piece.rows
-    summary.kept += len(table)
-    summary.rejected.update(reason for _, reason, _ in rejected)
-    rejects.writerows(rejected)
-    return table
+    return table, rejected
 
 
 def _write_lines(out, strings: pa.ChunkedArray) -> None:

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import serve, write_open_prompts_csv
 
 import config
-from prompt_search import csv_pieces, links
+from prompt_search import csv_pieces, links, url_keys
 from prompt_search.cli import UserError
 from prompt_search.files import is_http_url
 from prompt_search.links import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
@@ -563,7 +564,7 @@ def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, worker
     urls = [f"https://example.com/{rng.randrange(300)}.png" for _ in range(1000)]
     write_rows(tmp_path / "dups.csv", [(csv_line("p", raw_json(discord=url)), None) for url in urls])
     monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 700)  # about 7 rows a piece
-    monkeypatch.setattr(links._KeptUrls, "RECENT_KEYS", 16)  # the latest keys merged into the rest now and then
+    monkeypatch.setattr(url_keys.KeptUrls, "RECENT_KEYS", 16)  # the latest keys merged into the rest now and then
     summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"), workers)
     first = list(dict.fromkeys(urls))
     assert summary.kept == len(first) and summary.rejected["duplicate_url"] == len(urls) - len(first)
@@ -573,6 +574,37 @@ def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, worker
     duplicate_lines = sorted(line for line, reason, _ in read_rejects(tmp_path / "out") if reason == "duplicate_url")
     kept_lines = {r["csv_line"] for r in table}
     assert duplicate_lines == [n for n in range(2, len(urls) + 2) if n not in kept_lines]
+
+
+
+@pytest.mark.parametrize(("memory_keys", "workers"), [(40, 1), (40, 2), (0, 1)])
+def test_rows_past_the_keys_held_in_memory_are_checked_at_the_end_with_the_same_outputs(tmp_path, monkeypatch,
+                                                                                      memory_keys, workers):
+    """URLs repeated before, across and after the point where the duplicate check stops holding keys in memory,
+    bad rows among them: byte for byte the outputs of a run that held every key."""
+    rng = random.Random(5)
+    urls = [f"https://example.com/{rng.randrange(120)}.png" for _ in range(400)]
+    rows = [(csv_line("p", raw_json(discord=url)), None) for url in urls]
+    rows[7:7] = BAD_ROWS[:3]  # refused rows early, and late
+    rows[300:300] = BAD_ROWS[:3]
+    write_rows(tmp_path / "dups.csv", rows)
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 700)  # about 7 rows a piece
+    whole = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "whole"), workers)
+    monkeypatch.setattr(url_keys, "MEMORY_KEYS", memory_keys)
+    monkeypatch.setattr(url_keys, "DUCKDB_MEMORY", "16MB")
+    summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"), workers)
+    assert summary == whole and summary.rejected["duplicate_url"] > 250
+    for name in OUTPUTS:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert sorted(os.listdir(tmp_path / "out" / "metadata")) == ["img_links.txt", "metadata.parquet", "rejects.csv"]
+
+
+
+def test_later_lines_are_handed_out_in_stretches_across_batches():
+    stretches = ([1, 3], [5], [8, 9])
+    batches = iter(pa.record_batch([pa.array(lines, pa.int64())], names=["csv_line"]) for lines in stretches)
+    lines = url_keys._Lines(batches)
+    assert [lines.upto(last).tolist() for last in (0, 4, 8, 8, 100)] == [[], [1, 3], [5, 8], [], [9]]
 
 
 def test_no_workers_for_a_csv_of_a_few_pieces(sample_csv, tmp_path, monkeypatch):
@@ -647,9 +679,9 @@ def test_failure_while_workers_parse_leaves_previous_outputs_intact(sample_csv, 
 
 
 def test_kept_urls_say_which_keys_are_new_like_a_set(monkeypatch):
-    monkeypatch.setattr(links._KeptUrls, "RECENT_KEYS", 50)
+    monkeypatch.setattr(url_keys.KeptUrls, "RECENT_KEYS", 50)
     rng = np.random.default_rng(3)
-    kept, seen = links._KeptUrls(), set()
+    kept, seen = url_keys.KeptUrls(), set()
     for _ in range(100):
         keys = rng.integers(0, 2_000, rng.integers(0, 60), dtype=np.uint64) << np.uint64(52)  # high bits, repeats
         expected = []

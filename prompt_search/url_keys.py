@@ -1,0 +1,163 @@
+"""Step 1's duplicate check: which rows' URLs were kept before, exact, in memory bounded whatever the CSV's size.
+
+Each URL is keyed by the 8 bytes of its digest (links.url_id). The keys of the first MEMORY_KEYS kept URLs are
+held in memory (KeptUrls), and the rows up to then are checked as they are read. Past that, a row whose key is
+not among them is set aside with its key (LateRows, Parquet files in the set folder) and checked against the
+other late rows at the end, by DuckDB, which spills to disk past its memory limit; the rows that pass are then
+appended in order. So every output is the same as with unbounded memory. open-prompts' 10M rows stay under
+MEMORY_KEYS.
+"""
+
+import csv
+import heapq
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+MEMORY_KEYS = 1 << 23  # keys held in memory: 64 MB (128 MB while merging), the rest is checked at the end
+DUCKDB_MEMORY = "256MB"  # DuckDB's limit for the late rows' check; it spills to the set folder past it
+Reject = tuple[int, str, str]  # (csv line, reason, detail)
+
+
+class KeptUrls:
+    """The keys of the URLs kept so far, sorted: a large array and a small one of the latest.
+
+    New keys go into the small one, merged into the large one once it holds RECENT_KEYS: inserting into one
+    array for every piece copied all of it each time, 13 s of the main process's time at 10M rows.
+    """
+
+    RECENT_KEYS = 1 << 19
+
+    def __init__(self) -> None:
+        self.large = self.recent = np.empty(0, dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.large) + len(self.recent)
+
+    def add(self, keys: np.ndarray) -> np.ndarray:
+        """Keep keys; return which of them are new: the first of their value, and not kept before."""
+        unique, first = np.unique(keys, return_index=True)
+        new = ~self.contains(unique)
+        self.recent = _merged(self.recent, unique[new])
+        if len(self.recent) >= self.RECENT_KEYS:
+            self.large, self.recent = _merged(self.large, self.recent), self.recent[:0]
+        fresh = np.zeros(len(keys), dtype=bool)
+        fresh[first[new]] = True
+        return fresh
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return _contains(self.large, keys) | _contains(self.recent, keys)
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=bool)
+    return sorted_keys[np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)] == keys
+
+
+def _merged(sorted_keys: np.ndarray, new: np.ndarray) -> np.ndarray:
+    return np.insert(sorted_keys, np.searchsorted(sorted_keys, new), new)
+
+
+class LateRows:
+    """The rows read once KeptUrls is full, set aside in folder until every row has been read (see the module).
+
+    Holds late.parquet (the rows not among the kept URLs, with their key) and late-rejects.csv (the rows
+    refused meanwhile, in line order); finish() removes both.
+    """
+
+    def __init__(self, folder: str, schema: pa.Schema, kept: KeptUrls):
+        self.folder, self.schema, self.kept = folder, schema, kept
+        self.rows_path = os.path.join(folder, "late.parquet")
+        self.rejects_path = os.path.join(folder, "late-rejects.csv")
+        self.rows = pq.ParquetWriter(self.rows_path, schema.append(pa.field("url_key", pa.uint64())))
+        self.rejects_file = open(self.rejects_path, "w", encoding="utf-8", newline="")
+        self.rejects = csv.writer(self.rejects_file)
+
+    def add(self, table: pa.Table, keys: np.ndarray, rejects: list[Reject]) -> list[Reject]:
+        """Set aside a piece's rows (in SCHEMA, keys: their url keys) and its rejects; return the rejects found
+        now (rows whose URL was kept before the memory filled)."""
+        earlier = self.kept.contains(keys)
+        if earlier.any():
+            duplicates = np.flatnonzero(earlier)
+            rejects = sorted(rejects + duplicate_rejects(table.take(duplicates)))
+            table, keys = table.filter(~earlier), keys[~earlier]
+        self.rows.write_table(table.append_column("url_key", pa.array(keys, pa.uint64())))
+        self.rejects.writerows(rejects)
+        return rejects
+
+    def finish(self, write_kept: Callable[[pa.Table], None], rejects) -> int:
+        """Check the late rows against each other: hand the first row of each URL to write_kept, in order, write
+        every late reject to the csv writer rejects, in line order. Return how many duplicates were found."""
+        self.rows.close()
+        self.rejects_file.close()
+        found = 0
+
+        def duplicates() -> Iterator[Reject]:
+            """The late rows' duplicates in line order; the other rows go to write_kept on the way."""
+            nonlocal found
+            lines = _later_lines(self.rows_path, os.path.join(self.folder, "late.tmp"))
+            for batch in pq.ParquetFile(self.rows_path).iter_batches(columns=self.schema.names):
+                if not batch.num_rows:
+                    continue
+                table = pa.Table.from_batches([batch]).cast(self.schema)  # Parquet keeps seconds as ms
+                later = pc.is_in(table["csv_line"], pa.array(lines.upto(batch["csv_line"][-1].as_py()), pa.int64()))
+                write_kept(table.filter(pc.invert(later)))
+                repeated = duplicate_rejects(table.filter(later))
+                found += len(repeated)
+                yield from repeated
+
+        with open(self.rejects_path, encoding="utf-8", newline="") as f:
+            set_aside = ((int(line), reason, detail) for line, reason, detail in csv.reader(f))
+            rejects.writerows(heapq.merge(set_aside, duplicates()))
+        os.remove(self.rows_path)
+        os.remove(self.rejects_path)
+        return found
+
+
+class _Lines:
+    """Sorted lines, read in stretches from a stream of record batches."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]):
+        self.batches, self.pending = batches, np.empty(0, dtype=np.int64)
+
+    def upto(self, last: int) -> np.ndarray:
+        """The next lines, up to last (included)."""
+        while not len(self.pending) or self.pending[-1] <= last:
+            batch = next(self.batches, None)
+            if batch is None:
+                break
+            self.pending = np.concatenate([self.pending, batch.column(0).to_numpy()])
+        cut = np.searchsorted(self.pending, last, side="right")
+        lines, self.pending = self.pending[:cut], self.pending[cut:]
+        return lines
+
+
+def _later_lines(rows_path: str, spill: str) -> _Lines:
+    """The lines of the late rows whose key an earlier late row has, sorted, from DuckDB as it produces them."""
+    import duckdb  # only a CSV past MEMORY_KEYS needs it
+
+    db = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill})
+    reader = db.sql(
+        "WITH late AS (SELECT csv_line, url_key FROM read_parquet($rows)), "
+        "firsts AS (SELECT url_key, min(csv_line) AS first FROM late GROUP BY url_key HAVING count(*) > 1) "
+        "SELECT csv_line FROM late JOIN firsts USING (url_key) WHERE csv_line <> first ORDER BY csv_line",
+        params={"rows": rows_path}).to_arrow_reader(1 << 16)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from reader
+        finally:
+            db.close()
+
+    return _Lines(batches())
+
+
+def duplicate_rejects(table: pa.Table) -> list[Reject]:
+    """A reject for each row of table (in step 1's schema): its URL was kept before."""
+    return [(line, "duplicate_url", url) for line, url in zip(table["csv_line"].to_pylist(), table["url"].to_pylist(),
+                                                              strict=True)]
