@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MEMORY_KEYS = 1 << 23  # keys held in memory: 64 MB (128 MB while merging), the rest is checked at the end
-DUCKDB_MEMORY = "256MB"  # DuckDB's limit for the late rows' check; it spills to the set folder past it
+DUCKDB_MEMORY = "128MB"  # DuckDB's limit for the late rows' check; it spills to the set folder past it
+WALK_ROWS = 8192  # late rows read back at a time once checked
 Reject = tuple[int, str, str]  # (csv line, reason, detail)
 
 
@@ -67,13 +68,14 @@ class LateRows:
     """The rows read once KeptUrls is full, set aside in folder until every row has been read (see the module).
 
     Holds late.parquet (the rows not among the kept URLs, with their key) and late-rejects.csv (the rows
-    refused meanwhile, in line order); finish() removes both.
+    refused meanwhile, in line order); finish() adds late-duplicates.parquet and removes all three.
     """
 
     def __init__(self, folder: str, schema: pa.Schema, kept: KeptUrls):
         self.folder, self.schema, self.kept = folder, schema, kept
         self.rows_path = os.path.join(folder, "late.parquet")
         self.rejects_path = os.path.join(folder, "late-rejects.csv")
+        self.lines_path = os.path.join(folder, "late-duplicates.parquet")  # the lines of the duplicates among them
         self.rows = pq.ParquetWriter(self.rows_path, schema.append(pa.field("url_key", pa.uint64())))
         self.rejects_file = open(self.rejects_path, "w", encoding="utf-8", newline="")
         self.rejects = csv.writer(self.rejects_file)
@@ -100,8 +102,8 @@ class LateRows:
         def duplicates() -> Iterator[Reject]:
             """The late rows' duplicates in line order; the other rows go to write_kept on the way."""
             nonlocal found
-            lines = _later_lines(self.rows_path, os.path.join(self.folder, "late.tmp"))
-            for batch in pq.ParquetFile(self.rows_path).iter_batches(columns=self.schema.names):
+            lines = _later_lines(self.rows_path, self.lines_path)
+            for batch in pq.ParquetFile(self.rows_path).iter_batches(WALK_ROWS, columns=self.schema.names):
                 if not batch.num_rows:
                     continue
                 table = pa.Table.from_batches([batch]).cast(self.schema)  # Parquet keeps seconds as ms
@@ -114,8 +116,8 @@ class LateRows:
         with open(self.rejects_path, encoding="utf-8", newline="") as f:
             set_aside = ((int(line), reason, detail) for line, reason, detail in csv.reader(f))
             rejects.writerows(heapq.merge(set_aside, duplicates()))
-        os.remove(self.rows_path)
-        os.remove(self.rejects_path)
+        for path in (self.rows_path, self.rejects_path, self.lines_path):
+            os.remove(path)
         return found
 
 
@@ -137,24 +139,18 @@ class _Lines:
         return lines
 
 
-def _later_lines(rows_path: str, spill: str) -> _Lines:
-    """The lines of the late rows whose key an earlier late row has, sorted, from DuckDB as it produces them."""
+def _later_lines(rows_path: str, lines_path: str) -> _Lines:
+    """The lines of the late rows whose key an earlier late row has, sorted: written to lines_path by DuckDB, which
+    is closed before they are read, so that its memory and the walk's are not held at once."""
     import duckdb  # only a CSV past MEMORY_KEYS needs it
 
-    db = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill})
-    reader = db.sql(
-        "WITH late AS (SELECT csv_line, url_key FROM read_parquet($rows)), "
-        "firsts AS (SELECT url_key, min(csv_line) AS first FROM late GROUP BY url_key HAVING count(*) > 1) "
-        "SELECT csv_line FROM late JOIN firsts USING (url_key) WHERE csv_line <> first ORDER BY csv_line",
-        params={"rows": rows_path}).to_arrow_reader(1 << 16)
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        try:
-            yield from reader
-        finally:
-            db.close()
-
-    return _Lines(batches())
+    with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": lines_path + ".tmp"}) as db:
+        db.execute(
+            "COPY (WITH late AS (SELECT csv_line, url_key FROM read_parquet($rows)), "
+            "firsts AS (SELECT url_key, min(csv_line) AS first FROM late GROUP BY url_key HAVING count(*) > 1) "
+            "SELECT csv_line FROM late JOIN firsts USING (url_key) WHERE csv_line <> first ORDER BY csv_line) "
+            "TO $lines (FORMAT parquet)", {"rows": rows_path, "lines": lines_path})
+    return _Lines(pq.ParquetFile(lines_path).iter_batches(WALK_ROWS))
 
 
 def duplicate_rejects(table: pa.Table) -> list[Reject]:
