@@ -144,7 +144,9 @@ def _later_lines(rows_path: str, lines_path: str) -> _Lines:
     is closed before they are read, so that its memory and the walk's are not held at once."""
     import duckdb  # only a CSV past MEMORY_KEYS needs it
 
-    with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": lines_path + ".tmp"}) as db:
+    # The query's own ORDER BY gives the order: without insertion order kept, DuckDB's peak halved at 9M rows.
+    with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": lines_path + ".tmp",
+                                "preserve_insertion_order": False}) as db:
         db.execute(
             "COPY (WITH late AS (SELECT csv_line, url_key FROM read_parquet($rows)), "
             "firsts AS (SELECT url_key, min(csv_line) AS first FROM late GROUP BY url_key HAVING count(*) > 1) "
