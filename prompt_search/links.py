@@ -15,6 +15,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,7 +30,7 @@ from prompt_search import url_keys
 from prompt_search.cli import UserError
 from prompt_search.csv_pieces import parse_in_order, pieces, worker_count
 from prompt_search.files import is_http_url, output_set
-from prompt_search.url_keys import KeptUrls, LateRows, duplicate_rejects
+from prompt_search.url_keys import KeptUrls, LateRows, Reject, duplicate_rejects
 
 METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see files.py)
 LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
@@ -106,6 +107,7 @@ def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
         open(os.path.join(folder, os.path.basename(REJECTS_FILE)), "w", encoding="utf-8", newline="") as rejects_file,
         pq.ParquetWriter(os.path.join(folder, os.path.basename(METADATA_FILE)), SCHEMA, **PARQUET_OPTIONS) as metadata,
         tqdm(total=os.path.getsize(csv_file), unit="B", unit_scale=True, desc="rows", disable=None) as bar,
+        ExitStack() as set_aside,  # closes LateRows' files should the run fail
     ):
         rejects = csv.writer(rejects_file)
         rejects.writerow(["csv_line", "reason", "detail"])
@@ -117,7 +119,7 @@ def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
             piece.number_lines_from(line)
             line += piece.lines
             if late is None and len(kept_urls) >= url_keys.MEMORY_KEYS:  # check the rest at the end (url_keys.py)
-                late = LateRows(folder, SCHEMA, kept_urls)
+                late = set_aside.enter_context(LateRows(folder, SCHEMA, kept_urls))
             if late is None:
                 table, rejected = _drop_duplicates(piece, kept_urls)
                 kept.write(table)
@@ -127,15 +129,16 @@ def _extract_links(csv_file: str, out_dir: str, workers: int) -> Summary:
             summary.rows += piece.rows
             summary.rejected.update(reason for _, reason, _ in rejected)
             bar.update(piece.size)
-        if late is not None:
-            summary.rejected["duplicate_url"] += late.finish(kept.write, rejects)
+        if late is not None and (duplicates := late.finish(kept.write, rejects)):
+            summary.rejected["duplicate_url"] += duplicates
         kept.flush()
         summary.kept = kept.rows
     return summary
 
 
 class _KeptRows:
-    """Kept rows into the metadata table, one row group per ROW_GROUP_ROWS rows, and their URLs into the link list."""
+    """Kept rows into the metadata table, in row groups of exactly ROW_GROUP_ROWS rows but the last (so the file's
+    layout depends on the rows alone, not on the tables they came in), and their URLs into the link list."""
 
     def __init__(self, metadata: pq.ParquetWriter, links):
         self.metadata, self.links, self.pending, self.rows = metadata, links, [], 0
@@ -144,13 +147,19 @@ class _KeptRows:
         _write_lines(self.links, table["url"])
         self.rows += len(table)
         self.pending.append(table)
-        if sum(map(len, self.pending)) >= ROW_GROUP_ROWS:
-            self.flush()
+        pending = sum(map(len, self.pending))
+        if pending >= ROW_GROUP_ROWS:
+            rows = pa.concat_tables(self.pending)
+            whole = pending - pending % ROW_GROUP_ROWS
+            self.metadata.write_table(rows.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+            self.pending = [rows.slice(whole)]
 
     def flush(self) -> None:
-        if self.pending:
-            self.metadata.write_table(pa.concat_tables(self.pending))
-            self.pending = []
+        """Write the last, shorter row group."""
+        rows = pa.concat_tables(self.pending) if self.pending else None
+        if rows is not None and len(rows):
+            self.metadata.write_table(rows)
+        self.pending = []
 
 
 @dataclass
@@ -158,7 +167,7 @@ class ParsedPiece:
     rows: int  # CSV rows read
     lines: int  # physical lines read
     size: int  # bytes
-    rejects: list[tuple[int, str, str]]  # (csv line, reason, detail)
+    rejects: list[Reject]
     keys: np.ndarray  # url key of each row of table
     table: pa.Table  # the rows parse_row took, in SCHEMA
 
@@ -331,7 +340,7 @@ def _int(value: object, bounds: tuple[int, int]) -> int | None:
     return value if type(value) is int and bounds[0] <= value < bounds[1] else None
 
 
-def _drop_duplicates(piece: ParsedPiece, kept_urls: KeptUrls) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+def _drop_duplicates(piece: ParsedPiece, kept_urls: KeptUrls) -> tuple[pa.Table, list[Reject]]:
     """The piece's rows whose URL was not kept before (in this piece or an earlier one), and the piece's rejects,
     duplicates included, in line order."""
     table, rejected = piece.table, piece.rejects

@@ -55,6 +55,8 @@ def _has_double_space(strings: pa.Array) -> np.ndarray:
     if len(strings) and offsets[-1] > offsets[0]:
         space = np.frombuffer(strings.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] == ord(" ")
         found[np.searchsorted(offsets, np.flatnonzero(space[:-1] & space[1:]) + offsets[0], side="right") - 1] = True
+    if strings.null_count:  # a null's offsets may still span bytes
+        found &= pc.is_valid(strings).to_numpy(zero_copy_only=False)
     return found
 
 

@@ -576,7 +576,6 @@ def test_duplicates_found_within_and_across_pieces(tmp_path, monkeypatch, worker
     assert duplicate_lines == [n for n in range(2, len(urls) + 2) if n not in kept_lines]
 
 
-
 @pytest.mark.parametrize(("memory_keys", "workers"), [(40, 1), (40, 2), (0, 1)])
 def test_rows_past_the_keys_held_in_memory_are_checked_at_the_end_with_the_same_outputs(tmp_path, monkeypatch,
                                                                                       memory_keys, workers):
@@ -588,16 +587,22 @@ def test_rows_past_the_keys_held_in_memory_are_checked_at_the_end_with_the_same_
     rows[7:7] = BAD_ROWS[:3]  # refused rows early, and late
     rows[300:300] = BAD_ROWS[:3]
     write_rows(tmp_path / "dups.csv", rows)
+    write_rows(tmp_path / "unique.csv", [(csv_line("p", raw_json(discord=f"https://example.com/{n}")), None)
+                                         for n in range(30)])
     monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 700)  # about 7 rows a piece
-    whole = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "whole"), workers)
+    monkeypatch.setattr(links, "ROW_GROUP_ROWS", 20)  # row groups made of pieces and of rows read back alike
+    whole = {name: extract_links(str(tmp_path / f"{name}.csv"), str(tmp_path / f"whole-{name}"), workers)
+             for name in ("dups", "unique")}
     monkeypatch.setattr(url_keys, "MEMORY_KEYS", memory_keys)
     monkeypatch.setattr(url_keys, "DUCKDB_MEMORY", "16MB")
-    summary = extract_links(str(tmp_path / "dups.csv"), str(tmp_path / "out"), workers)
-    assert summary == whole and summary.rejected["duplicate_url"] > 250
-    for name in OUTPUTS:
-        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
-    assert sorted(os.listdir(tmp_path / "out" / "metadata")) == ["img_links.txt", "metadata.parquet", "rejects.csv"]
-
+    for name in ("dups", "unique"):
+        summary = extract_links(str(tmp_path / f"{name}.csv"), str(tmp_path / name), workers)
+        assert summary == whole[name] and dict(summary.rejected) == dict(whole[name].rejected)  # no "0 duplicates"
+        for output in OUTPUTS:
+            assert (tmp_path / name / output).read_bytes() == (tmp_path / f"whole-{name}" / output).read_bytes()
+        assert sorted(os.listdir(tmp_path / name / "metadata")) == ["img_links.txt", "metadata.parquet", "rejects.csv"]
+    assert whole["dups"].rejected["duplicate_url"] > 250 and "duplicate_url" not in whole["unique"].rejected
+    assert pq.ParquetFile(tmp_path / "dups" / METADATA_FILE).metadata.num_row_groups == -(-whole["dups"].kept // 20)
 
 
 def test_later_lines_are_handed_out_in_stretches_across_batches():
