@@ -454,14 +454,18 @@ def fail_on_call(n, error, real=None):
     return failing
 
 
-@pytest.mark.parametrize("where", ["parse_row", "write_table", "interrupt"])
+@pytest.mark.parametrize("where", ["parse_row", "write_table", "interrupt", "late check"])
 def test_interrupted_run_leaves_previous_outputs_intact(sample_csv, tmp_path, monkeypatch, where):
     out = tmp_path / "out"
     extract_links(str(sample_csv), str(out))
     before = output_bytes(out)
     monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 100_000)  # several pieces already written when it fails
     monkeypatch.setattr(links, "ROW_GROUP_ROWS", 100)
-    if where == "write_table":
+    if where == "late check":  # rows set aside past the keys held in memory, then the check at the end fails
+        monkeypatch.setattr(url_keys, "MEMORY_KEYS", 50)
+        monkeypatch.setattr(url_keys, "_later_lines", fail_on_call(1, OSError("no space left on device")))
+        error = OSError
+    elif where == "write_table":
         real = links.pq.ParquetWriter.write_table
         monkeypatch.setattr(links.pq.ParquetWriter, "write_table", fail_on_call(4, OSError("disk full"), real))
         error = OSError
