@@ -4,7 +4,7 @@ Each distinct non-empty prompt is listed once, under the id of its first row, in
 that the embeddings are the same whatever runs them. Two prompts are the same prompt when Python's
 `" ".join(prompt.split()).casefold()` of each is equal (case and white space ignored). Most prompts
 get that key from Arrow compute, the rest from Python (prompt_keys). Row groups of the table are read
-and keyed in threads, one per core. DuckDB then keeps the first row of each key; it spills to disk past its
+and keyed in threads, one per core up to 8. DuckDB then keeps the first row of each key; it spills to disk past its
 memory limit, so memory stays bounded whatever the number of distinct prompts. The listing is an Arrow IPC
 file read one record batch at a time: step 3' holds a few thousand prompts at a time.
 """
@@ -28,6 +28,9 @@ from prompt_search.cli import UserError
 LISTING_SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string())])
 LISTING_ROWS = 1 << 12  # items per record batch of the listing: a read per 4096 prompts
 T, U = TypeVar("T"), TypeVar("U")
+# Row groups read at once (each ~20 MB in flight: prompts and keys of 65,536 rows) and DuckDB's threads (each one's
+# buffers count against DUCKDB_MEMORY): one per core up to 8, so that a 64-core machine does not hold a gigabyte.
+THREADS = min(os.cpu_count() or 1, 8)
 DUCKDB_MEMORY = "400MB"  # with Arrow's batches and the interpreter, the listing stays well under 1 GiB
 
 
@@ -84,7 +87,7 @@ def write_listing(metadata_file: str, path: str) -> tuple[int, int]:
 
     spill = path + ".tmp"
     try:
-        with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill}) as db:
+        with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": spill, "threads": THREADS}) as db:
             db.register("keys", pa.RecordBatchReader.from_batches(
                 pa.schema([("row", pa.int64()), ("key", pa.string())]), keys()))
             first = db.execute("SELECT min(row) AS first FROM keys GROUP BY key ORDER BY first").fetchnumpy()["first"]
@@ -107,13 +110,13 @@ def _read_row_group(path: str, metadata: pq.FileMetaData, group: int, columns: l
 
 
 def _in_threads(function: Callable[[T], U], inputs: Iterable[T]) -> Iterator[U]:
-    """function of each input, in order, computed one per core at a time (Parquet and Arrow compute let go of
+    """function of each input, in order, computed THREADS at a time (Parquet and Arrow compute let go of
     the GIL)."""
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
+    with ThreadPoolExecutor(THREADS) as pool:
         pending: deque[Future[U]] = deque()
         for item in inputs:
             pending.append(pool.submit(function, item))
-            if len(pending) > (os.cpu_count() or 1):
+            if len(pending) > THREADS:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

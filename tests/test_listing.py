@@ -58,9 +58,10 @@ def variants(rng: random.Random, count: int) -> list[str | None]:
     return prompts
 
 
-@pytest.mark.parametrize(("group_rows", "listing_rows"), [(3, 5), (64, 7), (1 << 16, 1 << 12)])
-def test_listing_is_the_python_rule(tmp_path, monkeypatch, group_rows, listing_rows):
+@pytest.mark.parametrize(("group_rows", "listing_rows", "threads"), [(3, 5, 1), (64, 7, 3), (1 << 16, 1 << 12, 8)])
+def test_listing_is_the_python_rule(tmp_path, monkeypatch, group_rows, listing_rows, threads):
     monkeypatch.setattr(listing, "LISTING_ROWS", listing_rows)  # items listed in batches of this many
+    monkeypatch.setattr(listing, "THREADS", threads)  # row groups keyed at once, whatever order they finish in
     rows = write_metadata(tmp_path / "metadata.parquet", variants(random.Random(group_rows), 600), group_rows)
     expected, expected_empty = python_rule(rows)
     count, empty = write_listing(str(tmp_path / "metadata.parquet"), str(tmp_path / "listing.arrow"))
