@@ -30,7 +30,7 @@ from prompt_search import url_keys
 from prompt_search.cli import UserError
 from prompt_search.csv_pieces import parse_in_order, pieces, worker_count
 from prompt_search.files import is_http_url, output_set
-from prompt_search.url_keys import KeptUrls, LateRows, Reject, duplicate_rejects
+from prompt_search.url_keys import KeptUrls, LateRows, Reject, without_duplicates
 
 METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see files.py)
 LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
@@ -156,9 +156,8 @@ class _KeptRows:
 
     def flush(self) -> None:
         """Write the last, shorter row group."""
-        rows = pa.concat_tables(self.pending) if self.pending else None
-        if rows is not None and len(rows):
-            self.metadata.write_table(rows)
+        if sum(map(len, self.pending)):
+            self.metadata.write_table(pa.concat_tables(self.pending))
         self.pending = []
 
 
@@ -343,12 +342,7 @@ def _int(value: object, bounds: tuple[int, int]) -> int | None:
 def _drop_duplicates(piece: ParsedPiece, kept_urls: KeptUrls) -> tuple[pa.Table, list[Reject]]:
     """The piece's rows whose URL was not kept before (in this piece or an earlier one), and the piece's rejects,
     duplicates included, in line order."""
-    table, rejected = piece.table, piece.rejects
-    fresh = kept_urls.add(piece.keys)
-    if not fresh.all():
-        rejected = sorted(rejected + duplicate_rejects(table.take(np.flatnonzero(~fresh))))
-        table = table.filter(fresh)
-    return table, rejected
+    return without_duplicates(piece.table, ~kept_urls.add(piece.keys), piece.rejects)
 
 
 def _write_lines(out, strings: pa.ChunkedArray) -> None:

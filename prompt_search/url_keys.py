@@ -84,10 +84,8 @@ class LateRows:
         """Set aside a piece's rows (in SCHEMA, keys: their url keys) and its rejects; return those rejects, with
         the rows whose URL was kept before the memory filled among them."""
         earlier = self.kept.contains(keys)
-        if earlier.any():
-            duplicates = np.flatnonzero(earlier)
-            rejects = sorted(rejects + duplicate_rejects(table.take(duplicates)))
-            table, keys = table.filter(~earlier), keys[~earlier]
+        table, rejects = without_duplicates(table, earlier, rejects)
+        keys = keys[~earlier]
         self.rows.write_table(table.append_column("url_key", pa.array(keys, pa.uint64())))
         self.rejects.writerows(rejects)
         return rejects
@@ -117,8 +115,8 @@ class LateRows:
                     continue
                 table = pa.Table.from_batches([batch]).cast(self.schema)  # Parquet keeps seconds as ms
                 later = pc.is_in(table["csv_line"], pa.array(lines.upto(batch["csv_line"][-1].as_py()), pa.int64()))
-                write_kept(table.filter(pc.invert(later)))
-                repeated = duplicate_rejects(table.filter(later))
+                table, repeated = without_duplicates(table, later.to_numpy(zero_copy_only=False), [])
+                write_kept(table)
                 found += len(repeated)
                 yield from repeated
 
@@ -165,7 +163,12 @@ def _later_lines(rows_path: str, lines_path: str) -> _Lines:
     return _Lines(pq.ParquetFile(lines_path).iter_batches(WALK_ROWS))
 
 
-def duplicate_rejects(table: pa.Table) -> list[Reject]:
-    """A reject for each row of table (in step 1's schema): its URL was kept before."""
-    return [(line, "duplicate_url", url) for line, url in zip(table["csv_line"].to_pylist(), table["url"].to_pylist(),
-                                                              strict=True)]
+def without_duplicates(table: pa.Table, duplicate: np.ndarray, rejects: list[Reject]) -> tuple[pa.Table, list[Reject]]:
+    """table (in step 1's schema) without the rows marked duplicate, and rejects with a reject for each of those
+    rows (its URL was kept before), in line order."""
+    if not duplicate.any():
+        return table, rejects
+    dropped = table.filter(duplicate)
+    rejects = sorted(rejects + [(line, "duplicate_url", url) for line, url in zip(
+        dropped["csv_line"].to_pylist(), dropped["url"].to_pylist(), strict=True)])
+    return table.filter(~duplicate), rejects
