@@ -97,6 +97,8 @@ def write_listing(metadata_file: str, path: str) -> tuple[int, int]:
 
     def chosen(group: int) -> pa.Table:
         low, high = np.searchsorted(first, starts[group:group + 2])
+        if low == high:  # none of its rows is the first of its prompt: nothing to read
+            return LISTING_SCHEMA.empty_table()
         table = _read_row_group(metadata_file, metadata, group, ["id", "prompt"])
         return table.take(pa.array(first[low:high] - starts[group])).cast(LISTING_SCHEMA)
 
