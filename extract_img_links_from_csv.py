@@ -7,13 +7,15 @@ import config
 from prompt_search.cli import load_config, run
 from prompt_search.files import ensure_data_file
 from prompt_search.links import extract_links, print_summary
+from prompt_search.storage import local_file
 
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
     if cfg.CSV_FILE == config.CSV_FILE:
         ensure_data_file(cfg.CSV_FILE, cfg.CSV_URL, cfg.CSV_SHA256)
-    summary = extract_links(cfg.CSV_FILE, cfg.OUT_DIR, cfg.LINK_WORKERS)
+    with local_file(cfg.CSV_FILE) as csv_file:  # a CSV at a URL is read from a local copy
+        summary = extract_links(csv_file, cfg.OUT_DIR, cfg.LINK_WORKERS)
     print_summary(summary, cfg.CSV_FILE, cfg.OUT_DIR)
     print("next: python download_images.py")
 

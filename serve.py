@@ -15,11 +15,12 @@ from prompt_search.cli import load_config, run
 from prompt_search.onnx_clip import is_current
 from prompt_search.server import create_app, listening_socket
 from prompt_search.service import Searcher
+from prompt_search.storage import local_dir
 
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
-    onnx_dir = os.path.join(cfg.OUT_DIR, "onnx")
+    onnx_dir = os.path.join(local_dir(cfg.OUT_DIR), "onnx")
     if not is_current(onnx_dir, cfg.MODEL):
         from prompt_search.onnx_export import export_onnx  # torch, only to export
 

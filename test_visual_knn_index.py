@@ -13,6 +13,7 @@ from prompt_search.files import ensure_data_file
 from prompt_search.gallery import write_gallery
 from prompt_search.onnx_clip import is_current
 from prompt_search.query import compare_with_torch, encode_queries, open_sides, print_results, read_image, search
+from prompt_search.storage import local_dir
 
 
 def main(argv: list[str]) -> None:
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> None:
         ensure_data_file(cfg.INPUT_IMG_PATH, cfg.INPUT_IMG_URL, cfg.INPUT_IMG_SHA256)
     image = read_image(cfg.INPUT_IMG_PATH)
     sides = open_sides(cfg.OUT_DIR, cfg.MODEL)
-    onnx_dir = os.path.join(cfg.OUT_DIR, "onnx")
+    onnx_dir = os.path.join(local_dir(cfg.OUT_DIR), "onnx")
     if not is_current(onnx_dir, cfg.MODEL):
         from prompt_search.onnx_export import export_onnx  # torch, only to export
 
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> None:
         for side, searched in sides.items():
             query.hits[side] = search(searched, query.vector, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
     print_results(queries)
-    gallery = os.path.join(cfg.OUT_DIR, "results.html")
+    gallery = os.path.join(local_dir(cfg.OUT_DIR), "results.html")
     write_gallery(queries, gallery)
     print(f"\nall results as a page: {gallery}")
     if cfg.COMPARE_WITH_TORCH:

@@ -4,13 +4,14 @@ Output: images_dir/NNNNN/*.jpg with a .json sidecar per image (holding "id"), an
 images_dir/NNNNN_stats.json per shard, which the summary below reads.
 """
 
-import glob
 import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from prompt_search import storage
 from prompt_search.cli import UserError
+from prompt_search.files import published_file
 from prompt_search.spark import session_for
 
 
@@ -39,13 +40,14 @@ def download_images(
     distributor "pyspark": img2dataset's own Spark distributor, on the session spark.py makes (its own would ask
     for 16G of driver memory); the files and stats are the same as its multiprocessing one's.
     """
-    if not os.path.isfile(metadata_file):
+    source = published_file(metadata_file)  # the set step 1 publishes now, whatever it publishes next
+    if not storage.is_file(source):
         raise UserError(f"{metadata_file} not found: run extract_img_links_from_csv.py first")
     from img2dataset import download as _img2dataset  # heavy import, only for this step
 
     with session_for(distributor, spark_master):
         _img2dataset(
-            url_list=os.path.realpath(metadata_file),  # the set step 1 publishes now, whatever it publishes next
+            url_list=source,
             input_format="parquet",
             url_col="url",
             caption_col="prompt",
@@ -68,9 +70,8 @@ def download_images(
 def read_stats(images_dir: str) -> DownloadSummary:
     """Add up img2dataset's per-shard stats files."""
     summary = DownloadSummary()
-    for path in sorted(glob.glob(os.path.join(images_dir, "*_stats.json"))):
-        with open(path) as f:
-            stats = json.load(f)
+    for path in storage.glob(os.path.join(images_dir, "*_stats.json")):
+        stats = json.loads(storage.read_bytes(path))
         summary.count += stats["count"]
         summary.successes += stats["successes"]
         for status, count in stats["status_dict"].items():

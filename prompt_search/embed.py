@@ -1,7 +1,8 @@
 """The embeddings set both sides write, batch by batch, so that a run can stop and resume.
 
 Layout of an embeddings set (OUT_DIR/visual_embeddings or textual_embeddings, published as one when
-every batch is done: see files.py; a killed run resumes in the unpublished folder):
+every batch is done: see files.py; a killed run resumes in the unpublished folder). Every file is read and
+written through storage.py, so the set may live at a URL that Spark tasks on other machines write into:
   manifest.json              what the vectors were made from (model, item list, batch size)
   embeddings/NNNNNNNNN.npy   float32 N x D, L2-normalised, one file per batch
   ids/NNNNNNNNN.npy          the N ids of those rows, a unicode array (no pickle)
@@ -13,8 +14,8 @@ ids would drift from the vectors).
 """
 
 import csv
-import glob
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -24,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.files import atomic_path, current_set, model_fingerprint, output_set
+from prompt_search.files import current_set, local_set, model_fingerprint, output_set
 from prompt_search.reuse import HASHES, Encoder, Previous, reusing
 
 MANIFEST = "manifest.json"
@@ -41,15 +43,14 @@ def items_digest(items: Sequence[tuple[str, str]]) -> str:
 def read_manifest(folder: str | None) -> dict | None:
     """The manifest of an embeddings folder, or None when it has none yet."""
     path = os.path.join(folder or "", MANIFEST)
-    if not folder or not os.path.exists(path):
+    if not folder or not storage.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_bytes(path))
 
 
 def write_manifest(folder: str, manifest: dict) -> None:
-    with atomic_path(os.path.join(folder, MANIFEST)) as tmp, open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
+    with storage.atomic_write(os.path.join(folder, MANIFEST)) as f:
+        f.write(json.dumps(manifest, indent=1).encode())
 
 
 def resume_folder(folder: str, manifest: dict) -> set[int]:
@@ -63,7 +64,7 @@ def resume_folder(folder: str, manifest: dict) -> set[int]:
             f"{folder} holds unfinished embeddings of other inputs ({', '.join(changed)} changed since a run was "
             f"stopped). Run again with that run's settings to finish it, or delete {folder} to start over"
         )
-    return {int(os.path.basename(p)[:-5]) for p in glob.glob(os.path.join(folder, "batches", "*.json"))}
+    return {int(os.path.basename(p)[:-5]) for p in storage.glob(os.path.join(folder, "batches", "*.json"))}
 
 
 def save_batch(folder: str, batch: int, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]],
@@ -75,22 +76,21 @@ def save_batch(folder: str, batch: int, vectors: np.ndarray, ids: list[str], ski
     name = f"{batch:09d}"
     if len(ids):
         vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        with atomic_path(os.path.join(folder, "embeddings", name + ".npy")) as tmp, open(tmp, "wb") as f:
+        with storage.atomic_write(os.path.join(folder, "embeddings", name + ".npy")) as f:
             np.save(f, vectors.astype(np.float32))
         columns = {"ids": ids} if hashes is None else {"ids": ids, HASHES: hashes}
         for column, values in columns.items():
-            with atomic_path(os.path.join(folder, column, name + ".npy")) as tmp, open(tmp, "wb") as f:
+            with storage.atomic_write(os.path.join(folder, column, name + ".npy")) as f:
                 np.save(f, np.array(values, dtype=str))
-    with atomic_path(os.path.join(folder, "batches", name + ".json")) as tmp, open(tmp, "w") as f:
-        json.dump({"count": len(ids), "skipped": skipped}, f)
+    with storage.atomic_write(os.path.join(folder, "batches", name + ".json")) as f:
+        f.write(json.dumps({"count": len(ids), "skipped": skipped}).encode())
 
 
 def read_skipped(folder: str) -> list[tuple[str, str]]:
     """Every item any batch skipped, with its reason, in batch order."""
     skipped = []
-    for path in sorted(glob.glob(os.path.join(folder, "batches", "*.json"))):
-        with open(path) as f:
-            skipped += [tuple(item) for item in json.load(f)["skipped"]]
+    for path in storage.glob(os.path.join(folder, "batches", "*.json")):
+        skipped += [tuple(item) for item in json.loads(storage.read_bytes(path))["skipped"]]
     return skipped
 
 
@@ -141,7 +141,7 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
         return [*rejected, *read_skipped(published)]
     if hashes is not None:
         same_model = previous_manifest is not None and previous_manifest["model"] == manifest["model"]
-        previous = Previous(published if same_model else None)
+        previous = Previous(local_set(path) if same_model else None)
         print(f"{path}: {previous.summary(hashes)}")
         encode_batches = reusing(encode_batches, items, hashes, previous)
     with output_set(path, resume=True) as folder:
@@ -159,8 +159,11 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
                     save_batch(folder, batch, vectors, ids, skipped, row_hashes(items, hashes, indices, ids))
                     bar.update(len(ids) + len(skipped))
         skipped = [*rejected, *read_skipped(folder)]
-        with open(os.path.join(folder, "skipped.csv"), "w", newline="") as f:
-            csv.writer(f).writerows([("source", "reason"), *skipped])
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([("source", "reason"), *skipped])
+        with storage.atomic_write(os.path.join(folder, "skipped.csv")) as f:
+            f.write(text.getvalue().encode())
         for name, table in (tables or {}).items():
-            pq.write_table(table, os.path.join(folder, name))
+            with storage.atomic_write(os.path.join(folder, name)) as f:
+                pq.write_table(table, f)
     return skipped

@@ -22,11 +22,12 @@ from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from prompt_search.cli import UserError
-from prompt_search.files import current_set, output_set
+from prompt_search.files import local_set, output_set
 from prompt_search.image_metadata import parse_metadata
 from prompt_search.images import UNREADABLE, list_images
 from prompt_search.links import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
 from prompt_search.links import SCHEMA as CSV_SCHEMA
+from prompt_search.storage import is_url
 
 # Step 1's columns where they mean the same (id, prompt, width, height, seed, cfg_scale, num_steps), so that
 # the index's item table and the query show a folder's rows as a CSV's; then what only image files carry.
@@ -84,7 +85,7 @@ def file_stamp(path: str) -> str:
 
 def previous_rows(out_dir: str, settings: dict) -> PreviousRows | None:
     """The current set's rows, if they were read with these settings (folder, preferred format), else None."""
-    folder = current_set(os.path.join(out_dir, METADATA_SET))
+    folder = local_set(os.path.join(out_dir, METADATA_SET))
     stamps_path = os.path.join(folder or "", STAMPS_FILE)
     if not folder or not os.path.isfile(stamps_path):
         return None  # no set yet, or one step 1 made from a CSV
@@ -156,6 +157,9 @@ def image_row(path: str, preferred: str) -> tuple[dict, list[tuple[str, str]]]:
 def extract_folder_metadata(img_dir: str, out_dir: str, preferred: str) -> FolderSummary:
     """Read the metadata of every image step 3 would embed below img_dir into out_dir's metadata set, reusing
     the current set's rows of unchanged images (see STAMPS_FILE)."""
+    if is_url(img_dir):  # it reads each file's size and mtime, and PIL opens each file many times
+        raise UserError(f"IMG_DIR {img_dir}: this step reads a folder on this machine; copy the images here or mount "
+                        "their storage, and give its local path (step 3 and the others then read the same folder)")
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: set --IMG_DIR to the folder of your images")
     items, duplicates, _ = list_images(img_dir)  # step 3 reports the sidecars' problems

@@ -4,8 +4,9 @@ import html
 import os
 import urllib.parse
 
-from prompt_search.files import atomic_path, is_http_url
+from prompt_search.files import is_http_url
 from prompt_search.query import Hit, Query
+from prompt_search.storage import atomic_path
 
 # The page runs nothing: prompts are arbitrary user text, so even if escaping ever missed, no script may execute.
 CSP = "default-src 'none'; img-src * data: file:; style-src 'unsafe-inline'"

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
+from prompt_search import storage
 from prompt_search.images import UNREADABLE, PixelSpec, check_size, crop_offsets, crop_rgb, open_rgb, resized_size
 
 INTERPOLATION = {"bicubic": F.InterpolationMode.BICUBIC, "bilinear": F.InterpolationMode.BILINEAR}  # PixelSpec's
@@ -86,8 +87,7 @@ class JpegBytes(ItemImages):
     def __getitem__(self, i: int) -> Sample:
         item_id, path = self.items[i]
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = storage.read_bytes(path)
             with Image.open(io.BytesIO(data)) as image:  # the header only: format, mode, size
                 check_size(image)
                 # A JPEG without its end marker is cut short: PIL refuses it, nvJPEG might fill it in grey.

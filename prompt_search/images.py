@@ -4,15 +4,18 @@ An image img2dataset wrote carries its row's id in its .json sidecar; any other 
 its path relative to the folder, so a user's own folder of generations works as it is.
 """
 
+import io
 import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from prompt_search import storage
 from prompt_search.links import url_id
 
 IMAGES_FILE = "images.parquet"  # written beside the embeddings: id and path of every image, to show results
@@ -31,7 +34,7 @@ def list_images(img_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, st
     """
     items, duplicates, problems = [], [], []
     first_path: dict[str, str] = {}
-    for root, dirs, files in os.walk(img_dir):
+    for root, dirs, files in _walk(img_dir):
         dirs.sort()
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
@@ -47,17 +50,26 @@ def list_images(img_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, st
     return items, duplicates, problems
 
 
+def _walk(img_dir: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk of img_dir, local or at a URL (whose roots are then URLs too)."""
+    if not storage.is_url(img_dir):
+        yield from os.walk(img_dir)
+        return
+    fs, inner = storage.filesystem(img_dir)
+    for root, dirs, files in fs.walk(inner):
+        yield storage.as_url(fs, root).rstrip("/"), dirs, files
+
+
 def _image_id(path: str, img_dir: str) -> tuple[str, tuple[str, str] | None]:
     """The image's id, from its sidecar when it has a usable one, else its relative path; and the sidecar's problem."""
     path_id = os.path.relpath(path, img_dir).replace(os.sep, "/")
     sidecar = os.path.splitext(path)[0] + ".json"
-    if not os.path.isfile(sidecar):
+    if not storage.is_file(sidecar):
         return path_id, None
-    if os.path.getsize(sidecar) > MAX_SIDECAR_BYTES:
+    if storage.size(sidecar) > MAX_SIDECAR_BYTES:
         return path_id, (sidecar, f"over {MAX_SIDECAR_BYTES} bytes")
     try:
-        with open(sidecar, "rb") as f:
-            meta = json.loads(f.read())
+        meta = json.loads(storage.read_bytes(sidecar))
     except (OSError, ValueError) as error:  # ValueError: not UTF-8 or not JSON
         return path_id, (sidecar, f"not a JSON object ({type(error).__name__})")
     if not isinstance(meta, dict):
@@ -109,7 +121,7 @@ def open_rgb(path: str, draft_size: int = 0) -> Image.Image:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path) as image:
             check_size(image)
             if draft_size and image.format == "JPEG":
                 scale = DRAFT_FACTOR * draft_size / min(image.size)

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from prompt_search.cli import UserError
 from prompt_search.embed import MANIFEST, save_batch
-from prompt_search.files import current_set, model_fingerprint, output_set
+from prompt_search.files import local_published_file, local_set, model_fingerprint, output_set
 from prompt_search.images import IMAGES_FILE
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
@@ -86,7 +86,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     """
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
-    folder = current_set(embeddings)
+    folder = local_set(embeddings)  # at a URL, this machine's copy: autofaiss and the checks read local files
     files = source_files(folder) if folder else []
     if not files:
         raise UserError(f"no embeddings in {embeddings}: run the embeddings step first")
@@ -116,7 +116,8 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         ids = write_vectors(files, dimension, out)
-        write_items(os.path.join(out, ITEMS_FILE), ids, [os.path.join(folder, IMAGES_FILE), metadata_file], out)
+        write_items(os.path.join(out, ITEMS_FILE), ids,
+                    [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
         source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "lossy": lossy,
                   "embeddings": manifest}

@@ -17,8 +17,9 @@ import platform
 import numpy as np
 import onnxruntime as ort
 
-from prompt_search.files import atomic_path, model_fingerprint
+from prompt_search.files import model_fingerprint
 from prompt_search.images import PixelSpec
+from prompt_search.storage import atomic_path
 from prompt_search.tokenizer import TextSpec
 
 VISUAL_FILE = "visual.onnx"

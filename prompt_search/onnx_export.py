@@ -22,8 +22,9 @@ import torch
 from onnx import helper, numpy_helper
 
 from prompt_search.clip_models import load
-from prompt_search.files import atomic_path, model_fingerprint
+from prompt_search.files import model_fingerprint
 from prompt_search.onnx_clip import MODEL_RECORD, PROVIDERS, TEXTUAL_FILE, VISUAL_FILE
+from prompt_search.storage import atomic_path
 
 MIN_COSINE = 0.9999  # onnxruntime against torch on random inputs, or the export is refused
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]  # 17: LayerNormalization

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from prompt_search.cli import UserError
-from prompt_search.files import current_set, model_fingerprint
+from prompt_search.files import local_set, model_fingerprint
 from prompt_search.images import open_rgb, to_pixels
 from prompt_search.index import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
 from prompt_search.items import ItemTable
@@ -97,7 +97,7 @@ class SearchIndex:
 
 def open_index(index_set: str) -> SearchIndex | None:
     """The index set published at index_set, or None when none was built."""
-    folder = current_set(index_set)
+    folder = local_set(index_set)  # at a URL, this machine's copy of the set: faiss and Arrow memory-map it
     if folder is None:
         return None
     with open(os.path.join(folder, SOURCE_FILE)) as f:

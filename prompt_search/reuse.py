@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from prompt_search import storage
+
 HASHES = "hashes"  # folder of the set: the content hash of each row, a unicode array per batch
 Batch = tuple[np.ndarray, list[str], list[tuple[str, str]]]  # vectors, their ids, skipped (source, reason)
 Ranges = list[Sequence[int]]  # the item indices of each batch to encode
@@ -24,9 +26,9 @@ Encoder = Callable[[Ranges], Iterator[Batch]]  # one Batch for each batch of ite
 def content_hash(path: str) -> str:
     """blake2b (128 bits) of the file's bytes; "" when it cannot be read (never reused: the loader says why)."""
     try:
-        with open(path, "rb") as f:
+        with storage.open_file(path) as f:
             return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
-    except OSError:
+    except OSError:  # FileNotFoundError and the like, at a URL too
         return ""
 
 

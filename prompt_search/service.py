@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.images import UNREADABLE, open_rgb, to_pixels
 from prompt_search.onnx_clip import (
@@ -74,7 +75,7 @@ class Searcher:
         self.text_session = start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads)
         self.image_session = start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads)
         self.columns = {side: self._filter_columns(searched) for side, searched in self.sides.items()}
-        self.images_dir = os.path.realpath(images_dir)
+        self.images_dir = images_dir.rstrip("/") if storage.is_url(images_dir) else os.path.realpath(images_dir)
 
     @staticmethod
     def _filter_columns(searched: SearchIndex) -> dict[str, np.ndarray]:
@@ -154,6 +155,11 @@ class Searcher:
         if searched is None or not position.isdigit() or int(position) >= len(searched.items):
             return None
         path = searched.items.rows([int(position)])[0].get("path") or ""
+        if storage.is_url(self.images_dir):  # no links at a URL: a path inside it starts with it and never goes up
+            inside = path.startswith(self.images_dir + "/") and ".." not in path.split("/")
+            if not inside or not storage.is_file(path):
+                return None
+            return _thumbnail(path, storage.size(path))  # a URL's mtime is not the same field on every storage
         real = os.path.realpath(path)
         if not path or not real.startswith(self.images_dir + os.sep) or not os.path.isfile(real):
             return None
@@ -161,7 +167,7 @@ class Searcher:
 
 
 @functools.lru_cache(maxsize=1024)  # a page shows the same results again and again while the query is typed
-def _thumbnail(path: str, mtime_ns: int) -> bytes | None:
+def _thumbnail(path: str, stamp: int) -> bytes | None:
     try:
         image = open_rgb(path)
     except (*UNREADABLE, Image.DecompressionBombError):

@@ -15,18 +15,20 @@ import torch
 
 from prompt_search.clip_models import load
 from prompt_search.embed import embed_items
+from prompt_search.files import local_published_file
 from prompt_search.listing import Listing, write_listing
 from prompt_search.model import choose_device
 from prompt_search.reuse import Batch
 from prompt_search.spark import session_for
 from prompt_search.spark_embed import embed_on_spark
+from prompt_search.storage import is_url, local_dir
 
 
 def listing_file(folder: str) -> str:
-    """Where the listing of the prompts to embed into folder lives while step 3' runs: beside the set, under a
-    name no output set's glob (.NAME.*) takes for one of its folders."""
-    parent, name = os.path.split(os.path.normpath(folder))
-    return os.path.join(parent, f".{name}-listing.arrow")
+    """Where the listing of the prompts to embed into folder lives while step 3' runs: beside the set (for a set at
+    a URL, in this machine's folder for it), under a name no output set's glob (.NAME.*) takes for a folder."""
+    parent, name = os.path.split(folder.rstrip("/") if is_url(folder) else os.path.normpath(folder))
+    return os.path.join(local_dir(parent), f".{name}-listing.arrow")
 
 
 def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[range], model_name: str, model_dir: str,
@@ -55,7 +57,7 @@ def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: s
     path = listing_file(folder)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
-        count, empty = write_listing(metadata_file, path)
+        count, empty = write_listing(local_published_file(metadata_file), path)
         if not count:
             return 0, empty
         items = Listing(path)

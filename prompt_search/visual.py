@@ -6,7 +6,6 @@ Two input paths give the model the same crops (gpu_input.py's tests check it):
        them in batches, in a thread that runs ahead of the model (gpu_input.py).
 """
 
-import glob
 import os
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.clip_models import load
 from prompt_search.embed import embed_items
@@ -147,7 +147,7 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
     distributor "pyspark": the batches are computed in Spark tasks (spark_embed.py), the same files as a local run.
     """
     started = time.perf_counter()
-    if not os.path.isdir(img_dir):
+    if not storage.is_dir(img_dir):
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
     items, rejected, sidecar_problems = list_images(img_dir)
     hashes = [content_hash(path) for _, path in items]  # reading every file costs far less than encoding it
@@ -158,7 +158,7 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
         print(f"{len(sidecar_problems)} sidecars give no usable id, so their images have their path as id "
               f"(first: {sidecar}: {problem})")
     if not items:
-        if glob.glob(os.path.join(img_dir, "*.tar")):
+        if storage.glob(os.path.join(img_dir, "*.tar")):
             raise UserError(f"{img_dir} holds webdataset .tar shards: this step reads img2dataset's "
                             "OUTPUT_FORMAT=files; download again with --OUTPUT_FORMAT=files")
         raise UserError(f"no images in {img_dir}: nothing to embed (see download_images.py's summary)")

@@ -1,0 +1,199 @@
+"""Where the pipeline's files live: a local path, or a URL any fsspec filesystem opens (s3://, hdfs://, gs://,
+file://, memory://), for OUT_DIR, IMG_DIR and CSV_FILE on storage that every machine of a cluster reaches.
+
+Local paths go through os as they always did. A URL goes through fsspec; its filesystem's package is the
+user's to install (s3fs for s3://, gcsfs for gs://, pyarrow's HDFS for hdfs://). What must be a local file
+(a Parquet table DuckDB scans, an index faiss memory-maps, an ONNX model) is a copy in CACHE_DIR.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from glob import glob as local_glob
+from typing import IO
+
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+
+from prompt_search.cli import UserError
+
+# This machine's copies of what lives at URLs: output sets read (by generation), sets being built before their
+# upload, the ONNX models and results.html of a remote OUT_DIR. PROMPT_SEARCH_CACHE moves it.
+CACHE_DIR = os.path.expanduser(os.environ.get("PROMPT_SEARCH_CACHE", "~/.cache/prompt-search"))
+
+
+def is_url(path: str) -> bool:
+    """A location fsspec opens (protocol://...), not a local path."""
+    return "://" in path
+
+
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem of url and the path within it; a missing filesystem package said in one line."""
+    try:
+        return url_to_fs(url)
+    except (ImportError, ValueError) as error:
+        raise UserError(f"{url}: no filesystem for it ({error})") from None
+
+
+def as_url(fs: AbstractFileSystem, path: str) -> str:
+    """A path within fs as a URL again (what fsspec's listings drop)."""
+    return fs.unstrip_protocol(path)
+
+
+def exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, inner = filesystem(path)
+    return fs.exists(inner)
+
+
+def is_dir(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isdir(path)
+    fs, inner = filesystem(path)
+    return fs.isdir(inner)
+
+
+def is_file(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isfile(path)
+    fs, inner = filesystem(path)
+    return fs.isfile(inner)
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching pattern, sorted; URLs stay URLs."""
+    if not is_url(pattern):
+        return sorted(local_glob(pattern))
+    fs, inner = filesystem(pattern)
+    return sorted(as_url(fs, path) for path in fs.glob(inner))
+
+
+def open_file(path: str, mode: str = "rb") -> IO:
+    if not is_url(path):
+        return open(path, mode)
+    fs, inner = filesystem(path)
+    return fs.open(inner, mode)
+
+
+def size(path: str) -> int:
+    if not is_url(path):
+        return os.path.getsize(path)
+    fs, inner = filesystem(path)
+    return fs.size(inner)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_file(path) as f:
+        return f.read()
+
+
+def remove_tree(path: str) -> None:
+    """Remove a folder and everything below it; nothing when there is none."""
+    if not is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, inner = filesystem(path)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary local path beside `path`; it replaces `path` only if the block succeeds."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.partial"
+    try:
+        yield tmp
+        swap_point()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextmanager
+def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
+    """A file to write path's content into (a local path or a URL): path holds the old content or the new, never
+    part of it. Written as path.partial and moved onto path when the block succeeds (at a URL with fsspec's mv;
+    object stores make an object visible only whole anyway)."""
+    if not is_url(path):
+        with atomic_path(path) as tmp, open(tmp, mode) as f:
+            yield f
+        return
+    fs, inner = filesystem(path)
+    fs.makedirs(fs._parent(inner), exist_ok=True)  # a local file:// folder must exist; object stores have none
+    tmp = f"{inner}.partial"
+    try:
+        with fs.open(tmp, mode) as f:
+            yield f
+        swap_point()
+        fs.mv(tmp, inner)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+_swaps_reached = 0
+
+
+def swap_point() -> None:
+    """Called before every replace that publishes an output. Fault injection for the tests:
+    PROMPT_SEARCH_KILL_AT_SWAP=N kills this process, as SIGKILL would, at its Nth swap point."""
+    global _swaps_reached
+    _swaps_reached += 1
+    if os.environ.get("PROMPT_SEARCH_KILL_AT_SWAP") == str(_swaps_reached):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cache_folder(url: str) -> str:
+    """This machine's folder for copies of what lives at url (one per URL)."""
+    return os.path.join(CACHE_DIR, hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24])
+
+
+def download_folder(url: str, local: str) -> None:
+    """Copy the folder at url, everything below it, into the new local folder local (replaced whole)."""
+    fs, inner = filesystem(url)
+    tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(local))
+    try:
+        for path in fs.find(inner):
+            target = os.path.join(tmp, os.path.relpath(path, inner))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(path, target)
+        os.replace(tmp, local)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def upload_folder(local: str, url: str) -> None:
+    """Copy every file below the local folder into the folder at url."""
+    fs, inner = filesystem(url)
+    for parent, _, names in os.walk(local):
+        for name in names:
+            source = os.path.join(parent, name)
+            fs.put_file(source, f"{inner.rstrip('/')}/{os.path.relpath(source, local).replace(os.sep, '/')}")
+
+
+@contextmanager
+def local_file(path: str) -> Iterator[str]:
+    """path itself when local; else a local copy of the file at that URL, removed after the block."""
+    if not is_url(path):
+        yield path
+        return
+    if not is_file(path):
+        raise UserError(f"{path} not found")
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    fs, inner = filesystem(path)
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as folder:
+        copy = os.path.join(folder, os.path.basename(inner))
+        fs.get_file(inner, copy)
+        yield copy
+
+
+def local_dir(out_dir: str) -> str:
+    """Where files that must stay on this machine (ONNX models, results.html) go: out_dir itself when local."""
+    return cache_folder(out_dir) if is_url(out_dir) else out_dir

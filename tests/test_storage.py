@@ -1,0 +1,170 @@
+"""Output sets and the steps' files at a URL, through fsspec's own filesystems (memory:// in this process,
+file:// where other processes write too), against the same steps on local paths."""
+
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+from test_index import fake_embeddings
+
+from prompt_search import storage
+from prompt_search.cli import UserError
+from prompt_search.files import current_set, local_set, new_set, output_set, publish_set, withdraw_set
+from prompt_search.index import build_index
+from prompt_search.query import open_index
+from prompt_search.textual import embed_prompts
+
+
+@pytest.fixture
+def memory_url(monkeypatch, tmp_path) -> str:
+    """A fresh folder of fsspec's in-memory filesystem; this test's own cache folder."""
+    monkeypatch.setattr(storage, "CACHE_DIR", str(tmp_path / "cache"))
+    return f"memory://test-{uuid.uuid4().hex}"
+
+
+def files_at(url: str) -> dict[str, bytes]:
+    """Every file below the folder at url, by path below it."""
+    fs, inner = storage.filesystem(url)
+    return {os.path.relpath(path, inner): fs.cat_file(path) for path in sorted(fs.find(inner))}
+
+
+def local_files(folder: str) -> dict[str, bytes]:
+    root = Path(folder).resolve()
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_set_at_a_url_is_published_by_a_pointer_and_a_reader_keeps_its_set(memory_url):
+    path = f"{memory_url}/out/set"
+    assert current_set(path) is None and local_set(path) is None
+    for generation in range(1, 4):
+        folder = new_set(path)
+        with storage.atomic_write(f"{folder}/value") as f:
+            f.write(str(generation).encode())
+        resolved_before = current_set(path)
+        publish_set(path, folder)
+        if resolved_before:  # a reader that resolved the pointer just before still reads its whole set
+            assert storage.read_bytes(f"{resolved_before}/value") == str(generation - 1).encode()
+    fs, inner = storage.filesystem(f"{memory_url}/out")
+    assert sorted(os.path.basename(p) for p in fs.ls(inner, detail=False)) == [".set.2", ".set.3", "set"]
+    name, publication = storage.read_bytes(path).decode().split()
+    assert name == ".set.3" and len(publication) == 32
+    assert storage.read_bytes(f"{current_set(path)}/value") == b"3"
+    assert withdraw_set(path) and current_set(path) is None and not fs.ls(inner)
+
+
+def test_a_failed_block_leaves_the_published_set_and_uploads_nothing(memory_url):
+    path = f"{memory_url}/set"
+    with output_set(path) as folder:
+        assert not storage.is_url(folder)  # built on this machine, uploaded whole
+        Path(folder, "a").write_text("old")
+    before = files_at(memory_url)
+    with pytest.raises(RuntimeError), output_set(path) as folder:
+        Path(folder, "a").write_text("new, half written")
+        raise RuntimeError("killed")
+    assert files_at(memory_url) == before
+    assert not os.listdir(storage.CACHE_DIR)  # the local build folder is gone too
+
+
+def test_local_copies_are_kept_by_publication(memory_url):
+    path = f"{memory_url}/set"
+    copies = []
+    for value in ("1", "2", "3"):
+        with output_set(path) as folder:
+            Path(folder, "sub").mkdir()
+            Path(folder, "sub", "value").write_text(value)
+        copies.append(local_set(path))
+        assert Path(copies[-1], "sub", "value").read_text() == value
+        assert local_set(path) == copies[-1]  # read again: the same copy, not downloaded again
+    assert len(set(copies)) == 3
+    assert not os.path.exists(copies[0]) and os.path.isdir(copies[1])  # the copy before stays for its reader
+    withdraw_set(path)
+    with output_set(path) as folder:  # the same generation number as the withdrawn set: still a new copy
+        Path(folder, "value").write_text("after")
+    assert Path(local_set(path), "value").read_text() == "after"
+
+
+def test_atomic_write_at_a_url_leaves_the_old_content_when_it_fails(memory_url):
+    path = f"{memory_url}/deep/folder/file.json"
+    with storage.atomic_write(path) as f:
+        f.write(b"old")
+    with pytest.raises(RuntimeError), storage.atomic_write(path) as f:
+        f.write(b"new")
+        raise RuntimeError("failed")
+    assert storage.read_bytes(path) == b"old" and not storage.exists(f"{path}.partial")
+
+
+def test_prompt_embeddings_and_index_at_a_url_are_the_local_ones(tmp_path, memory_url, tiny_clip):
+    from test_listing import variants, write_metadata
+
+    write_metadata(tmp_path / "metadata.parquet", variants(random.Random(7), 40))
+    counts = {}
+    for where in (str(tmp_path / "local"), memory_url):
+        counts[where] = embed_prompts(str(tmp_path / "metadata.parquet"), f"{where}/textual_embeddings", tiny_clip,
+                                      "", "cpu", 4)
+        build_index(f"{where}/textual_embeddings", f"{where}/knn_indices/textual", "1G", "2G", 10.0,
+                    str(tmp_path / "metadata.parquet"))
+    assert counts[str(tmp_path / "local")] == counts[memory_url]
+    embeddings = files_at(current_set(f"{memory_url}/textual_embeddings"))
+    assert embeddings == local_files(str(tmp_path / "local" / "textual_embeddings"))
+    assert len([name for name in embeddings if name.startswith("batches/")]) > 3
+    searched = {where: open_index(f"{where}/knn_indices/textual") for where in (str(tmp_path / "local"), memory_url)}
+    assert os.listdir(storage.cache_folder(f"{memory_url}/knn_indices/textual"))  # the query read a copy here
+    local, remote = searched[str(tmp_path / "local")], searched[memory_url]
+    assert np.array_equal(local.vectors, remote.vectors)
+    assert local.items.column("id").equals(remote.items.column("id"))
+    assert local.items.column("prompt").equals(remote.items.column("prompt"))
+
+
+def test_a_killed_embedding_run_at_a_url_resumes_from_its_complete_batches(tmp_path, memory_url, tiny_clip,
+                                                                           monkeypatch):
+    from test_listing import variants, write_metadata
+
+    from prompt_search import embed
+
+    write_metadata(tmp_path / "metadata.parquet", variants(random.Random(9), 30))
+    saved, original = [], embed.save_batch
+
+    def killed_after_two(*args, **kwargs):
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        saved.append(args[1])
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(embed, "save_batch", killed_after_two)
+    folder = f"{memory_url}/textual_embeddings"
+    with pytest.raises(KeyboardInterrupt):
+        embed_prompts(str(tmp_path / "metadata.parquet"), folder, tiny_clip, "", "cpu", 4)
+    assert current_set(folder) is None
+    unpublished = storage.glob(f"{memory_url}/.textual_embeddings.*")
+    assert len(storage.glob(f"{unpublished[0]}/batches/*.json")) == 2
+    monkeypatch.setattr(embed, "save_batch", original)
+    written = []
+    monkeypatch.setattr(embed, "save_batch", lambda *a, **k: (written.append(a[1]), original(*a, **k)))
+    embed_prompts(str(tmp_path / "metadata.parquet"), folder, tiny_clip, "", "cpu", 4)
+    assert saved == [0, 1] and written and 0 not in written and 1 not in written
+    embed_prompts(str(tmp_path / "metadata.parquet"), str(tmp_path / "local"), tiny_clip, "", "cpu", 4)
+    assert files_at(current_set(folder)) == local_files(str(tmp_path / "local"))
+
+
+def test_an_index_set_at_a_url_from_embeddings_at_a_url(tmp_path, memory_url):
+    fake_embeddings(tmp_path / "emb", [20, 15])
+    fs = fsspec.filesystem("memory")
+    with output_set(f"{memory_url}/emb") as folder:  # the embeddings set, uploaded as a step publishes it
+        shutil.copytree(tmp_path / "emb", folder, dirs_exist_ok=True)
+    build_index(f"{memory_url}/emb", f"{memory_url}/index", "1G", "2G", 10.0)
+    build_index(str(tmp_path / "emb"), str(tmp_path / "index"), "1G", "2G", 10.0)
+    remote = files_at(current_set(f"{memory_url}/index"))
+    local = local_files(str(tmp_path / "index"))
+    assert remote.keys() == local.keys() and remote["items.arrow"] == local["items.arrow"]
+    assert remote["vectors.npy"] == local["vectors.npy"]
+    assert fs.exists(storage.filesystem(f"{memory_url}/index")[1])  # the pointer
+
+
+def test_a_missing_filesystem_is_said_in_one_line():
+    with pytest.raises(UserError, match="nosuchfs://bucket/out: no filesystem for it"):
+        storage.filesystem("nosuchfs://bucket/out")
