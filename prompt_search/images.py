@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from prompt_search import storage
 from prompt_search.links import url_id
@@ -121,7 +121,7 @@ def open_rgb(path: str, draft_size: int = 0) -> Image.Image:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path) as image:
+        with _open_image(path) as image:
             check_size(image)
             if draft_size and image.format == "JPEG":
                 scale = DRAFT_FACTOR * draft_size / min(image.size)
@@ -130,6 +130,16 @@ def open_rgb(path: str, draft_size: int = 0) -> Image.Image:
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits first
                 image = image.point(lambda v: v / 256).convert("L")
             return image.convert("RGB")
+
+
+def _open_image(path: str) -> Image.Image:
+    """PIL's open of a local path, or of the bytes at a URL; the same reason either way when it is no image."""
+    if not storage.is_url(path):
+        return Image.open(path)
+    try:
+        return Image.open(io.BytesIO(storage.read_bytes(path)))
+    except UnidentifiedImageError:  # PIL would name the BytesIO object, a different address every time
+        raise UnidentifiedImageError(f"cannot identify image file {path!r}") from None
 
 
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,13 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.embed import MANIFEST, save_batch
-from prompt_search.files import local_published_file, local_set, model_fingerprint, output_set
+from prompt_search.files import current_set, local_published_file, local_set, model_fingerprint, output_set
 from prompt_search.images import IMAGES_FILE
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
 from prompt_search.spark import session_for
+from prompt_search.storage import is_url
 
 INDEX_FILE = "knn.index"
 INFOS_FILE = "infos.json"
@@ -41,7 +42,7 @@ VECTORS_FILE = "vectors.npy"
 SOURCE_FILE = "source.json"
 ALIGNMENT_SAMPLE = 1000  # stored positions checked against the source files after a build, whatever their number
 LOSSY_MISSES = 0.02  # share of sampled positions a lossy code (PQ...) may reconstruct nearer another source vector
-PARTS_FOLDER = "parts"  # autofaiss's distributed parts, inside the set (storage every executor reaches), then removed
+PARTS_FOLDER = "parts"  # autofaiss's distributed parts, in the set (at a URL: beside it), then removed
 NEAR_DUPLICATE = 0.99  # source vectors this similar are the same picture to the alignment check
 PQ_SIZES = (256, 128, 64, 48, 32, 24, 16, 8, 4)  # bytes per vector a compressed index may take (autofaiss's list)
 ID_BYTES = 8  # an inverted list stores each vector's position beside its code
@@ -98,9 +99,12 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         _check_index_key(index_key, dimension)
     index_key = index_key or compressed_index_key(total, dimension, max_memory)
     with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
-        parts = os.path.join(out, PARTS_FOLDER)
+        # Spark tasks read the embeddings and write their parts where every machine reaches them: the embeddings set
+        # itself, and the set being written; at a URL that one is a local build, so the parts go beside the set
+        parts = (os.path.join(out, PARTS_FOLDER) if not is_url(index_set)
+                 else os.path.join(os.path.dirname(index_set), f".{os.path.basename(index_set)}-{PARTS_FOLDER}"))
         index, infos = autofaiss_build(
-            embeddings=os.path.join(folder, "embeddings"),
+            embeddings=os.path.join(folder if spark is None else current_set(embeddings), "embeddings"),
             index_path=os.path.join(out, INDEX_FILE),
             index_infos_path=os.path.join(out, INFOS_FILE),
             metric_type="ip",
@@ -112,7 +116,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
             **({"index_key": index_key} if index_key else {}),
             **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
         )
-        shutil.rmtree(parts, ignore_errors=True)
+        storage.remove_tree(parts)
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         ids = write_vectors(files, dimension, out)

@@ -173,9 +173,10 @@ def upload_folder(local: str, url: str) -> None:
     """Copy every file below the local folder into the folder at url."""
     fs, inner = filesystem(url)
     for parent, _, names in os.walk(local):
+        target = f"{inner.rstrip('/')}/{os.path.relpath(parent, local).replace(os.sep, '/')}".removesuffix("/.")
+        fs.makedirs(target, exist_ok=True)  # a local file:// folder must exist; object stores have none
         for name in names:
-            source = os.path.join(parent, name)
-            fs.put_file(source, f"{inner.rstrip('/')}/{os.path.relpath(source, local).replace(os.sep, '/')}")
+            fs.put_file(os.path.join(parent, name), f"{target}/{name}")
 
 
 @contextmanager

@@ -145,3 +145,49 @@ def test_query_script_writes_the_gallery(pipeline):
     assert "all results as a page: out/results.html" in query
     assert page.count('class="card"') == 4 * 4  # 4 results for each of 2 queries x 2 indices
     assert "../out/images/" not in page and 'src="images/00000/' in page  # relative to the page's folder
+
+
+def test_every_step_with_out_dir_at_a_url_gives_the_local_outputs(tmp_path, tiny_clip, monkeypatch):
+    """OUT_DIR and the CSV through fsspec (file://, which the steps' other processes reach too): the same
+    tables, images, embeddings, indices and results as with local paths; the sets published by pointer objects."""
+    from test_storage import files_at, local_files
+
+    from prompt_search.files import current_set
+
+    monkeypatch.setenv("PROMPT_SEARCH_CACHE", str(tmp_path / "cache"))
+    served = tmp_path / "served"
+    for seed, (size, mode, name) in enumerate(SERVED[:4]):
+        make_image(served / name, size, mode, seed)
+    remote = f"file://{tmp_path}/remote"
+    stdout = {}
+    with serve(served) as base:
+        rows = [(prompt, f"{base}/{name}") for prompt, (_, _, name) in zip(PROMPTS[:4], SERVED[:4], strict=True)]
+        write_open_prompts_csv(tmp_path / "prompts.csv", [*rows, (PROMPTS[4], f"{base}/missing.png")])
+        for out in ("local", remote):
+            csv = "prompts.csv" if out == "local" else f"file://{tmp_path}/prompts.csv"
+            common = [f"--OUT_DIR={out}", f"--MODEL={tiny_clip}", "--BATCH_SIZE=2", "--NUM_WORKERS=0"]
+            for script in ("extract_img_links_from_csv.py", "download_images.py", "extract_visual_clip_embeddings.py",
+                           "create_visual_knn_indices.py", "extract_textual_clip_embeddings.py",
+                           "create_textual_knn_indices.py"):
+                run_script(script, *common, f"--CSV_FILE={csv}", "--DOWNLOAD_THREADS=2", cwd=tmp_path)
+            make_image(tmp_path / "query.png", (300, 200))
+            stdout[out] = run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=query.png",
+                                     f"--INPUT_PROMPT={PROMPTS[1]}", "--NUM_RESULTS=3", cwd=tmp_path).stdout
+    local = tmp_path / "local"
+    results = sections(stdout[remote])
+    assert results == sections(stdout["local"]) and len(results) == 4 and all(results.values())
+    assert not [p for p in (tmp_path / "remote").rglob("*") if p.is_symlink()]  # no links: pointer objects
+    for name in ("metadata", "textual_embeddings", "knn_indices/textual"):
+        at_url = files_at(current_set(f"{remote}/{name}"))
+        assert at_url == local_files(str(local / name)) if name != "knn_indices/textual" else (
+            at_url["items.arrow"] == local_files(str(local / name))["items.arrow"])
+    images = {name: data for name, data in files_at(f"{remote}/images").items() if not name.endswith(("_stats.json",
+                                                                                                         ".parquet"))}
+    assert images == {name: data for name, data in local_files(str(local / "images")).items()
+                      if not name.endswith(("_stats.json", ".parquet"))} and len(images) == 3 * 4  # jpg, json, txt
+    visual = files_at(current_set(f"{remote}/visual_embeddings"))
+    # the image paths are URLs now: images.parquet and the manifest's digest of the items differ, not the vectors
+    same = [name for name in visual if name.split("/")[0] in ("embeddings", "ids", "hashes", "batches")]
+    assert len(same) == 2 * 4
+    assert all(visual[name] == (local / "visual_embeddings" / name).read_bytes() for name in same)
+    assert (tmp_path / "cache").is_dir() and list((tmp_path / "cache").rglob("results.html"))

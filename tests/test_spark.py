@@ -180,3 +180,40 @@ def test_a_task_killed_mid_run_is_retried_from_its_complete_batches_to_the_same_
     assert files_of(tmp_path / "killed") == files_of(local)
     # the batches complete at the kill were kept by the retried tasks, not computed again
     assert all((tmp_path / "killed" / "batches" / name).stat().st_mtime < when for name in done_before)
+
+
+def test_steps_2_to_4_on_spark_at_a_url_write_the_local_distributors_files(tmp_path, spark, images, tiny_clip,
+                                                                          monkeypatch):
+    """Spark tasks read the images and write their batches through fsspec (file://: the workers are other
+    processes), as the local distributor does at the same URL; the index is built from the set at the URL."""
+    from test_storage import files_at
+
+    from prompt_search.files import current_set
+
+    monkeypatch.setattr("prompt_search.storage.CACHE_DIR", str(tmp_path / "cache"))
+    served = tmp_path / "served"
+    for seed in range(3):
+        make_image(served / f"{seed}.png", (90, 70 + seed), "RGB", seed)
+    with serve(served) as base:
+        write_open_prompts_csv(tmp_path / "p.csv", [(f"prompt {i}", f"{base}/{i}.png") for i in range(3)])
+        extract_links(str(tmp_path / "p.csv"), f"file://{tmp_path}/out")
+        for distributor in ("local", "pyspark"):
+            summary = download_images(f"file://{tmp_path}/out/{METADATA_FILE}", f"file://{tmp_path}/{distributor}/img",
+                                      64, "keep_ratio", 2, 1, 5, 0, "files", distributor)
+            assert summary.successes == 3
+    downloaded = [{n: data for n, data in files_at(f"file://{tmp_path}/{d}/img").items()
+                   if n.endswith((".jpg", ".json")) and not n.endswith("_stats.json")} for d in ("local", "pyspark")]
+    assert downloaded[0] == downloaded[1] and len(downloaded[0]) == 2 * 3
+    sets = {}
+    for distributor in ("local", "pyspark"):
+        at = f"file://{tmp_path}/{distributor}"
+        skipped = embed_images(f"file://{images}", f"{at}/visual_embeddings", tiny_clip, "", "cpu", 3, 0, "",
+                               distributor)[1]
+        assert len(skipped) == 1 and skipped[0][0] == f"file://{images}/1/broken.png"
+        build_index(f"{at}/visual_embeddings", f"{at}/knn_indices/visual", "1G", "2G", 10.0, "", distributor)
+        sets[distributor] = [files_at(current_set(f"{at}/{name}")) for name in ("visual_embeddings",
+                                                                               "knn_indices/visual")]
+    assert sets["local"][0] == sets["pyspark"][0]
+    assert len([name for name in sets["local"][0] if name.startswith("batches/")]) == 14
+    for name in ("items.arrow", "vectors.npy"):
+        assert sets["local"][1][name] == sets["pyspark"][1][name]
