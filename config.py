@@ -6,10 +6,10 @@ Every output goes below OUT_DIR, in the layout README.md describes.
 """
 
 # --- data files -------------------------------------------------------------------------
-CSV_FILE = "data/1k.csv"  # open-prompts CSV (columns prompt, raw_data); the default is downloaded on first use
+CSV_FILE = "data/1k.csv"  # open-prompts CSV (columns prompt, raw_data), a path or a URL; the default is downloaded on first use
 CSV_URL = "https://raw.githubusercontent.com/krea-ai/open-prompts/main/data/1k.csv"  # source of the default CSV_FILE
 CSV_SHA256 = "d7072d0a07b0799e21e785cf224448be199826748353a89d40de439f0d3304f5"  # checksum of the default CSV_FILE
-OUT_DIR = "outputs"  # every output of every step goes below here
+OUT_DIR = "outputs"  # every output of every step goes below here; a local folder or a URL of shared storage, s3://bucket/prefix... (README: Storage at a URL)
 
 # --- where steps 2-4 and 3'-4' run ------------------------------------------------------
 DISTRIBUTOR = "local"  # "local": in this process and its children; "pyspark": on Apache Spark (README: Beyond one machine)
@@ -31,7 +31,7 @@ DOWNLOAD_RETRIES = 0  # img2dataset retries per failed image
 OUTPUT_FORMAT = "files"  # img2dataset output format; step 3 reads "files"
 
 # --- step 3: CLIP embeddings ------------------------------------------------------------
-IMG_DIR = ""  # images to embed: "" = what step 2 downloaded, or any folder of images
+IMG_DIR = ""  # images to embed: "" = what step 2 downloaded, or any folder of images (or its URL)
 MODEL = "ViT-B/32"  # CLIP model name, or path to a CLIP checkpoint file, or open_clip:ARCH/PRETRAINED (README: Models)
 MODEL_DIR = "~/.cache/clip"  # where CLIP and OpenCLIP keep downloaded weights
 DEVICE = ""  # "" = a GPU in fp16 when there is one, else the CPU in fp32; or "cpu", "cuda:1"

@@ -164,7 +164,11 @@ def download_folder(url: str, local: str) -> None:
             target = os.path.join(tmp, os.path.relpath(path, inner))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             fs.get_file(path, target)
-        os.replace(tmp, local)
+        try:
+            os.replace(tmp, local)
+        except OSError:  # another process copied the same set meanwhile: keep its copy
+            if not os.path.isdir(local):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
