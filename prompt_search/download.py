@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.files import published_file
+from prompt_search.sets import published_file
 from prompt_search.spark import session_for
 
 

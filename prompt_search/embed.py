@@ -1,7 +1,7 @@
 """The embeddings set both sides write, batch by batch, so that a run can stop and resume.
 
 Layout of an embeddings set (OUT_DIR/visual_embeddings or textual_embeddings, published as one when
-every batch is done: see files.py; a killed run resumes in the unpublished folder). Every file is read and
+every batch is done: see sets.py; a killed run resumes in the unpublished folder). Every file is read and
 written through storage.py, so the set may live at a URL that Spark tasks on other machines write into:
   manifest.json              what the vectors were made from (model, item list, batch size)
   embeddings/NNNNNNNNN.npy   float32 N x D, L2-normalised, one file per batch
@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.files import current_set, local_set, model_fingerprint, output_set
+from prompt_search.files import model_fingerprint
 from prompt_search.reuse import HASHES, Encoder, Previous, reusing
+from prompt_search.sets import local_copy, output_set, published_set
 
 MANIFEST = "manifest.json"
 
@@ -134,14 +135,14 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
                 "items": digest or items_digest(items), "count": len(items)}
     if hashes is not None:
         manifest["contents"] = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
-    published = current_set(path)
-    previous_manifest = read_manifest(published)
+    published = published_set(path)  # resolved once: a set published meanwhile is not half read
+    previous_manifest = read_manifest(published and published.folder)
     if previous_manifest == manifest:
         print(f"{path}: already holds the embeddings of these {len(items)} items")
-        return [*rejected, *read_skipped(published)]
+        return [*rejected, *read_skipped(published.folder)]
     if hashes is not None:
         same_model = previous_manifest is not None and previous_manifest["model"] == manifest["model"]
-        previous = Previous(local_set(path) if same_model else None)
+        previous = Previous(local_copy(path, published) if same_model else None)
         print(f"{path}: {previous.summary(hashes)}")
         encode_batches = reusing(encode_batches, items, hashes, previous)
     with output_set(path, resume=True) as folder:

@@ -1,6 +1,6 @@
 """Step 1 for a folder of one's own generations: the prompt and settings inside each image file, as a table.
 
-Writes the output set out_dir/metadata (published as one: see files.py), as step 1 does for a CSV:
+Writes the output set out_dir/metadata (published as one: see sets.py), as step 1 does for a CSV:
   metadata.parquet  one row per image step 3 embeds, under the same id (images.list_images): SCHEMA
   rejects.csv       path, reason, detail for every image whose metadata could not be read (it still has its row,
                     with what could be read, and an empty prompt at worst), or that step 3 refuses (duplicate id)
@@ -22,11 +22,11 @@ from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from prompt_search.cli import UserError
-from prompt_search.files import local_set, output_set
 from prompt_search.image_metadata import parse_metadata
 from prompt_search.images import UNREADABLE, list_images
 from prompt_search.links import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
 from prompt_search.links import SCHEMA as CSV_SCHEMA
+from prompt_search.sets import local_set, output_set
 from prompt_search.storage import is_url
 
 # Step 1's columns where they mean the same (id, prompt, width, height, seed, cfg_scale, num_steps), so that

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +33,7 @@ def list_images(img_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, st
     """
     items, duplicates, problems = [], [], []
     first_path: dict[str, str] = {}
-    for root, dirs, files in _walk(img_dir):
+    for root, dirs, files in storage.walk(img_dir):
         dirs.sort()
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
@@ -48,16 +47,6 @@ def list_images(img_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, st
                 first_path[image_id] = path
                 items.append((image_id, path))
     return items, duplicates, problems
-
-
-def _walk(img_dir: str) -> Iterator[tuple[str, list[str], list[str]]]:
-    """os.walk of img_dir, local or at a URL (whose roots are then URLs too)."""
-    if not storage.is_url(img_dir):
-        yield from os.walk(img_dir)
-        return
-    fs, inner = storage.filesystem(img_dir)
-    for root, dirs, files in fs.walk(inner):
-        yield storage.as_url(fs, root).rstrip("/"), dirs, files
 
 
 def _image_id(path: str, img_dir: str) -> tuple[str, tuple[str, str] | None]:

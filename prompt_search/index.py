@@ -1,6 +1,6 @@
 """Step 4: an autofaiss index over an embeddings set, with the ids and vectors in the index's own order.
 
-Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: see files.py):
+Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: see sets.py):
   knn.index     the faiss index (inner product: cosine on normalised vectors)
   infos.json    autofaiss's account of what it built
   items.arrow   row i describes vector i: id, image path, prompt, link and metadata (see items.py)
@@ -28,10 +28,11 @@ import pyarrow as pa
 from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.embed import MANIFEST, save_batch
-from prompt_search.files import current_set, local_published_file, local_set, model_fingerprint, output_set
+from prompt_search.files import model_fingerprint
 from prompt_search.images import IMAGES_FILE
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
+from prompt_search.sets import local_copy, local_published_file, output_set, published_set
 from prompt_search.spark import session_for
 from prompt_search.storage import is_url
 
@@ -87,7 +88,9 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     """
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
-    folder = local_set(embeddings)  # at a URL, this machine's copy: autofaiss and the checks read local files
+    published = published_set(embeddings)  # resolved once: every read below is of this one set
+    # at a URL, this machine's copy: the checks and a local autofaiss read local files
+    folder = local_copy(embeddings, published) if published else None
     files = source_files(folder) if folder else []
     if not files:
         raise UserError(f"no embeddings in {embeddings}: run the embeddings step first")
@@ -104,7 +107,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         parts = (os.path.join(out, PARTS_FOLDER) if not is_url(index_set)
                  else os.path.join(os.path.dirname(index_set), f".{os.path.basename(index_set)}-{PARTS_FOLDER}"))
         index, infos = autofaiss_build(
-            embeddings=os.path.join(folder if spark is None else current_set(embeddings), "embeddings"),
+            embeddings=os.path.join(folder if spark is None else published.folder, "embeddings"),
             index_path=os.path.join(out, INDEX_FILE),
             index_infos_path=os.path.join(out, INFOS_FILE),
             metric_type="ip",

@@ -1,6 +1,6 @@
 """Step 1: an open-prompts CSV to a link list, a metadata table and a rejects file.
 
-Outputs, the output set out_dir/metadata (published as one: see files.py):
+Outputs, the output set out_dir/metadata (published as one: see sets.py):
   img_links.txt     one image URL per line (the reference's link list)
   metadata.parquet  one row per kept CSV row: id, url, prompt and the generation's metadata
   rejects.csv       csv_line, reason, detail for every row that was skipped
@@ -29,10 +29,11 @@ from tqdm import tqdm
 from prompt_search import url_keys
 from prompt_search.cli import UserError
 from prompt_search.csv_pieces import parse_in_order, pieces, worker_count
-from prompt_search.files import is_http_url, output_set
+from prompt_search.files import is_http_url
+from prompt_search.sets import output_set
 from prompt_search.url_keys import KeptUrls, LateRows, Reject, without_duplicates
 
-METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see files.py)
+METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see sets.py)
 LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
 METADATA_FILE = os.path.join(METADATA_SET, "metadata.parquet")
 REJECTS_FILE = os.path.join(METADATA_SET, "rejects.csv")

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from prompt_search.cli import UserError
-from prompt_search.files import local_set, model_fingerprint
+from prompt_search.files import model_fingerprint
 from prompt_search.images import open_rgb, to_pixels
 from prompt_search.index import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
 from prompt_search.items import ItemTable
@@ -24,6 +24,7 @@ from prompt_search.onnx_clip import (
     query_specs,
     start_session,
 )
+from prompt_search.sets import local_set
 from prompt_search.tokenizer import tokenize
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together

@@ -75,7 +75,9 @@ class Searcher:
         self.text_session = start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads)
         self.image_session = start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads)
         self.columns = {side: self._filter_columns(searched) for side, searched in self.sides.items()}
-        self.images_dir = images_dir.rstrip("/") if storage.is_url(images_dir) else os.path.realpath(images_dir)
+        local = storage.local_path(images_dir)  # a file:// URL is a local folder: its links are resolved too
+        self.images_dir = images_dir.rstrip("/") if local is None else os.path.realpath(local)
+        self.images_at_url = local is None
 
     @staticmethod
     def _filter_columns(searched: SearchIndex) -> dict[str, np.ndarray]:
@@ -155,19 +157,20 @@ class Searcher:
         if searched is None or not position.isdigit() or int(position) >= len(searched.items):
             return None
         path = searched.items.rows([int(position)])[0].get("path") or ""
-        if storage.is_url(self.images_dir):  # no links at a URL: a path inside it starts with it and never goes up
+        if self.images_at_url:  # object stores have no links: a path inside starts with the folder, never goes up
             inside = path.startswith(self.images_dir + "/") and ".." not in path.split("/")
             if not inside or not storage.is_file(path):
                 return None
-            return _thumbnail(path, storage.size(path))  # a URL's mtime is not the same field on every storage
-        real = os.path.realpath(path)
-        if not path or not real.startswith(self.images_dir + os.sep) or not os.path.isfile(real):
+            return _thumbnail(path, storage.stamp(path))
+        local = storage.local_path(path) if path else None
+        real = os.path.realpath(local) if local else ""
+        if not real.startswith(self.images_dir + os.sep) or not os.path.isfile(real):
             return None
-        return _thumbnail(real, os.stat(real).st_mtime_ns)
+        return _thumbnail(real, storage.stamp(real))
 
 
 @functools.lru_cache(maxsize=1024)  # a page shows the same results again and again while the query is typed
-def _thumbnail(path: str, stamp: int) -> bytes | None:
+def _thumbnail(path: str, stamp: str) -> bytes | None:
     try:
         image = open_rgb(path)
     except (*UNREADABLE, Image.DecompressionBombError):

@@ -18,12 +18,15 @@ from typing import IO
 
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from prompt_search.cli import UserError
 
 # This machine's copies of what lives at URLs: output sets read (by generation), sets being built before their
 # upload, the ONNX models and results.html of a remote OUT_DIR. PROMPT_SEARCH_CACHE moves it.
 CACHE_DIR = os.path.expanduser(os.environ.get("PROMPT_SEARCH_CACHE", "~/.cache/prompt-search"))
+# the fields of fsspec's info() that change when a file is replaced, on the filesystems that report them
+STAMP_KEYS = {"size", "mtime", "ETag", "LastModified", "last_modified", "md5Hash", "generation", "updated"}
 
 
 def is_url(path: str) -> bool:
@@ -32,16 +35,34 @@ def is_url(path: str) -> bool:
 
 
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem of url and the path within it; a missing filesystem package said in one line."""
+    """The fsspec filesystem of url and the path within it; a missing filesystem package said in one line.
+
+    Its listings cache is emptied first: Spark tasks on other machines write into the folders this process lists
+    (s3fs would otherwise answer from listings made before they wrote).
+    """
     try:
-        return url_to_fs(url)
+        fs, inner = url_to_fs(url)
     except (ImportError, ValueError) as error:
         raise UserError(f"{url}: no filesystem for it ({error})") from None
+    fs.invalidate_cache()
+    return fs, inner
 
 
-def as_url(fs: AbstractFileSystem, path: str) -> str:
-    """A path within fs as a URL again (what fsspec's listings drop)."""
-    return fs.unstrip_protocol(path)
+def below(url: str, inner: str, path: str) -> str:
+    """path, which fs found below inner (filesystem(url)'s path), as a URL that starts with url itself: fsspec's
+    own unstrip_protocol loses an HDFS host and port, and writes memory://x as memory:///x."""
+    root = inner.rstrip("/")
+    if path != root and not path.startswith(root + "/"):
+        raise ValueError(f"{path} is not below {inner}")
+    return url.rstrip("/") + path[len(root):]
+
+
+def local_path(path: str) -> str | None:
+    """The path on this machine of a local path or a file:// URL; None for any other URL."""
+    if not is_url(path):
+        return path
+    fs, inner = filesystem(path)
+    return inner if isinstance(fs, LocalFileSystem) else None
 
 
 def exists(path: str) -> bool:
@@ -66,11 +87,22 @@ def is_file(path: str) -> bool:
 
 
 def glob(pattern: str) -> list[str]:
-    """The paths matching pattern, sorted; URLs stay URLs."""
+    """The paths matching pattern (wildcards in its last part only), sorted; URLs stay URLs."""
     if not is_url(pattern):
         return sorted(local_glob(pattern))
-    fs, inner = filesystem(pattern)
-    return sorted(as_url(fs, path) for path in fs.glob(inner))
+    folder = pattern.rsplit("/", 1)[0]
+    fs, inner = filesystem(folder)
+    return sorted(below(folder, inner, path) for path in fs.glob(filesystem(pattern)[1]))
+
+
+def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk of folder, local or at a URL (whose roots are then URLs that start with folder)."""
+    if not is_url(folder):
+        yield from os.walk(folder)
+        return
+    fs, inner = filesystem(folder)
+    for root, dirs, files in fs.walk(inner):
+        yield below(folder, inner, root), dirs, files
 
 
 def open_file(path: str, mode: str = "rb") -> IO:
@@ -90,6 +122,25 @@ def size(path: str) -> int:
 def read_bytes(path: str) -> bytes:
     with open_file(path) as f:
         return f.read()
+
+
+def stamp(path: str) -> str:
+    """What changes when the file at path is replaced: its size and modification time, or at a URL what its
+    storage reports of the kind (ETag, mtime, LastModified...)."""
+    if not is_url(path):
+        info = os.stat(path)
+        return f"{info.st_size}:{info.st_mtime_ns}"
+    fs, inner = filesystem(path)
+    info = fs.info(inner)
+    return ":".join(str(info[key]) for key in sorted(info) if key in STAMP_KEYS)
+
+
+def remove_file(path: str) -> None:
+    if not is_url(path):
+        os.remove(path)
+        return
+    fs, inner = filesystem(path)
+    fs.rm_file(inner)
 
 
 def remove_tree(path: str) -> None:

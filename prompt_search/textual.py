@@ -15,10 +15,10 @@ import torch
 
 from prompt_search.clip_models import load
 from prompt_search.embed import embed_items
-from prompt_search.files import local_published_file
 from prompt_search.listing import Listing, write_listing
 from prompt_search.model import choose_device
 from prompt_search.reuse import Batch
+from prompt_search.sets import local_published_file
 from prompt_search.spark import session_for
 from prompt_search.spark_embed import embed_on_spark
 from prompt_search.storage import is_url, local_dir

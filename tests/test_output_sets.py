@@ -14,7 +14,7 @@ import numpy as np
 from conftest import make_image, run_script, write_open_prompts_csv
 from test_index import fake_embeddings
 
-from prompt_search.files import current_set, new_set, publish_set
+from prompt_search.sets import current_set, new_set, publish_set
 
 
 def set_contents(path: Path) -> dict[str, bytes] | None:
@@ -123,3 +123,13 @@ def test_a_reader_keeps_the_set_it_resolved(tmp_path):
             assert Path(resolved_before, "value").read_text() == str(generation - 1)
     assert sorted(os.listdir(tmp_path)) == [".set.2", ".set.3", "set"]
     assert Path(current_set(path), "value").read_text() == "3"
+
+
+def test_a_dangling_link_keeps_its_folders_number(tmp_path):
+    """The published folder was removed by hand: the next set takes the next number, and the older set stays."""
+    path = str(tmp_path / "set")
+    for _ in range(2):
+        publish_set(path, new_set(path))
+    shutil.rmtree(tmp_path / ".set.2")
+    assert current_set(path) is None
+    assert new_set(path) == str(tmp_path / ".set.3") and (tmp_path / ".set.1").is_dir()

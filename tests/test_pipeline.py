@@ -152,7 +152,7 @@ def test_every_step_with_out_dir_at_a_url_gives_the_local_outputs(tmp_path, tiny
     tables, images, embeddings, indices and results as with local paths; the sets published by pointer objects."""
     from test_storage import files_at, local_files
 
-    from prompt_search.files import current_set
+    from prompt_search.sets import current_set
 
     monkeypatch.setenv("PROMPT_SEARCH_CACHE", str(tmp_path / "cache"))
     served = tmp_path / "served"

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_fast_query import WITHOUT_TORCH
 from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
+
+from prompt_search.index import ITEMS_FILE
+from prompt_search.items import ItemTable
 
 SCRIPT_PROMPT = "<script>window.__pwned=1</script> a planted prompt"
 PROMPTS = ["a blue robot on a red background", "a corgi astronaut on the moon", "portrait of a kangaroo",
@@ -326,3 +330,17 @@ def test_connections_to_the_listening_socket_send_without_delay():
         return value
 
     assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_thumbnails_at_a_file_url_follow_the_images_folders_links_as_a_local_folder(built, tmp_path):
+    """IMG_DIR given as a file:// URL is still a local folder: an image there that links outside is refused."""
+    work, common = built
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy, symlinks=True)
+    paths = ItemTable(str(copy / "out" / "knn_indices" / "visual" / ITEMS_FILE)).column("path").to_pylist()
+    linked = copy / paths[0]
+    linked.unlink()
+    linked.symlink_to(copy / "outside.png")
+    with running_server(copy, [*common, f"--IMG_DIR=file://{copy}/out/images"]) as base:
+        answers = [requests.get(f"{base}/thumbnail/images/{i}", timeout=10).status_code for i in range(len(paths))]
+    assert answers == [404] + [200] * (len(paths) - 1)

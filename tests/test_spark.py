@@ -188,7 +188,7 @@ def test_steps_2_to_4_on_spark_at_a_url_write_the_local_distributors_files(tmp_p
     processes), as the local distributor does at the same URL; the index is built from the set at the URL."""
     from test_storage import files_at
 
-    from prompt_search.files import current_set
+    from prompt_search.sets import current_set
 
     monkeypatch.setattr("prompt_search.storage.CACHE_DIR", str(tmp_path / "cache"))
     served = tmp_path / "served"

@@ -4,6 +4,7 @@ file:// where other processes write too), against the same steps on local paths.
 import os
 import random
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -14,9 +15,9 @@ from test_index import fake_embeddings
 
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.files import current_set, local_set, new_set, output_set, publish_set, withdraw_set
 from prompt_search.index import build_index
 from prompt_search.query import open_index
+from prompt_search.sets import MARKER, current_set, local_set, new_set, output_set, publish_set, withdraw_set
 from prompt_search.textual import embed_prompts
 
 
@@ -28,9 +29,10 @@ def memory_url(monkeypatch, tmp_path) -> str:
 
 
 def files_at(url: str) -> dict[str, bytes]:
-    """Every file below the folder at url, by path below it."""
+    """Every file below the folder at url, by path below it; a set's marker aside (a local set has none)."""
     fs, inner = storage.filesystem(url)
-    return {os.path.relpath(path, inner): fs.cat_file(path) for path in sorted(fs.find(inner))}
+    return {os.path.relpath(path, inner): fs.cat_file(path) for path in sorted(fs.find(inner))
+            if os.path.relpath(path, inner) != MARKER}
 
 
 def local_files(folder: str) -> dict[str, bytes]:
@@ -38,7 +40,7 @@ def local_files(folder: str) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_set_at_a_url_is_published_by_a_pointer_and_a_reader_keeps_its_set(memory_url):
+def test_a_set_at_a_url_is_published_by_its_marker_and_a_reader_keeps_its_set(memory_url):
     path = f"{memory_url}/out/set"
     assert current_set(path) is None and local_set(path) is None
     for generation in range(1, 4):
@@ -50,11 +52,35 @@ def test_a_set_at_a_url_is_published_by_a_pointer_and_a_reader_keeps_its_set(mem
         if resolved_before:  # a reader that resolved the pointer just before still reads its whole set
             assert storage.read_bytes(f"{resolved_before}/value") == str(generation - 1).encode()
     fs, inner = storage.filesystem(f"{memory_url}/out")
-    assert sorted(os.path.basename(p) for p in fs.ls(inner, detail=False)) == [".set.2", ".set.3", "set"]
-    name, publication = storage.read_bytes(path).decode().split()
-    assert name == ".set.3" and len(publication) == 32
+    assert sorted(os.path.basename(p) for p in fs.ls(inner, detail=False)) == [".set.2", ".set.3"]
+    assert current_set(path) == f"{memory_url}/out/.set.3"  # the URL as given: memory://x, not memory:///x
+    assert len(storage.read_bytes(f"{memory_url}/out/.set.3/{MARKER}")) == 32
+    unpublished = new_set(path)  # being written: not published, whatever its number
+    with storage.atomic_write(f"{unpublished}/value") as f:
+        f.write(b"4, half written")
     assert storage.read_bytes(f"{current_set(path)}/value") == b"3"
     assert withdraw_set(path) and current_set(path) is None and not fs.ls(inner)
+
+
+def test_a_withdrawal_cut_short_leaves_the_newest_set_not_an_older_one(memory_url, monkeypatch):
+    path = f"{memory_url}/set"
+    for value in ("old", "new"):
+        with output_set(path) as folder:
+            Path(folder, "value").write_text(value)
+    removed = []
+
+    def killed_after_one(marker: str) -> None:
+        if removed:
+            raise KeyboardInterrupt
+        removed.append(marker)
+        original(marker)
+
+    original = storage.remove_file
+    monkeypatch.setattr(storage, "remove_file", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        withdraw_set(path)
+    assert removed == [f"{memory_url}/.set.1/{MARKER}"]
+    assert storage.read_bytes(f"{current_set(path)}/value") == b"new"
 
 
 def test_a_failed_block_leaves_the_published_set_and_uploads_nothing(memory_url):
@@ -67,7 +93,7 @@ def test_a_failed_block_leaves_the_published_set_and_uploads_nothing(memory_url)
         Path(folder, "a").write_text("new, half written")
         raise RuntimeError("killed")
     assert files_at(memory_url) == before
-    assert not os.listdir(storage.CACHE_DIR)  # the local build folder is gone too
+    assert not list(Path(storage.CACHE_DIR).rglob(".build-*"))  # the local build folder is gone too
 
 
 def test_local_copies_are_kept_by_publication(memory_url):
@@ -82,10 +108,14 @@ def test_local_copies_are_kept_by_publication(memory_url):
         assert local_set(path) == copies[-1]  # read again: the same copy, not downloaded again
     assert len(set(copies)) == 3
     assert not os.path.exists(copies[0]) and os.path.isdir(copies[1])  # the copy before stays for its reader
+    left = os.path.join(storage.cache_folder(path), ".download-killed")  # what a killed download left two days ago
+    os.makedirs(left)
+    os.utime(left, (time.time() - 2 * 86400,) * 2)
     withdraw_set(path)
     with output_set(path) as folder:  # the same generation number as the withdrawn set: still a new copy
         Path(folder, "value").write_text("after")
     assert Path(local_set(path), "value").read_text() == "after"
+    assert not os.path.exists(left)
 
 
 def test_atomic_write_at_a_url_leaves_the_old_content_when_it_fails(memory_url):
@@ -162,7 +192,7 @@ def test_an_index_set_at_a_url_from_embeddings_at_a_url(tmp_path, memory_url):
     local = local_files(str(tmp_path / "index"))
     assert remote.keys() == local.keys() and remote["items.arrow"] == local["items.arrow"]
     assert remote["vectors.npy"] == local["vectors.npy"]
-    assert fs.exists(storage.filesystem(f"{memory_url}/index")[1])  # the pointer
+    assert fs.exists(storage.filesystem(f"{memory_url}/.index.1/{MARKER}")[1])
 
 
 def test_a_missing_filesystem_is_said_in_one_line():

@@ -1,0 +1,242 @@
+"""Output sets: every file one step writes, published together, so that a reader sees the old complete set or
+the new one, never a mix, whenever the writer is killed.
+
+A set's folders are `.NAME.N` beside its path (OUT_DIR/knn_indices/visual, say). A step writes its next set into
+the next `.NAME.N`, then publishes it in one atomic step:
+  - at a local path, `path` is a symbolic link to the folder, swapped by a rename;
+  - at a URL (storage.py: object stores have neither links nor an atomic replace, and HDFS replaces a file by
+    deleting it first), the set is published when its marker `.NAME.N/PUBLISHED` is written, last; the current
+    set is the highest N with a marker. Nothing is ever overwritten.
+A reader resolves the set once (`published_set`) and reads every file from that folder. The set before stays until
+the next publish, for a reader that resolved the path just before.
+
+At a URL, a step that reads local files (DuckDB, faiss, memory maps) reads this machine's copy of the published
+set, kept in storage.CACHE_DIR by publication (`local_copy`); a step that writes its whole set on one machine
+builds it in a local folder and uploads it before publishing (`output_set`); step 3 writes its batches at the URL
+itself, from any machine (`output_set(resume=True)`, embed.py).
+"""
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from prompt_search import storage
+from prompt_search.storage import is_url, swap_point
+
+MARKER = "PUBLISHED"  # at a URL, written into a set's folder last: the set is published (holds the publication id)
+STALE_SECONDS = 24 * 3600  # a build or download folder in the cache this old was left by a killed process
+
+
+@dataclass(frozen=True)
+class Published:
+    folder: str  # the set's folder: a local path, or a URL
+    publication: str  # tells publications apart (numbers restart after a withdrawal): the marker's id at a URL
+
+
+def published_set(path: str) -> Published | None:
+    """The output set published at path, resolved once; None when there is none."""
+    if not is_url(path):
+        folder = os.path.realpath(path)
+        return Published(folder, folder) if os.path.isdir(folder) else None
+    for _, folder in reversed(_set_folders(path)):
+        marker = f"{folder}/{MARKER}"
+        if storage.is_file(marker):
+            return Published(folder, storage.read_bytes(marker).decode().strip())
+    return None
+
+
+def current_set(path: str) -> str | None:
+    """The folder of the output set published at path; None when there is none."""
+    found = published_set(path)
+    return found.folder if found else None
+
+
+def local_copy(path: str, found: Published) -> str:
+    """The published set found (published_set(path)) as a local folder: at a URL, this machine's copy, downloaded
+    when first read; the copy before is kept for a reader still on it, older ones are removed."""
+    if not is_url(path):
+        return found.folder
+    cache = storage.cache_folder(path)
+    copy = os.path.join(cache, found.publication)
+    if not os.path.isdir(copy):
+        os.makedirs(cache, exist_ok=True)
+        _remove_stale(cache)
+        storage.download_folder(found.folder, copy)
+        _remove_old_copies(cache, copy)
+    return copy
+
+
+def local_set(path: str) -> str | None:
+    """The folder of the set published at path, as a local folder (local_copy); None when there is none."""
+    found = published_set(path)
+    return None if found is None else local_copy(path, found)
+
+
+def published_file(path: str) -> str:
+    """A file of an output set (OUT_DIR/metadata/metadata.parquet, say) in the set published now, where it stays
+    whatever is published next; path itself when no set is published."""
+    parent, name = os.path.split(path)
+    folder = current_set(parent)
+    return os.path.join(folder, name) if folder else path
+
+
+def local_published_file(path: str) -> str:
+    """published_file(path) as a local file: at a URL, in this machine's copy of the set (local_set)."""
+    parent, name = os.path.split(path)
+    folder = local_set(parent)
+    return os.path.join(folder, name) if folder else path
+
+
+@contextmanager
+def output_set(path: str, resume: bool = False) -> Iterator[str]:
+    """Yield the folder to write path's next set into (new_set); publish it if the block succeeds.
+
+    A block that fails leaves the published set as it was; its folder is removed, unless resume.
+    At a URL the folder is a local one, uploaded before publishing; unless resume, where the block writes at the
+    URL itself (for writers on other machines, and a rerun that resumes what a killed one wrote).
+    """
+    if is_url(path) and not resume:
+        cache = storage.cache_folder(path)
+        os.makedirs(cache, exist_ok=True)
+        _remove_stale(cache)
+        local = tempfile.mkdtemp(prefix=".build-", dir=cache)
+        try:
+            yield local
+            folder = new_set(path)
+            storage.upload_folder(local, folder)
+            publish_set(path, folder)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return
+    folder = new_set(path, resume)
+    try:
+        yield folder
+    except BaseException:
+        if not resume:
+            storage.remove_tree(folder)
+        raise
+    publish_set(path, folder)
+
+
+def new_set(path: str, resume: bool = False) -> str:
+    """The folder a step writes its next set for path into, `.NAME.N` beside it.
+
+    resume: the unpublished folder a killed run left, when there is one (a step that resumes);
+    otherwise a new, empty folder, and unpublished ones are removed.
+    """
+    if is_url(path):
+        found = published_set(path)
+        current = _generation(found.folder) if found else -1
+    else:  # the link's target even when it dangles: its folder's number is still taken
+        current = _generation(os.path.realpath(path))
+    unpublished = [folder for number, folder in _set_folders(path) if number > current]
+    if resume and unpublished:
+        return unpublished[-1]
+    for folder in unpublished:
+        storage.remove_tree(folder)
+    folder = _set_folder(path, str(max(current, 0) + 1))
+    if not is_url(path):
+        os.makedirs(folder)
+    return folder
+
+
+def publish_set(path: str, folder: str) -> None:
+    """Publish the finished set in folder (from new_set) at path in one atomic step.
+
+    The set before stays until the next publish, for a reader that resolved path just before.
+    """
+    before = published_set(path)
+    keep = {os.path.basename(before.folder) if before else "", os.path.basename(folder)}
+    if is_url(path):
+        with storage.atomic_write(f"{folder}/{MARKER}") as f:  # a new object: no storage replaces anything here
+            f.write(uuid.uuid4().hex.encode())
+    else:
+        link = f"{path}.link.partial"
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.basename(folder), link)
+        if os.path.isdir(path) and not os.path.islink(path):  # a real folder from an older version: set it aside
+            os.rename(path, _set_folder(path, "0"))
+        swap_point()
+        os.replace(link, path)
+    swap_point()
+    for old in storage.glob(_set_folder(path, "*")):
+        if os.path.basename(old.rstrip("/")) not in keep:
+            _remove_set_folder(old)
+
+
+def withdraw_set(path: str) -> bool:
+    """Unpublish the set at path (one atomic removal of its link, or of its markers oldest first: a withdrawal
+    killed midway leaves the newest set published, never an older one) and remove its folders; whether there
+    was one."""
+    if is_url(path):
+        published = published_set(path) is not None
+        for _, folder in _set_folders(path):
+            if storage.is_file(f"{folder}/{MARKER}"):
+                storage.remove_file(f"{folder}/{MARKER}")
+    else:
+        published = os.path.islink(path)
+        if published:
+            os.remove(path)
+    for old in storage.glob(_set_folder(path, "*")):
+        storage.remove_tree(old)
+    return published
+
+
+def _remove_set_folder(folder: str) -> None:
+    """Remove an old set's folder; at a URL its marker first, so that a removal cut short leaves no half set
+    marked published."""
+    if is_url(folder) and storage.is_file(f"{folder}/{MARKER}"):
+        storage.remove_file(f"{folder}/{MARKER}")
+    storage.remove_tree(folder)
+
+
+def _set_folders(path: str) -> list[tuple[int, str]]:
+    """(N, folder) of path's .NAME.N folders, by N."""
+    return sorted((_generation(folder.rstrip("/")), folder.rstrip("/"))
+                  for folder in storage.glob(_set_folder(path, "*")))
+
+
+def _generation(folder: str) -> int:
+    """N of a set folder .NAME.N; -1 for anything else."""
+    match = re.search(r"\.(\d+)$", folder)
+    return int(match.group(1)) if match else -1
+
+
+def _set_folder(path: str, suffix: str) -> str:
+    parent, name = os.path.split(path.rstrip("/") if is_url(path) else os.path.normpath(path))
+    return os.path.join(parent, f".{name}.{suffix}")
+
+
+def _remove_stale(cache: str) -> None:
+    """Remove the build and download folders a killed process left in a cache folder."""
+    for entry in os.scandir(cache):
+        try:
+            if entry.name.startswith(".") and time.time() - entry.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except FileNotFoundError:  # another process removed it meanwhile
+            continue
+
+
+def _remove_old_copies(cache: str, keep: str) -> None:
+    """Every copy in cache but keep and the newest other one (a reader may still be on it)."""
+    copies = []
+    for entry in os.scandir(cache):
+        try:
+            if not entry.name.startswith(".") and entry.path != keep:
+                copies.append((entry.stat().st_mtime, entry.path))
+        except FileNotFoundError:
+            continue
+    for _, old in sorted(copies)[:-1]:
+        doomed = os.path.join(cache, f".removing-{uuid.uuid4().hex}")
+        try:
+            os.rename(old, doomed)  # renamed first: a removal cut short must not leave a copy that passes for whole
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
