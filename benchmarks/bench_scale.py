@@ -163,7 +163,16 @@ def measure_lookup(work: Path, rows: int, say) -> None:
         found = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
                                check=True).stdout.split()
         say(f"  {int(found[0]):>10,} rows: open {float(found[1]):.2f} ms, 20 hits median {float(found[2]):.2f} ms "
-            f"(max {float(found[3]):.2f} ms), memory grown {float(found[4]):.1f} MiB")
+            f"(max {float(found[3]):.2f} ms), memory grown {float(found[4]):.1f} MiB; items.arrow "
+            f"{path.stat().st_size / 1e6:,.1f} MB, its ids {id_bytes(path) / 1e6:,.1f} MB")
+
+
+def id_bytes(path: Path) -> int:
+    """Bytes of the id column in an items.arrow (its buffers, memory-mapped: nothing else is read)."""
+    import pyarrow.ipc as ipc
+
+    column = ipc.open_file(pa.memory_map(str(path))).read_all().column("id")
+    return sum(buffer.size for chunk in column.chunks for buffer in chunk.buffers() if buffer is not None)
 
 
 def make_items(work: Path, size: int, say) -> Path:

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 
 from prompt_search import items as items_module
 from prompt_search.items import ItemTable, write_items
+from prompt_search.links import url_id
 
 
 def test_rows_by_position_across_batches_and_joined_metadata(tmp_path, monkeypatch):
@@ -20,3 +21,24 @@ def test_rows_by_position_across_batches_and_joined_metadata(tmp_path, monkeypat
     assert rows[0]["prompt"] == "p19" and rows[5]["prompt"] == "p0" and rows[1]["prompt"] is None
     assert table.column("id").to_pylist() == ids.to_pylist()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.arrow", "metadata.parquet"]  # scratch copies gone
+
+
+def test_step_1_ids_are_stored_as_their_64_bit_digests_and_read_back_as_hex(tmp_path):
+    ids = [url_id(f"https://example.com/{i}.png") for i in range(300)]
+    pq.write_table(pa.table({"id": ids[::-1], "prompt": [f"p{i}" for i in range(300)][::-1]}), tmp_path / "m.parquet")
+    write_items(str(tmp_path / "items.arrow"), pa.chunked_array([pa.array(ids[:100]), pa.array(ids[100:])]),
+                [str(tmp_path / "m.parquet")], str(tmp_path))
+    table = ItemTable(str(tmp_path / "items.arrow"))
+    assert table.reader.schema.field("id").type == pa.uint64()
+    assert table.reader.read_all().column("id")[7].as_py() == int(ids[7], 16)
+    assert [row["id"] for row in table.rows([0, 299, 7])] == [ids[0], ids[299], ids[7]]
+    assert table.rows([7])[0]["prompt"] == "p7"
+    assert table.column("id").to_pylist() == ids
+
+
+def test_ids_other_than_digests_stay_strings(tmp_path):
+    for ids in (["0123456789abcdef", "sub/a.png"], ["0123456789ABCDEF"], ["0123456789abcdeg"], ["0123456789abcde"]):
+        write_items(str(tmp_path / "items.arrow"), pa.chunked_array([pa.array(ids)]), [], str(tmp_path))
+        table = ItemTable(str(tmp_path / "items.arrow"))
+        assert table.reader.schema.field("id").type == pa.string()
+        assert [row["id"] for row in table.rows(list(range(len(ids))))] == ids
