@@ -125,7 +125,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         ids = write_vectors(files, dimension, out)
         write_items(os.path.join(out, ITEMS_FILE), ids,
                     [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
-        lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).column("id"), files)
+        lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
         source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "lossy": lossy,
                   "embeddings": manifest}
         with open(os.path.join(out, SOURCE_FILE), "w") as f:

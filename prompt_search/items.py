@@ -12,6 +12,7 @@ one's own images) stay strings. Either way ItemTable gives the ids as strings.
 """
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -113,6 +114,10 @@ class ItemTable:
         """The rows at these positions, as dicts, in the order asked."""
         return [self._batch_row(position) for position in positions]
 
+    def ids(self) -> Sequence[str]:
+        """The ids by position, each read when asked: a sample of k ids costs k rows, not the whole column."""
+        return _Ids(self)
+
     def column(self, name: str) -> pa.ChunkedArray:
         """A whole column, memory-mapped (nothing is read until used; the ids of digests are converted whole)."""
         column = self.reader.read_all().column(name)
@@ -126,3 +131,14 @@ class ItemTable:
         if self.digests:
             row["id"] = f"{row['id']:016x}"
         return row
+
+
+class _Ids(Sequence):
+    def __init__(self, table: ItemTable):
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, position: int) -> str:
+        return self.table.rows([int(position)])[0]["id"]

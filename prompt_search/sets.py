@@ -16,21 +16,22 @@ builds it in a local folder and uploads it before publishing (`output_set`); ste
 itself, from any machine (`output_set(resume=True)`, embed.py).
 """
 
+import fcntl
 import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prompt_search import storage
+from prompt_search.cli import UserError
 from prompt_search.storage import is_url, swap_point
 
 MARKER = "PUBLISHED"  # at a URL, written into a set's folder last: the set is published (holds the publication id)
-STALE_SECONDS = 24 * 3600  # a build or download folder in the cache this old was left by a killed process
+TOMBSTONE = "WITHDRAWN"  # written into each folder of a set being withdrawn: never resumed, even if the removal stops
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,18 @@ def local_copy(path: str, found: Published) -> str:
     cache = storage.cache_folder(path)
     copy = os.path.join(cache, found.publication)
     if not os.path.isdir(copy):
-        os.makedirs(cache, exist_ok=True)
-        _remove_stale(cache)
-        storage.download_folder(found.folder, copy)
+        with _working_folder(cache, ".download-") as download:
+            storage.download_folder(found.folder, download)
+            # A set is removed marker first: with its marker still there, nothing of it was removed while it was read.
+            marker = f"{found.folder}/{MARKER}"
+            if not storage.is_file(marker) or storage.read_bytes(marker).decode().strip() != found.publication:
+                raise UserError(f"{path}: the set {found.folder} was removed while it was read (two newer sets were "
+                                "published, or it was withdrawn): run again")
+            try:
+                os.replace(download, copy)
+            except OSError:  # another process copied the same set meanwhile: keep its copy
+                if not os.path.isdir(copy):
+                    raise
         _remove_old_copies(cache, copy)
     return copy
 
@@ -102,17 +112,11 @@ def output_set(path: str, resume: bool = False) -> Iterator[str]:
     URL itself (for writers on other machines, and a rerun that resumes what a killed one wrote).
     """
     if is_url(path) and not resume:
-        cache = storage.cache_folder(path)
-        os.makedirs(cache, exist_ok=True)
-        _remove_stale(cache)
-        local = tempfile.mkdtemp(prefix=".build-", dir=cache)
-        try:
+        with _working_folder(storage.cache_folder(path), ".build-") as local:
             yield local
             folder = new_set(path)
             storage.upload_folder(local, folder)
             publish_set(path, folder)
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
         return
     folder = new_set(path, resume)
     try:
@@ -136,7 +140,7 @@ def new_set(path: str, resume: bool = False) -> str:
     else:  # the link's target even when it dangles: its folder's number is still taken
         current = _generation(os.path.realpath(path))
     unpublished = [folder for number, folder in _set_folders(path) if number > current]
-    if resume and unpublished:
+    if resume and unpublished and not storage.exists(f"{unpublished[-1]}/{TOMBSTONE}"):
         return unpublished[-1]
     for folder in unpublished:
         storage.remove_tree(folder)
@@ -174,7 +178,10 @@ def publish_set(path: str, folder: str) -> None:
 def withdraw_set(path: str) -> bool:
     """Unpublish the set at path (one atomic removal of its link, or of its markers oldest first: a withdrawal
     killed midway leaves the newest set published, never an older one) and remove its folders; whether there
-    was one."""
+    was one. Each folder is marked withdrawn first, so that a withdrawal cut short leaves nothing a step resumes."""
+    for old in storage.glob(_set_folder(path, "*")):
+        with storage.atomic_write(f"{old.rstrip('/')}/{TOMBSTONE}") as f:
+            f.write(b"")
     if is_url(path):
         published = published_set(path) is not None
         for _, folder in _set_folders(path):
@@ -214,14 +221,36 @@ def _set_folder(path: str, suffix: str) -> str:
     return os.path.join(parent, f".{name}.{suffix}")
 
 
-def _remove_stale(cache: str) -> None:
-    """Remove the build and download folders a killed process left in a cache folder."""
-    for entry in os.scandir(cache):
+@contextmanager
+def _working_folder(cache: str, prefix: str) -> Iterator[str]:
+    """A new folder in cache for this process to build or download into, removed after the block. Its lock
+    (an flock on FOLDER.lock) is held until then: a folder whose lock nobody holds was left by a killed process,
+    and the next one removes it."""
+    os.makedirs(cache, exist_ok=True)
+    _remove_abandoned(cache)
+    folder = tempfile.mkdtemp(prefix=prefix, dir=cache)
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if entry.name.startswith(".") and time.time() - entry.stat().st_mtime > STALE_SECONDS:
-                shutil.rmtree(entry.path, ignore_errors=True)
-        except FileNotFoundError:  # another process removed it meanwhile
-            continue
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.remove(f"{folder}.lock")
+
+
+def _remove_abandoned(cache: str) -> None:
+    """Remove the working folders of killed processes (their lock free) and copies whose removal was cut short."""
+    for entry in os.scandir(cache):
+        if entry.name.startswith(".removing-"):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif entry.name.endswith(".lock"):
+            try:
+                with open(entry.path) as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    shutil.rmtree(entry.path.removesuffix(".lock"), ignore_errors=True)
+                    os.remove(entry.path)
+            except (BlockingIOError, FileNotFoundError):  # in use, or removed by its owner meanwhile
+                continue
 
 
 def _remove_old_copies(cache: str, keep: str) -> None:

@@ -26,6 +26,7 @@ from prompt_search.cli import UserError
 # upload, the ONNX models and results.html of a remote OUT_DIR. PROMPT_SEARCH_CACHE moves it.
 CACHE_DIR = os.path.expanduser(os.environ.get("PROMPT_SEARCH_CACHE", "~/.cache/prompt-search"))
 # the fields of fsspec's info() that change when a file is replaced, on the filesystems that report them
+GLOB_CHARACTERS = "[]*?"  # not allowed in a folder at a URL (no_pattern)
 STAMP_KEYS = {"size", "mtime", "ETag", "LastModified", "last_modified", "md5Hash", "generation", "updated"}
 
 
@@ -48,6 +49,14 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     return fs, inner
 
 
+def no_pattern(url: str) -> str:
+    """url itself, or a UserError when it holds a glob character: fsspec's listings, moves and removals take the
+    whole path for a pattern, and would list or remove other folders (OUT_DIR=s3://b/run[12] names run1 and run2)."""
+    if any(character in url for character in GLOB_CHARACTERS):
+        raise UserError(f"{url}: a folder at a URL may not hold any of {' '.join(GLOB_CHARACTERS)} in its path")
+    return url
+
+
 def below(url: str, inner: str, path: str) -> str:
     """path, which fs found below inner (filesystem(url)'s path), as a URL that starts with url itself: fsspec's
     own unstrip_protocol loses an HDFS host and port, and writes memory://x as memory:///x."""
@@ -58,10 +67,12 @@ def below(url: str, inner: str, path: str) -> str:
 
 
 def local_path(path: str) -> str | None:
-    """The path on this machine of a local path or a file:// URL; None for any other URL."""
-    if not is_url(path):
-        return path
-    fs, inner = filesystem(path)
+    """The path on this machine of a local path or a file:// URL, cached (simplecache::file://...) or not; None
+    for any other URL."""
+    target = path.rsplit("::", 1)[-1]  # a chained URL's last part is where the files are
+    if not is_url(target):
+        return target
+    fs, inner = filesystem(target)
     return inner if isinstance(fs, LocalFileSystem) else None
 
 
@@ -90,9 +101,9 @@ def glob(pattern: str) -> list[str]:
     """The paths matching pattern (wildcards in its last part only), sorted; URLs stay URLs."""
     if not is_url(pattern):
         return sorted(local_glob(pattern))
-    folder = pattern.rsplit("/", 1)[0]
-    fs, inner = filesystem(folder)
-    return sorted(below(folder, inner, path) for path in fs.glob(filesystem(pattern)[1]))
+    folder, name = pattern.rsplit("/", 1)
+    fs, inner = filesystem(no_pattern(folder))
+    return sorted(below(folder, inner, path) for path in fs.glob(f"{inner.rstrip('/')}/{name}"))
 
 
 def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -100,7 +111,7 @@ def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
     if not is_url(folder):
         yield from os.walk(folder)
         return
-    fs, inner = filesystem(folder)
+    fs, inner = filesystem(no_pattern(folder))
     for root, dirs, files in fs.walk(inner):
         yield below(folder, inner, root), dirs, files
 
@@ -148,7 +159,7 @@ def remove_tree(path: str) -> None:
     if not is_url(path):
         shutil.rmtree(path, ignore_errors=True)
         return
-    fs, inner = filesystem(path)
+    fs, inner = filesystem(no_pattern(path))
     if fs.exists(inner):
         fs.rm(inner, recursive=True)
 
@@ -176,7 +187,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
         with atomic_path(path) as tmp, open(tmp, mode) as f:
             yield f
         return
-    fs, inner = filesystem(path)
+    fs, inner = filesystem(no_pattern(path))
     fs.makedirs(fs._parent(inner), exist_ok=True)  # a local file:// folder must exist; object stores have none
     tmp = f"{inner}.partial"
     try:
@@ -207,25 +218,18 @@ def cache_folder(url: str) -> str:
 
 
 def download_folder(url: str, local: str) -> None:
-    """Copy the folder at url, everything below it, into the new local folder local (replaced whole)."""
+    """Copy the folder at url, everything below it, into the local folder local."""
     fs, inner = filesystem(url)
-    tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(local))
-    try:
-        for path in fs.find(inner):
-            target = os.path.join(tmp, os.path.relpath(path, inner))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.get_file(path, target)
-        try:
-            os.replace(tmp, local)
-        except OSError:  # another process copied the same set meanwhile: keep its copy
-            if not os.path.isdir(local):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for path in fs.find(inner):
+        target = os.path.join(local, os.path.relpath(path, inner))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fs.get_file(path, target)
 
 
 def upload_folder(local: str, url: str) -> None:
     """Copy every file below the local folder into the folder at url."""
+    if not os.path.isdir(local):  # os.walk would copy nothing, and an empty set be published
+        raise FileNotFoundError(local)
     fs, inner = filesystem(url)
     for parent, _, names in os.walk(local):
         target = f"{inner.rstrip('/')}/{os.path.relpath(parent, local).replace(os.sep, '/')}".removesuffix("/.")

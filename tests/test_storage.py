@@ -1,10 +1,10 @@
 """Output sets and the steps' files at a URL, through fsspec's own filesystems (memory:// in this process,
 file:// where other processes write too), against the same steps on local paths."""
 
+import fcntl
 import os
 import random
 import shutil
-import time
 import uuid
 from pathlib import Path
 
@@ -17,7 +17,17 @@ from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.index import build_index
 from prompt_search.query import open_index
-from prompt_search.sets import MARKER, current_set, local_set, new_set, output_set, publish_set, withdraw_set
+from prompt_search.sets import (
+    MARKER,
+    current_set,
+    local_copy,
+    local_set,
+    new_set,
+    output_set,
+    publish_set,
+    published_set,
+    withdraw_set,
+)
 from prompt_search.textual import embed_prompts
 
 
@@ -108,9 +118,9 @@ def test_local_copies_are_kept_by_publication(memory_url):
         assert local_set(path) == copies[-1]  # read again: the same copy, not downloaded again
     assert len(set(copies)) == 3
     assert not os.path.exists(copies[0]) and os.path.isdir(copies[1])  # the copy before stays for its reader
-    left = os.path.join(storage.cache_folder(path), ".download-killed")  # what a killed download left two days ago
+    left = os.path.join(storage.cache_folder(path), ".download-killed")  # what a killed download left: its lock free
     os.makedirs(left)
-    os.utime(left, (time.time() - 2 * 86400,) * 2)
+    Path(f"{left}.lock").write_text("")
     withdraw_set(path)
     with output_set(path) as folder:  # the same generation number as the withdrawn set: still a new copy
         Path(folder, "value").write_text("after")
@@ -198,3 +208,56 @@ def test_an_index_set_at_a_url_from_embeddings_at_a_url(tmp_path, memory_url):
 def test_a_missing_filesystem_is_said_in_one_line():
     with pytest.raises(UserError, match="nosuchfs://bucket/out: no filesystem for it"):
         storage.filesystem("nosuchfs://bucket/out")
+
+
+def test_a_set_removed_while_it_is_copied_is_refused_not_half_read(memory_url):
+    path = f"{memory_url}/set"
+    with output_set(path) as folder:
+        Path(folder, "value").write_text("1")
+    found = published_set(path)
+    withdraw_set(path)  # or two newer sets published: its folder goes, marker first
+    with pytest.raises(UserError, match="was removed while it was read"):
+        local_copy(path, found)
+    assert not [p for p in Path(storage.cache_folder(path)).iterdir() if not p.name.startswith(".")]
+
+
+def test_only_the_working_folders_of_killed_processes_are_removed(memory_url):
+    path = f"{memory_url}/set"
+    cache = Path(storage.cache_folder(path))
+    cache.mkdir(parents=True)
+    for name in (".build-killed", ".build-running"):
+        (cache / name).mkdir()
+        (cache / name / "rows.parquet").write_text("being written")
+        (cache / f"{name}.lock").write_text("")
+    with open(cache / ".build-running.lock") as running:
+        fcntl.flock(running, fcntl.LOCK_EX)  # a build in progress in another process holds its lock
+        with output_set(path) as folder:
+            Path(folder, "value").write_text("1")
+        assert not (cache / ".build-killed").exists() and (cache / ".build-running" / "rows.parquet").exists()
+
+
+def test_a_withdrawal_cut_short_leaves_nothing_to_resume(memory_url, monkeypatch):
+    path = f"{memory_url}/emb"
+    with output_set(path) as folder:
+        Path(folder, "batches").mkdir()
+        Path(folder, "batches", "000000000.json").write_text("{}")
+    monkeypatch.setattr(storage, "remove_tree", lambda folder: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        withdraw_set(path)
+    monkeypatch.undo()
+    assert current_set(path) is None and storage.glob(f"{memory_url}/.emb.*")  # its folder is still there
+    folder = new_set(path, resume=True)  # a step that resumes starts afresh, not in the withdrawn set's remains
+    assert not storage.glob(f"{folder}/batches/*") and storage.glob(f"{memory_url}/.emb.*") == []
+
+
+def test_a_folder_url_holding_a_pattern_is_refused(memory_url):
+    with pytest.raises(UserError, match=r"may not hold any of \[ \] \* \?"), output_set(f"{memory_url}/run[12]/set"):
+        pass
+
+
+def test_local_paths_are_found_behind_file_urls_and_caches():
+    """The server resolves the links of these (a thumbnail must not leave its folder through one)."""
+    assert storage.local_path("images/a.png") == "images/a.png"
+    assert storage.local_path("file:///data/images/a.png") == "/data/images/a.png"
+    assert storage.local_path("simplecache::file:///data/images/a.png") == "/data/images/a.png"
+    assert storage.local_path("memory://images/a.png") is None
