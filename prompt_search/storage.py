@@ -11,7 +11,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from glob import glob as local_glob
 from typing import IO
@@ -76,25 +76,36 @@ def local_path(path: str) -> str | None:
     return inner if isinstance(fs, LocalFileSystem) else None
 
 
-def exists(path: str) -> bool:
+def _on(path: str, local: Callable, method: str, *args):
+    """local(path, *args) for a local path; the method of path's fsspec filesystem, (inner path, *args), for a URL."""
     if not is_url(path):
-        return os.path.exists(path)
+        return local(path, *args)
     fs, inner = filesystem(path)
-    return fs.exists(inner)
+    return getattr(fs, method)(inner, *args)
+
+
+def exists(path: str) -> bool:
+    return _on(path, os.path.exists, "exists")
 
 
 def is_dir(path: str) -> bool:
-    if not is_url(path):
-        return os.path.isdir(path)
-    fs, inner = filesystem(path)
-    return fs.isdir(inner)
+    return _on(path, os.path.isdir, "isdir")
 
 
 def is_file(path: str) -> bool:
-    if not is_url(path):
-        return os.path.isfile(path)
-    fs, inner = filesystem(path)
-    return fs.isfile(inner)
+    return _on(path, os.path.isfile, "isfile")
+
+
+def open_file(path: str, mode: str = "rb") -> IO:
+    return _on(path, open, "open", mode)
+
+
+def size(path: str) -> int:
+    return _on(path, os.path.getsize, "size")
+
+
+def remove_file(path: str) -> None:
+    _on(path, os.remove, "rm_file")
 
 
 def glob(pattern: str) -> list[str]:
@@ -116,20 +127,6 @@ def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
         yield below(folder, inner, root), dirs, files
 
 
-def open_file(path: str, mode: str = "rb") -> IO:
-    if not is_url(path):
-        return open(path, mode)
-    fs, inner = filesystem(path)
-    return fs.open(inner, mode)
-
-
-def size(path: str) -> int:
-    if not is_url(path):
-        return os.path.getsize(path)
-    fs, inner = filesystem(path)
-    return fs.size(inner)
-
-
 def read_bytes(path: str) -> bytes:
     with open_file(path) as f:
         return f.read()
@@ -144,14 +141,6 @@ def stamp(path: str) -> str:
     fs, inner = filesystem(path)
     info = fs.info(inner)
     return ":".join(str(info[key]) for key in sorted(info) if key in STAMP_KEYS)
-
-
-def remove_file(path: str) -> None:
-    if not is_url(path):
-        os.remove(path)
-        return
-    fs, inner = filesystem(path)
-    fs.rm_file(inner)
 
 
 def remove_tree(path: str) -> None:
