@@ -48,7 +48,10 @@ def published_set(path: str) -> Published | None:
     for _, folder in reversed(_set_folders(path)):
         marker = f"{folder}/{MARKER}"
         if storage.is_file(marker):
-            return Published(folder, storage.read_bytes(marker).decode().strip())
+            publication = storage.read_bytes(marker).decode(errors="replace").strip()
+            if not re.fullmatch(r"[0-9a-f]{32}", publication):  # it names this machine's copy: never a path
+                raise UserError(f"{marker} holds {publication[:40]!r}, not a publication id: remove that object")
+            return Published(folder, publication)
     return None
 
 

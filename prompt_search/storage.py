@@ -210,7 +210,9 @@ def download_folder(url: str, local: str) -> None:
     """Copy the folder at url, everything below it, into the local folder local."""
     fs, inner = filesystem(url)
     for path in fs.find(inner):
-        target = os.path.join(local, os.path.relpath(path, inner))
+        target = os.path.normpath(os.path.join(local, os.path.relpath(path, inner)))
+        if os.path.commonpath([target, os.path.normpath(local)]) != os.path.normpath(local):  # a key holding ..
+            raise UserError(f"{url}: {path} would be copied outside {local}; not copied")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fs.get_file(path, target)
 

@@ -261,3 +261,24 @@ def test_local_paths_are_found_behind_file_urls_and_caches():
     assert storage.local_path("file:///data/images/a.png") == "/data/images/a.png"
     assert storage.local_path("simplecache::file:///data/images/a.png") == "/data/images/a.png"
     assert storage.local_path("memory://images/a.png") is None
+
+
+def test_a_marker_that_holds_no_publication_id_is_refused(memory_url):
+    path = f"{memory_url}/set"
+    with output_set(path) as folder:
+        Path(folder, "value").write_text("1")
+    with storage.atomic_write(f"{memory_url}/.set.1/{MARKER}") as f:
+        f.write(b"../../../etc")  # names this machine's copy of the set: never a path
+    with pytest.raises(UserError, match="not a publication id"):
+        local_set(path)
+
+
+def test_a_key_that_climbs_out_of_its_folder_is_not_copied(memory_url, tmp_path):
+    """Object stores allow keys holding ..: a copy of a set never writes outside its own folder."""
+    fs, inner = storage.filesystem(memory_url)
+    fs.pipe_file(f"{inner}/set/ok.txt", b"1")
+    fs.store[f"{inner}/set/../../climbed.txt"] = fs.store[f"{inner}/set/ok.txt"]  # as S3 would list such a key
+    (tmp_path / "copy").mkdir()
+    with pytest.raises(UserError, match="would be copied outside"):
+        storage.download_folder(f"{memory_url}/set", str(tmp_path / "copy"))
+    assert not list(tmp_path.rglob("climbed.txt"))
