@@ -4,7 +4,6 @@ An image img2dataset wrote carries its row's id in its .json sidecar; any other 
 its path relative to the folder, so a user's own folder of generations works as it is.
 """
 
-import io
 import json
 import math
 import os
@@ -122,11 +121,11 @@ def open_rgb(path: str, draft_size: int = 0) -> Image.Image:
 
 
 def _open_image(path: str) -> Image.Image:
-    """PIL's open of a local path, or of the bytes at a URL; the same reason either way when it is no image."""
+    """PIL's open of a local path, or of the file at a URL; the same reason either way when it is no image."""
     if not storage.is_url(path):
         return Image.open(path)
     try:
-        return Image.open(io.BytesIO(storage.read_bytes(path)))
+        return Image.open(storage.open_file(path))  # read as PIL asks: the size is checked before the pixels come
     except UnidentifiedImageError:  # PIL would name the BytesIO object, a different address every time
         raise UnidentifiedImageError(f"cannot identify image file {path!r}") from None
 

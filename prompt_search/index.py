@@ -106,20 +106,22 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         # itself, and the set being written; at a URL that one is a local build, so the parts go beside the set
         parts = (os.path.join(out, PARTS_FOLDER) if not is_url(index_set)
                  else os.path.join(os.path.dirname(index_set), f".{os.path.basename(index_set)}-{PARTS_FOLDER}"))
-        index, infos = autofaiss_build(
-            embeddings=os.path.join(folder if spark is None else published.folder, "embeddings"),
-            index_path=os.path.join(out, INDEX_FILE),
-            index_infos_path=os.path.join(out, INFOS_FILE),
-            metric_type="ip",
-            max_index_memory_usage=max_memory,
-            current_memory_available=memory_available,
-            max_index_query_time_ms=max_query_ms,
-            should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
-            verbose=40,
-            **({"index_key": index_key} if index_key else {}),
-            **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
-        )
-        storage.remove_tree(parts)
+        try:
+            index, infos = autofaiss_build(
+                embeddings=os.path.join(folder if spark is None else published.folder, "embeddings"),
+                index_path=os.path.join(out, INDEX_FILE),
+                index_infos_path=os.path.join(out, INFOS_FILE),
+                metric_type="ip",
+                max_index_memory_usage=max_memory,
+                current_memory_available=memory_available,
+                max_index_query_time_ms=max_query_ms,
+                should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
+                verbose=40,
+                **({"index_key": index_key} if index_key else {}),
+                **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
+            )
+        finally:  # beside the set at a URL: a failed build must not leave them there
+            storage.remove_tree(parts)
         if index is None or index.ntotal != total:
             raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         ids = write_vectors(files, dimension, out)

@@ -6,7 +6,7 @@ the next `.NAME.N`, then publishes it in one atomic step:
   - at a local path, `path` is a symbolic link to the folder, swapped by a rename;
   - at a URL (storage.py: object stores have neither links nor an atomic replace, and HDFS replaces a file by
     deleting it first), the set is published when its marker `.NAME.N/PUBLISHED` is written, last; the current
-    set is the highest N with a marker. Nothing is ever overwritten.
+    set is the highest N with a marker. No published object is ever overwritten.
 A reader resolves the set once (`published_set`) and reads every file from that folder. The set before stays until
 the next publish, for a reader that resolved the path just before.
 
@@ -181,7 +181,8 @@ def publish_set(path: str, folder: str) -> None:
 def withdraw_set(path: str) -> bool:
     """Unpublish the set at path (one atomic removal of its link, or of its markers oldest first: a withdrawal
     killed midway leaves the newest set published, never an older one) and remove its folders; whether there
-    was one. Each folder is marked withdrawn first, so that a withdrawal cut short leaves nothing a step resumes."""
+    was one. Each folder is marked withdrawn first, and that mark is removed last, so that a withdrawal cut short
+    leaves nothing a step resumes."""
     for old in storage.glob(_set_folder(path, "*")):
         with storage.atomic_write(f"{old.rstrip('/')}/{TOMBSTONE}") as f:
             f.write(b"")
@@ -195,7 +196,7 @@ def withdraw_set(path: str) -> bool:
         if published:
             os.remove(path)
     for old in storage.glob(_set_folder(path, "*")):
-        storage.remove_tree(old)
+        storage.remove_tree(old, last=TOMBSTONE)
     return published
 
 
@@ -231,14 +232,22 @@ def _working_folder(cache: str, prefix: str) -> Iterator[str]:
     and the next one removes it."""
     os.makedirs(cache, exist_ok=True)
     _remove_abandoned(cache)
-    folder = tempfile.mkdtemp(prefix=prefix, dir=cache)
-    with open(f"{folder}.lock", "w") as lock:
+    while True:
+        folder = tempfile.mkdtemp(prefix=prefix, dir=cache)
+        lock = open(f"{folder}.lock", "w")  # noqa: SIM115 (held open for the whole block)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-            os.remove(f"{folder}.lock")
+        try:  # another process may have taken the lock, free before we held it, for a killed one's and removed both
+            if os.path.isdir(folder) and os.stat(f"{folder}.lock").st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.remove(f"{folder}.lock")
+        lock.close()
 
 
 def _remove_abandoned(cache: str) -> None:

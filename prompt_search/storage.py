@@ -69,6 +69,8 @@ def below(url: str, inner: str, path: str) -> str:
 def local_path(path: str) -> str | None:
     """The path on this machine of a local path or a file:// URL, cached (simplecache::file://...) or not; None
     for any other URL."""
+    if not is_url(path):
+        return path
     target = path.rsplit("::", 1)[-1]  # a chained URL's last part is where the files are
     if not is_url(target):
         return target
@@ -143,14 +145,23 @@ def stamp(path: str) -> str:
     return ":".join(str(info[key]) for key in sorted(info) if key in STAMP_KEYS)
 
 
-def remove_tree(path: str) -> None:
-    """Remove a folder and everything below it; nothing when there is none."""
+def remove_tree(path: str, last: str = "") -> None:
+    """Remove a folder and everything below it; nothing when there is none. last: a file of the folder removed
+    after all the rest (a mark that must stay while anything else of the folder does)."""
     if not is_url(path):
+        if last and os.path.isdir(path):
+            for entry in os.scandir(path):
+                if entry.name != last:
+                    shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.remove(entry.path)
         shutil.rmtree(path, ignore_errors=True)
         return
     fs, inner = filesystem(no_pattern(path))
-    if fs.exists(inner):
-        fs.rm(inner, recursive=True)
+    if not fs.exists(inner):
+        return
+    others = [found for found in fs.find(inner) if found != f"{inner.rstrip('/')}/{last}"] if last else []
+    if others:
+        fs.rm(others)
+    fs.rm(inner, recursive=True)
 
 
 @contextmanager
@@ -169,9 +180,10 @@ def atomic_path(path: str) -> Iterator[str]:
 
 @contextmanager
 def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
-    """A file to write path's content into (a local path or a URL): path holds the old content or the new, never
-    part of it. Written as path.partial and moved onto path when the block succeeds (at a URL with fsspec's mv;
-    object stores make an object visible only whole anyway)."""
+    """A file to write path's content into (a local path or a URL): path never holds part of it. Written as
+    path.partial and moved onto path when the block succeeds: in one step on a local disk and on object stores
+    (which make an object visible only whole); HDFS deletes an existing path before the move, so there path may be
+    missing for a moment (the sets never replace an object: see sets.py)."""
     if not is_url(path):
         with atomic_path(path) as tmp, open(tmp, mode) as f:
             yield f

@@ -19,6 +19,7 @@ from prompt_search.index import build_index
 from prompt_search.query import open_index
 from prompt_search.sets import (
     MARKER,
+    TOMBSTONE,
     current_set,
     local_copy,
     local_set,
@@ -241,7 +242,7 @@ def test_a_withdrawal_cut_short_leaves_nothing_to_resume(memory_url, monkeypatch
     with output_set(path) as folder:
         Path(folder, "batches").mkdir()
         Path(folder, "batches", "000000000.json").write_text("{}")
-    monkeypatch.setattr(storage, "remove_tree", lambda folder: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(storage, "remove_tree", lambda folder, last="": (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         withdraw_set(path)
     monkeypatch.undo()
@@ -261,6 +262,7 @@ def test_local_paths_are_found_behind_file_urls_and_caches():
     assert storage.local_path("file:///data/images/a.png") == "/data/images/a.png"
     assert storage.local_path("simplecache::file:///data/images/a.png") == "/data/images/a.png"
     assert storage.local_path("memory://images/a.png") is None
+    assert storage.local_path("images/x::y.png") == "images/x::y.png"  # a local name may hold ::
 
 
 def test_a_marker_that_holds_no_publication_id_is_refused(memory_url):
@@ -282,3 +284,31 @@ def test_a_key_that_climbs_out_of_its_folder_is_not_copied(memory_url, tmp_path)
     with pytest.raises(UserError, match="would be copied outside"):
         storage.download_folder(f"{memory_url}/set", str(tmp_path / "copy"))
     assert not list(tmp_path.rglob("climbed.txt"))
+
+
+def test_a_withdrawal_killed_while_removing_files_leaves_its_mark_to_the_last(memory_url, monkeypatch):
+    """A folder half removed keeps its WITHDRAWN mark until nothing else of it is left: never resumed, whatever
+    order the storage removes files in."""
+    path = f"{memory_url}/emb"
+    with output_set(path) as folder:
+        for batch in range(3):
+            Path(folder, "batches").mkdir(exist_ok=True)
+            Path(folder, "batches", f"{batch:09d}.json").write_text("{}")
+        Path(folder, "manifest.json").write_text("{}")
+    fs, _ = storage.filesystem(memory_url)
+    removals = []
+
+    def rm(paths, recursive=False, **kwargs):
+        removals.append(sorted(paths) if isinstance(paths, list) else [paths])
+        if recursive:  # killed before the last removal: the folder and its mark
+            raise KeyboardInterrupt
+        return type(fs).rm(fs, paths, recursive=recursive, **kwargs)
+
+    monkeypatch.setattr(fs, "rm", rm)
+    with pytest.raises(KeyboardInterrupt):
+        withdraw_set(path)
+    monkeypatch.undo()
+    assert files_at(f"{memory_url}/.emb.1") == {TOMBSTONE: b""}
+    assert not any(p.endswith(TOMBSTONE) for p in removals[0])
+    folder = new_set(path, resume=True)
+    assert folder == f"{memory_url}/.emb.1" and not storage.exists(f"{folder}/{TOMBSTONE}")  # a fresh folder
