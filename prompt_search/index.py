@@ -32,7 +32,7 @@ from prompt_search.files import model_fingerprint
 from prompt_search.images import IMAGES_FILE
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
-from prompt_search.sets import local_copy, local_published_file, output_set, published_set
+from prompt_search.sets import beside_set, local_copy, local_published_file, output_set, published_set
 from prompt_search.spark import session_for
 from prompt_search.storage import is_url
 
@@ -104,8 +104,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
         # Spark tasks read the embeddings and write their parts where every machine reaches them: the embeddings set
         # itself, and the set being written; at a URL that one is a local build, so the parts go beside the set
-        parts = (os.path.join(out, PARTS_FOLDER) if not is_url(index_set)
-                 else os.path.join(os.path.dirname(index_set), f".{os.path.basename(index_set)}-{PARTS_FOLDER}"))
+        parts = os.path.join(out, PARTS_FOLDER) if not is_url(index_set) else beside_set(index_set, f"-{PARTS_FOLDER}")
         try:
             index, infos = autofaiss_build(
                 embeddings=os.path.join(folder if spark is None else published.folder, "embeddings"),

@@ -46,11 +46,8 @@ def published_set(path: str) -> Published | None:
         folder = os.path.realpath(path)
         return Published(folder, folder) if os.path.isdir(folder) else None
     for _, folder in reversed(_set_folders(path)):
-        marker = f"{folder}/{MARKER}"
-        if storage.is_file(marker):
-            publication = storage.read_bytes(marker).decode(errors="replace").strip()
-            if not re.fullmatch(r"[0-9a-f]{32}", publication):  # it names this machine's copy: never a path
-                raise UserError(f"{marker} holds {publication[:40]!r}, not a publication id: remove that object")
+        publication = _publication(folder)
+        if publication:
             return Published(folder, publication)
     return None
 
@@ -72,8 +69,7 @@ def local_copy(path: str, found: Published) -> str:
         with _working_folder(cache, ".download-") as download:
             storage.download_folder(found.folder, download)
             # A set is removed marker first: with its marker still there, nothing of it was removed while it was read.
-            marker = f"{found.folder}/{MARKER}"
-            if not storage.is_file(marker) or storage.read_bytes(marker).decode().strip() != found.publication:
+            if _publication(found.folder) != found.publication:
                 raise UserError(f"{path}: the set {found.folder} was removed while it was read (two newer sets were "
                                 "published, or it was withdrawn): run again")
             try:
@@ -189,8 +185,7 @@ def withdraw_set(path: str) -> bool:
     if is_url(path):
         published = published_set(path) is not None
         for _, folder in _set_folders(path):
-            if storage.is_file(f"{folder}/{MARKER}"):
-                storage.remove_file(f"{folder}/{MARKER}")
+            _remove_marker(folder)
     else:
         published = os.path.islink(path)
         if published:
@@ -200,11 +195,27 @@ def withdraw_set(path: str) -> bool:
     return published
 
 
+def _publication(folder: str) -> str | None:
+    """The publication id in a set folder's marker (at a URL); None when it has no marker."""
+    marker = f"{folder}/{MARKER}"
+    if not storage.is_file(marker):
+        return None
+    publication = storage.read_bytes(marker).decode(errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-f]{32}", publication):  # it names this machine's copy: never a path
+        raise UserError(f"{marker} holds {publication[:40]!r}, not a publication id: remove that object")
+    return publication
+
+
+def _remove_marker(folder: str) -> None:
+    if storage.is_file(f"{folder}/{MARKER}"):
+        storage.remove_file(f"{folder}/{MARKER}")
+
+
 def _remove_set_folder(folder: str) -> None:
     """Remove an old set's folder; at a URL its marker first, so that a removal cut short leaves no half set
     marked published."""
-    if is_url(folder) and storage.is_file(f"{folder}/{MARKER}"):
-        storage.remove_file(f"{folder}/{MARKER}")
+    if is_url(folder):
+        _remove_marker(folder)
     storage.remove_tree(folder)
 
 
@@ -221,8 +232,13 @@ def _generation(folder: str) -> int:
 
 
 def _set_folder(path: str, suffix: str) -> str:
+    return beside_set(path, f".{suffix}")
+
+
+def beside_set(path: str, suffix: str) -> str:
+    """`.NAME{suffix}` beside the set path (NAME its last part): a hidden name, local or at a URL."""
     parent, name = os.path.split(path.rstrip("/") if is_url(path) else os.path.normpath(path))
-    return os.path.join(parent, f".{name}.{suffix}")
+    return os.path.join(parent, f".{name}{suffix}")
 
 
 @contextmanager

@@ -22,11 +22,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 from prompt_search.cli import UserError
 
-# This machine's copies of what lives at URLs: output sets read (by generation), sets being built before their
+# This machine's copies of what lives at URLs: output sets read (by publication), sets being built before their
 # upload, the ONNX models and results.html of a remote OUT_DIR. PROMPT_SEARCH_CACHE moves it.
 CACHE_DIR = os.path.expanduser(os.environ.get("PROMPT_SEARCH_CACHE", "~/.cache/prompt-search"))
-# the fields of fsspec's info() that change when a file is replaced, on the filesystems that report them
 GLOB_CHARACTERS = "[]*?"  # not allowed in a folder at a URL (no_pattern)
+# the fields of fsspec's info() that change when a file is replaced, on the filesystems that report them
 STAMP_KEYS = {"size", "mtime", "ETag", "LastModified", "last_modified", "md5Hash", "generation", "updated"}
 
 

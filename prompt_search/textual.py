@@ -18,17 +18,17 @@ from prompt_search.embed import embed_items
 from prompt_search.listing import Listing, write_listing
 from prompt_search.model import choose_device
 from prompt_search.reuse import Batch
-from prompt_search.sets import local_published_file
+from prompt_search.sets import beside_set, local_published_file
 from prompt_search.spark import session_for
 from prompt_search.spark_embed import embed_on_spark
-from prompt_search.storage import is_url, local_dir
+from prompt_search.storage import local_dir
 
 
 def listing_file(folder: str) -> str:
     """Where the listing of the prompts to embed into folder lives while step 3' runs: beside the set (for a set at
     a URL, in this machine's folder for it), under a name no output set's glob (.NAME.*) takes for a folder."""
-    parent, name = os.path.split(folder.rstrip("/") if is_url(folder) else os.path.normpath(folder))
-    return os.path.join(local_dir(parent), f".{name}-listing.arrow")
+    parent, name = os.path.split(beside_set(folder, "-listing.arrow"))
+    return os.path.join(local_dir(parent), name)
 
 
 def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[range], model_name: str, model_dir: str,
