@@ -1,12 +1,16 @@
 """The metadata inside generated images: each format's parser, the texts read from files, and the folder's table."""
 
 import csv
+import gzip
 import json
 import math
 import os
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_image
 from generations import (
     NEGATIVE,
     a1111_text,
@@ -21,6 +25,7 @@ from generations import (
     with_exif,
     write_folder,
 )
+from PIL import Image
 
 from prompt_search import folder_metadata
 from prompt_search.cli import UserError, load_config
@@ -37,6 +42,7 @@ from prompt_search.image_metadata import (
     parse_sd_metadata,
 )
 from prompt_search.links import METADATA_FILE, REJECTS_FILE
+from prompt_search.stealth_pnginfo import read_stealth
 
 
 def test_a1111_is_parsed_by_key_with_quoted_values_and_lines():
@@ -201,3 +207,184 @@ def test_rerun_reads_only_new_or_changed_images_and_equals_a_full_run(tmp_path, 
     read.clear()
     extract_folder_metadata(str(images), str(out), "comfyui")  # another setting: every image read again
     assert len(read) == len(table)
+
+
+# Issue 25: A1111 text starting with {, every Fooocus scheme, stealth PNG-info, ComfyUI's saved sampler, unreadable
+# known formats always a reject, deeply nested JSON a reject, seeds exact to 2**64 - 1.
+
+def test_a1111_prompt_starting_with_a_brace_is_a1111_not_fooocus(tmp_path):
+    text = a1111_text("{{{{high heels}}}}, 1girl, {masterpiece}", 7)
+    fields, problems = parse_metadata({"parameters": text})
+    assert (fields["tool"], fields["prompt"], fields["seed"], problems) == \
+        ("a1111", "{{{{high heels}}}}, 1girl, {masterpiece}", 7, [])
+    image = make_image(tmp_path / "braces.png", (64, 96), "RGB", 1)
+    (tmp_path / "braces.txt").write_text(text, encoding="utf-8")
+    row, problems = folder_metadata.image_row(str(image), "a1111")
+    assert (row["prompt"], row["negative_prompt"], row["tool"], problems) == \
+        ("{{{{high heels}}}}, 1girl, {masterpiece}", NEGATIVE, "a1111", [])
+
+
+FOOOCUS_A1111 = ("a dragon, cinematic still, glass, 4k\nNegative prompt: blurry, lowres, ugly\n"
+                 "Steps: 30, Sampler: DPM++ 2M SDE Karras, Seed: 18446744073709551615, Size: 896x1152, CFG scale: 4, "
+                 "Sharpness: 2, ADM Guidance: \"(1.5, 0.8, 0.3)\", Model: juggernautXL_v8Rundiffusion, "
+                 "Model hash: aeb7e9e689, Performance: Speed, Scheduler: karras, VAE: Default (model), "
+                 "Raw prompt: a dragon, Raw negative prompt: blurry, Version: Fooocus v2.5.5")
+
+
+def test_fooocus_a1111_scheme_takes_the_prompt_as_typed():
+    """Fooocus's `a1111` scheme (modules/meta_parser.py, A1111MetadataParser.to_string): the prompt lines are the
+    style-expanded prompt; `Raw prompt` is what the user typed, which Fooocus itself loads back."""
+    fields, problems = parse_metadata({"parameters": FOOOCUS_A1111, "fooocus_scheme": "a1111"})
+    assert (fields["tool"], fields["prompt"], fields["negative_prompt"], problems) == \
+        ("fooocus", "a dragon", "blurry", [])
+    assert (fields["seed"], fields["num_steps"], fields["width"], fields["model_hash"]) == \
+        ((1 << 64) - 1, 30, 896, "aeb7e9e689")
+
+
+def test_fooocus_jpeg_and_webp_carry_the_scheme_in_the_maker_note(tmp_path):
+    """Fooocus's JPEG/WebP (modules/meta_parser.py, get_exif): UserComment and MakerNote set in IFD0, as str."""
+    json_scheme = fooocus_json("a dragon made of glass", (1 << 64) - 1)
+    jpeg = with_exif(tmp_path / "f.jpg", ifd0={0x9286: json_scheme, 0x927C: "fooocus", 0x0131: "Fooocus v2.5.5"})
+    webp = with_exif(tmp_path / "f.webp", ifd0={0x9286: FOOOCUS_A1111, 0x927C: "a1111"})
+    assert read_texts(jpeg)[0]["fooocus_scheme"] == "fooocus" and read_texts(webp)[0]["fooocus_scheme"] == "a1111"
+    row, problems = folder_metadata.image_row(str(jpeg), "a1111")
+    assert (row["prompt"], row["seed"], row["tool"], problems) == \
+        ("a dragon made of glass", (1 << 64) - 1, "fooocus", [])
+    row, problems = folder_metadata.image_row(str(webp), "a1111")
+    assert (row["prompt"], row["seed"], row["tool"], problems) == ("a dragon", (1 << 64) - 1, "fooocus", [])
+    camera = with_exif(tmp_path / "camera.jpg", ifd0={0x927C: "\x00\x01Nikon binary"})
+    assert "fooocus_scheme" not in read_texts(camera)[0]
+
+
+def test_fooocus_scheme_that_cannot_be_read_is_a_reject():
+    fields, problems = parse_metadata({"parameters": "a dragon\nSteps: 3", "fooocus_scheme": "fooocus"})
+    assert [reason for reason, _ in problems] == ["fooocus_malformed"] and fields["prompt"] == ""
+
+
+def stealth_png(path: Path, text: str, mode: str = "alpha", compressed: bool = True) -> Path:
+    """A PNG as sd-webui-stealth-pnginfo writes it (scripts/stealth_pnginfo.py, add_data): signature, the payload's
+    length in bits, the payload, down the columns in the alpha channel's or R, G, B's lowest bits."""
+    payload = gzip.compress(text.encode()) if compressed else text.encode()
+    signature = f"stealth_{'png' if mode == 'alpha' else 'rgb'}{'comp' if compressed else 'info'}".encode()
+    bits = np.unpackbits(np.frombuffer(signature + (8 * len(payload)).to_bytes(4, "big") + payload, np.uint8))
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 64, 4), dtype=np.uint8)
+    pixels[:, :, 3] = 255
+    channels = pixels[:, :, 3:] if mode == "alpha" else pixels[:, :, :3]
+    stream = channels.transpose(1, 0, 2).reshape(-1)  # a copy, column-major
+    stream[:len(bits)] = (stream[:len(bits)] & 0xFE) | bits
+    channels[...] = stream.reshape(64, 96, -1).transpose(1, 0, 2)
+    Image.fromarray(pixels if mode == "alpha" else pixels[:, :, :3]).save(path)
+    return path
+
+
+@pytest.mark.parametrize(("mode", "compressed"), [("alpha", False), ("rgb", True), ("rgb", False)])
+def test_stealth_in_every_layout(tmp_path, mode, compressed):
+    path = stealth_png(tmp_path / "s.png", a1111_text("a hidden castle", (1 << 64) - 1), mode, compressed)
+    row, problems = folder_metadata.image_row(str(path), "a1111")
+    assert (row["prompt"], row["negative_prompt"], row["seed"], row["tool"], problems) == \
+        ("a hidden castle", NEGATIVE, (1 << 64) - 1, "a1111", [])
+
+
+def test_stealth_that_cannot_be_read_is_a_reject(tmp_path):
+    path = stealth_png(tmp_path / "s.png", "a castle", "alpha", True)
+    texts = read_texts(path)[0]
+    texts["stealth_pngcomp"] = texts["stealth_pngcomp"][:10]  # the gzip stream cut short
+    fields, problems = parse_metadata(texts)
+    assert [reason for reason, _ in problems] == ["stealth_malformed"] and fields["tool"] is None
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through system calls so far (Linux)."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_a_png_without_a_stealth_signature_costs_its_first_rows_only(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (1024, 1024, 4), dtype=np.uint8)
+    pixels[:, :, 3] = 255  # opaque, as most RGBA files: alpha's bits are all 1
+    Image.fromarray(pixels).save(tmp_path / "noise.png", compress_level=1)
+    Image.fromarray(pixels[:, :, :3]).save(tmp_path / "noise-rgb.png", compress_level=1)
+    for name in ("noise.png", "noise-rgb.png"):
+        size = (tmp_path / name).stat().st_size
+        before = bytes_read()
+        assert read_stealth(str(tmp_path / name)) == {}
+        assert bytes_read() - before < 200_000 < size // 10, name
+    signed = stealth_png(tmp_path / "signed.png", "a castle")
+    before = bytes_read()
+    assert read_stealth(str(signed))
+    assert bytes_read() - before >= signed.stat().st_size  # with a signature, the whole image is decoded
+
+
+def test_comfyui_grid_of_variants_and_preview_only_graphs_say_ambiguous():
+    def sampler(seed: int, text: str, latent: str) -> dict:
+        return {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                                                     "positive": [text, 0], "negative": ["9", 0],
+                                                     "latent_image": [latent, 0], "model": ["1", 0]}}
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+             "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+             "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox"}},
+             "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue fox"}},
+             "5": sampler(1, "3", "2"), "6": sampler((1 << 64) - 1, "4", "2"),
+             "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0]}},
+             "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0]}},
+             "9": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry"}},
+             "10": {"class_type": "ImageBatch", "inputs": {"image1": ["7", 0], "image2": ["8", 0]}},
+             "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "grid"}}}
+    fields, problems = parse_metadata({"prompt": json.dumps(graph)})
+    assert (fields["prompt"], fields["seed"], fields["tool"], problems) == \
+        ("a blue fox", (1 << 64) - 1, "comfyui:ambiguous", [])
+    graph["11"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}  # no saver: the preview's
+    fields, _ = parse_metadata({"prompt": json.dumps(graph)})
+    assert (fields["prompt"], fields["seed"], fields["tool"]) == ("a red fox", 1, "comfyui")
+
+
+@pytest.mark.parametrize("seed", [1 << 64, -1])
+def test_a_seed_outside_unsigned_64_bits_is_a_bad_value(seed):
+    fields, problems = parse_metadata({"prompt": comfyui_sd15("a corgi", seed)})
+    assert fields["seed"] is None and problems == [("comfyui_bad_value", f"seed={str(seed)!r}")]
+
+
+def test_a_known_format_without_a_prompt_is_a_reject():
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+    fields, problems = parse_metadata({"prompt": json.dumps(graph)})
+    assert fields["tool"] == "comfyui" and problems == [("no_prompt", "comfyui metadata without a prompt")]
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize("texts", [
+    {"prompt": "[" * DEEP + "]" * DEEP},  # a ComfyUI chunk
+    {"prompt": '{"1": ' + '{"a": ' * DEEP + "1" + "}" * DEEP + "}"},
+    {".txt": '{"prompt": ' + "[" * DEEP + "]" * DEEP + "}"},  # a .txt beside the image
+    {"invokeai_metadata": "[" * DEEP + "]" * DEEP},
+])
+def test_deeply_nested_json_is_a_counted_reject(texts):
+    fields, problems = parse_metadata(texts)
+    assert [reason.endswith("_too_deeply_nested") for reason, _ in problems] == [True] and fields["prompt"] == ""
+
+
+def test_a_node_chain_deeper_than_the_recursion_limit_is_a_reject():
+    graph = {str(i): {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": [str(i + 1), 0]}}
+             for i in range(1, 5000)}
+    graph["0"] = {"class_type": "KSampler", "inputs": {"positive": ["1", 0], "latent_image": ["9999", 0]}}
+    graph["5000"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "deep"}}
+    graph["5001"] = {"class_type": "SaveImage", "inputs": {"images": ["0", 0]}}
+    _, problems = parse_metadata({"prompt": json.dumps(graph)})
+    assert [reason for reason, _ in problems] == ["comfyui_too_deeply_nested"]
+
+
+def test_deeply_nested_json_in_a_folder_is_counted_and_the_step_goes_on(tmp_path):
+    images = tmp_path / "images"
+    png(images / "deep-graph.png", {"prompt": "[" * DEEP + "]" * DEEP})
+    make_image(images / "deep-txt.png", (64, 96), "RGB", 2)
+    (images / "deep-txt.txt").write_text('{"a": ' + "[" * DEEP + "]" * DEEP + "}", encoding="utf-8")
+    png(images / "fine.png", {"parameters": a1111_text("a fine cat", 3)}, 3)
+    summary = extract_folder_metadata(str(images), str(tmp_path / "out"), "a1111")
+    assert summary.rejected == {"comfyui_too_deeply_nested": 1, "fooocus_too_deeply_nested": 1}
+    with open(tmp_path / "out" / REJECTS_FILE, newline="") as f:
+        rejects = {(Path(r["path"]).name, r["reason"]) for r in csv.DictReader(f)}
+    assert rejects == {("deep-graph.png", "comfyui_too_deeply_nested"), ("deep-txt.png", "fooocus_too_deeply_nested")}
+    table = pd.read_parquet(tmp_path / "out" / METADATA_FILE).set_index("id")
+    assert table["prompt"].to_dict() == {"deep-graph.png": "", "deep-txt.png": "", "fine.png": "a fine cat"}

@@ -1,0 +1,138 @@
+"""Metadata hidden in a PNG's pixels: A1111's stealth PNG-info extension and NovelAI.
+
+The writers put a bit stream in the least significant bits of the pixels, going down the first column, then the
+second, and so on (column-major): in the alpha channel, one bit a pixel, or in R, G and B, three bits a pixel. The
+stream is a 15-byte signature (stealth_pnginfo, stealth_pngcomp: alpha; stealth_rgbinfo, stealth_rgbcomp: RGB; comp
+means gzip), the payload's length in bits (32 bits, big-endian), then the payload: A1111's `parameters` text, or
+NovelAI's text chunks as a JSON object. (sd_webui_stealth_pnginfo's scripts/stealth_pnginfo.py; NovelAI's
+novelai-image-metadata, nai_meta.py.)
+
+Finding out costs little: the first 8 rows are decompressed (PNG rows are compressed one after the other) and only
+their first pixel unfiltered, which depends on nothing but the same pixel of the row above. Only a file whose first
+byte there is the signature's `s` is decoded whole. Looked at: 8-bit RGB and RGBA PNGs, not interlaced, as the
+writers save them.
+"""
+
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIGNATURES = {b"stealth_pnginfo": "alpha", b"stealth_pngcomp": "alpha",
+              b"stealth_rgbinfo": "rgb", b"stealth_rgbcomp": "rgb"}
+PROBE_ROWS = 8  # enough for the signature's first byte in either channel set (8 alpha bits, or 3 pixels of RGB)
+CHANNELS = {2: 3, 6: 4}  # PNG color type -> bytes a pixel: RGB, RGBA
+READ_BYTES = 1 << 16
+MAX_HEADER_CHUNKS = 1024  # chunks before the image data, where text chunks and the like go
+
+
+def read_stealth(path: str) -> dict[str, bytes]:
+    """{signature: payload bytes (still gzip-compressed for the *comp ones)} when path's pixels carry a stealth
+    signature, else {}. A payload longer than the pixels hold is returned cut short (the parser rejects it)."""
+    modes = _probe(path)
+    return _read_payload(path, modes) if modes else {}
+
+
+def _probe(path: str) -> list[str]:
+    """The channel sets ("alpha", "rgb") whose first byte down the first column is `s`: the only files worth
+    decoding. Reads the file's header chunks and the compressed data of its first PROBE_ROWS rows."""
+    try:
+        with open(path, "rb") as f:
+            header = _image_header(f)
+            if header is None:
+                return []
+            width, height, channels, length = header
+            rows = min(PROBE_ROWS, height)
+            raw = _inflate(f, length, rows * (1 + width * channels))
+    except (OSError, struct.error, zlib.error):
+        return []
+    column = _first_column(raw, width, channels, rows)
+    modes = []
+    if channels == 4 and len(column) >= 8 and _pack(column[:8, 3]) == b"s":
+        modes.append("alpha")
+    if len(column) >= 3 and _pack(column[:3, :3].reshape(-1)[:8]) == b"s":
+        modes.append("rgb")
+    return modes
+
+
+def _image_header(f) -> tuple[int, int, int, int] | None:
+    """Width, height and bytes a pixel of an 8-bit RGB(A) PNG that is not interlaced, and the length of its first
+    IDAT chunk, the file then at that chunk's data; None for any other file."""
+    if f.read(8) != PNG_SIGNATURE:
+        return None
+    channels = None
+    for _ in range(MAX_HEADER_CHUNKS):
+        length, kind = struct.unpack(">I4s", f.read(8))
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", f.read(13))
+            if depth != 8 or color not in CHANNELS or interlace or not width or not height:
+                return None
+            channels = CHANNELS[color]
+            f.seek(4, 1)  # its CRC
+        elif kind == b"IDAT":
+            return (width, height, channels, length) if channels else None
+        elif kind == b"IEND":
+            return None
+        else:
+            f.seek(length + 4, 1)
+    return None
+
+
+def _image_data(f, length: int):
+    """The compressed image data in pieces, from the IDAT chunk of this length whose data the file is at on."""
+    while True:
+        left = length
+        while left > 0:
+            data = f.read(min(left, READ_BYTES))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+        f.seek(4, 1)  # the chunk's CRC
+        length, kind = struct.unpack(">I4s", f.read(8))
+        if kind != b"IDAT":
+            return
+
+
+def _inflate(f, length: int, size: int) -> bytes:
+    """The first size bytes (or fewer, at the data's end) of the decompressed image data."""
+    inflater, out = zlib.decompressobj(), bytearray()
+    for data in _image_data(f, length):
+        out += inflater.decompress(data, size - len(out))  # stops at size, leaving the rest compressed
+        if len(out) >= size or inflater.eof:
+            break
+    return bytes(out)
+
+
+def _first_column(raw: bytes, width: int, channels: int, rows: int) -> np.ndarray:
+    """The first pixel of each complete row, unfiltered. For the first pixel the left neighbours are zero, so the
+    Sub filter adds nothing, Up and Paeth add the pixel above, Average half of it."""
+    stride = 1 + width * channels
+    pixels, above = [], bytes(channels)
+    for row in range(min(rows, len(raw) // stride)):
+        start = row * stride
+        kind, stored = raw[start], raw[start + 1:start + 1 + channels]
+        add = above if kind in (2, 4) else bytes(value >> 1 for value in above) if kind == 3 else bytes(channels)
+        above = bytes((s + a) & 0xFF for s, a in zip(stored, add, strict=True))
+        pixels.append(list(above))
+    return np.array(pixels, dtype=np.uint8).reshape(-1, channels)
+
+
+def _pack(bits: np.ndarray) -> bytes:
+    return np.packbits(np.asarray(bits, dtype=np.uint8) & 1).tobytes()
+
+
+def _read_payload(path: str, modes: list[str]) -> dict[str, bytes]:
+    """Decode the image and read the bit stream of the first mode whose whole signature is there."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGBA"))
+    for mode in modes:
+        channel = pixels[:, :, 3:4] if mode == "alpha" else pixels[:, :, :3]
+        stream = _pack(channel.transpose(1, 0, 2).reshape(-1))  # column-major, channels in order
+        signature = stream[:15]
+        if SIGNATURES.get(signature) == mode and len(stream) >= 19:
+            bits = int.from_bytes(stream[15:19], "big")
+            return {signature.decode(): stream[19:19 + (bits + 7) // 8]}
+    return {}
