@@ -9,7 +9,8 @@ novelai-image-metadata, nai_meta.py.)
 
 Finding out costs little: the first 8 rows are decompressed (PNG rows are compressed one after the other) and only
 their first pixel unfiltered, which depends on nothing but the same pixel of the row above. Only a file whose first
-byte there is the signature's `s` is decoded whole. Looked at: 8-bit RGB and RGBA PNGs, not interlaced, as the
+byte there is the signature's `s` is looked at further (its first 120 rows), and only one whose whole signature is
+there is decoded whole. Looked at: 8-bit RGB and RGBA PNGs, not interlaced, as the
 writers save them.
 """
 
@@ -23,6 +24,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIGNATURES = {b"stealth_pnginfo": "alpha", b"stealth_pngcomp": "alpha",
               b"stealth_rgbinfo": "rgb", b"stealth_rgbcomp": "rgb"}
 PROBE_ROWS = 8  # enough for the signature's first byte in either channel set (8 alpha bits, or 3 pixels of RGB)
+SIGNATURE_ROWS = 120  # enough for the whole signature (120 bits) in either
 CHANNELS = {2: 3, 6: 4}  # PNG color type -> bytes a pixel: RGB, RGBA
 READ_BYTES = 1 << 16
 MAX_HEADER_CHUNKS = 1024  # chunks before the image data, where text chunks and the like go
@@ -31,30 +33,34 @@ MAX_HEADER_CHUNKS = 1024  # chunks before the image data, where text chunks and 
 def read_stealth(path: str) -> dict[str, bytes]:
     """{signature: payload bytes (still gzip-compressed for the *comp ones)} when path's pixels carry a stealth
     signature, else {}. A payload longer than the pixels hold is returned cut short (the parser rejects it)."""
-    modes = _probe(path)
+    modes = _probe(path, PROBE_ROWS, ["alpha", "rgb"])
+    if modes:  # one file in 256 without a signature gets here by chance: look further before decoding it all
+        modes = _probe(path, SIGNATURE_ROWS, modes)
     return _read_payload(path, modes) if modes else {}
 
 
-def _probe(path: str) -> list[str]:
-    """The channel sets ("alpha", "rgb") whose first byte down the first column is `s`: the only files worth
-    decoding. Reads the file's header chunks and the compressed data of its first PROBE_ROWS rows."""
+def _probe(path: str, rows: int, modes: list[str]) -> list[str]:
+    """Those of modes ("alpha", "rgb") whose bits down the first column of the first rows start as a signature does
+    (the whole signature when the image is shorter). Reads the file's header chunks and the compressed data of
+    those rows."""
     try:
         with open(path, "rb") as f:
             header = _image_header(f)
             if header is None:
                 return []
             width, height, channels, length = header
-            rows = min(PROBE_ROWS, height)
+            rows = min(rows, height)
             raw = _inflate(f, length, rows * (1 + width * channels))
     except (OSError, struct.error, zlib.error):
         return []
     column = _first_column(raw, width, channels, rows)
-    modes = []
-    if channels == 4 and len(column) >= 8 and _pack(column[:8, 3]) == b"s":
-        modes.append("alpha")
-    if len(column) >= 3 and _pack(column[:3, :3].reshape(-1)[:8]) == b"s":
-        modes.append("rgb")
-    return modes
+    streams = {"alpha": column[:, 3:] if channels == 4 else column[:0], "rgb": column[:, :3]}
+    return [mode for mode in modes if _starts_a_signature(_pack(streams[mode].reshape(-1)), mode)]
+
+
+def _starts_a_signature(stream: bytes, mode: str) -> bool:
+    head = stream[:len(next(iter(SIGNATURES)))]
+    return bool(head) and any(signature.startswith(head) for signature, its in SIGNATURES.items() if its == mode)
 
 
 def _image_header(f) -> tuple[int, int, int, int] | None:
@@ -120,8 +126,10 @@ def _first_column(raw: bytes, width: int, channels: int, rows: int) -> np.ndarra
     return np.array(pixels, dtype=np.uint8).reshape(-1, channels)
 
 
-def _pack(bits: np.ndarray) -> bytes:
-    return np.packbits(np.asarray(bits, dtype=np.uint8) & 1).tobytes()
+def _pack(values: np.ndarray) -> bytes:
+    """The lowest bits of values, 8 to a byte (a last, partial byte left out)."""
+    bits = np.asarray(values, dtype=np.uint8) & 1
+    return np.packbits(bits[:len(bits) // 8 * 8]).tobytes()
 
 
 def _read_payload(path: str, modes: list[str]) -> dict[str, bytes]:

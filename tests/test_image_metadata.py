@@ -309,6 +309,11 @@ def test_a_png_without_a_stealth_signature_costs_its_first_rows_only(tmp_path):
         before = bytes_read()
         assert read_stealth(str(tmp_path / name)) == {}
         assert bytes_read() - before < 200_000 < size // 10, name
+    pixels[:8, 0, 3] = 254 + np.unpackbits(np.frombuffer(b"s", np.uint8))  # an `s` by chance, then no signature
+    Image.fromarray(pixels).save(tmp_path / "chance.png", compress_level=1)
+    before = bytes_read()
+    assert read_stealth(str(tmp_path / "chance.png")) == {}
+    assert bytes_read() - before < (tmp_path / "chance.png").stat().st_size // 4  # 120 rows, not the image
     signed = stealth_png(tmp_path / "signed.png", "a castle")
     before = bytes_read()
     assert read_stealth(str(signed))
