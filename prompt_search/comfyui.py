@@ -29,6 +29,8 @@ SETTINGS = (
     ("model", ("ckpt_name", "unet_name", "model_name"), ("model", "guider")),
 )
 LATENT_INPUTS = ("latent_image", "samples", "samples_to")  # a latent's way back: a sampler's, a decode's, a composite's
+IMAGE_INPUTS = ("images", "image")  # what an image saver takes
+MAX_RANKED = 64  # samplers ranked by how many of the others come before them; a graph with more has no clear last
 Nodes = dict[str, dict]
 
 
@@ -55,15 +57,20 @@ def parse_comfyui(text: str) -> dict[str, object]:
 
 def _saved_sampler(nodes: Nodes, order: list[str]) -> tuple[str | None, bool]:
     """The sampler whose output the graph saves, and whether the graph leaves that open (several candidates).
-    Savers are the nodes named Save...; a graph without one is taken for a preview (PreviewImage); a graph without
-    either, or whose savers no sampler reaches, has every sampler as a candidate."""
-    savers = [key for key in order if "Save" in _class(nodes, key)] or \
+    Savers are the nodes named Save... with an image in (not SaveLatent's latent); a graph without one is taken for
+    a preview (PreviewImage); a graph without either, or whose savers no sampler reaches, has every sampler as a
+    candidate."""
+    savers = [key for key in order if "Save" in _class(nodes, key) and _takes_an_image(nodes, key)] or \
         [key for key in order if "Preview" in _class(nodes, key)]
-    samplers = list(dict.fromkeys(found for saver in savers for found in _samplers_before(nodes, saver)))
+    samplers = [found for found in _before(nodes, savers, stop_at_samplers=True) if _is_sampler(_inputs(nodes, found))]
     samplers = samplers or [key for key in order if _is_sampler(_inputs(nodes, key))]
     if not samplers:
         return None, False
     return _most_downstream(nodes, order, samplers), len(samplers) > 1
+
+
+def _takes_an_image(nodes: Nodes, key: str) -> bool:
+    return any(_is_link(_inputs(nodes, key).get(name)) for name in IMAGE_INPUTS)
 
 
 def _noise_source(nodes: Nodes, sampler: str) -> str:
@@ -84,22 +91,22 @@ def _noise_source(nodes: Nodes, sampler: str) -> str:
     return key
 
 
-def _samplers_before(nodes: Nodes, key: str) -> list[str]:
-    """The samplers met first on each path back from node key (not key itself), through any input: a sampler's
-    output reaches a saver through VAE decodes, upscalers, latent composites and the like."""
-    return [found for found in _before(nodes, key, stop_at_samplers=True) if _is_sampler(_inputs(nodes, found))]
-
-
 def _most_downstream(nodes: Nodes, order: list[str], samplers: list[str]) -> str:
-    """The sampler with the most of the others before it (a hires fix's second pass over its first); ties: the last."""
+    """The sampler with the most of the others before it (a hires fix's second pass over its first); ties, or more
+    candidates than are worth ranking (a hostile graph): the last."""
+    if len(samplers) > MAX_RANKED:
+        return max(samplers, key=order.index)
+
     def upstream(key: str) -> int:
-        return len(set(_before(nodes, key, stop_at_samplers=False)) & set(samplers))
+        return len(set(_before(nodes, [key], stop_at_samplers=False)) & set(samplers))
     return max(samplers, key=lambda key: (upstream(key), order.index(key)))
 
 
-def _before(nodes: Nodes, key: str, stop_at_samplers: bool) -> list[str]:
-    """The nodes whose output reaches node key, walked without recursion (a graph can be a long chain)."""
-    found, seen, stack = [], {key}, [key]
+def _before(nodes: Nodes, keys: list[str], stop_at_samplers: bool) -> list[str]:
+    """The nodes whose output reaches any of keys (not those themselves), walked without recursion (a graph can
+    be a long chain); with stop_at_samplers, not past a sampler: a sampler's output reaches a saver through VAE
+    decodes, upscalers, latent composites and the like, and the samplers met first are the ones saved."""
+    found, seen, stack = [], set(keys), list(keys)
     while stack:
         for value in _inputs(nodes, stack.pop()).values():
             if _is_link(value) and (source := str(value[0])) not in seen:

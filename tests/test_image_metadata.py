@@ -29,7 +29,7 @@ from PIL import Image
 
 from prompt_search import folder_metadata
 from prompt_search.cli import UserError, load_config
-from prompt_search.comfyui import parse_comfyui
+from prompt_search.comfyui import MAX_RANKED, parse_comfyui
 from prompt_search.folder_metadata import SCHEMA, extract_folder_metadata, read_texts
 from prompt_search.image_metadata import (
     KINDS,
@@ -393,3 +393,31 @@ def test_deeply_nested_json_in_a_folder_is_counted_and_the_step_goes_on(tmp_path
     assert rejects == {("deep-graph.png", "comfyui_too_deeply_nested"), ("deep-txt.png", "fooocus_too_deeply_nested")}
     table = pd.read_parquet(tmp_path / "out" / METADATA_FILE).set_index("id")
     assert table["prompt"].to_dict() == {"deep-graph.png": "", "deep-txt.png": "", "fine.png": "a fine cat"}
+
+
+def test_comfyui_a_saved_latent_is_not_the_image():
+    graph = json.loads(comfyui_sd15("a corgi", 7))
+    graph["30"] = {"class_type": "KSampler", "inputs": {**graph["3"]["inputs"], "seed": 8, "latent_image": ["3", 0]}}
+    graph["31"] = {"class_type": "SaveLatent", "inputs": {"samples": ["30", 0], "filename_prefix": "latents/x"}}
+    graph["32"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0]}}
+    graph["33"] = {"class_type": "SaveImage", "inputs": {"images": ["32", 0]}}
+    fields, _ = parse_metadata({"prompt": json.dumps(graph)})
+    assert (fields["seed"], fields["tool"]) == (7, "comfyui")
+
+
+def test_comfyui_too_many_saved_samplers_to_rank_take_the_last():
+    """Ranking samplers by the others before them costs a walk each: past MAX_RANKED the last node is taken."""
+    graph = {"0": {"class_type": "EmptyLatentImage", "inputs": {"width": 8, "height": 8}},
+             "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "first"}}}
+    for i in range(2, 2 + MAX_RANKED):  # a chain: the most downstream is the first listed, "2"
+        graph[str(i)] = {"class_type": "KSampler", "inputs": {"seed": i, "positive": ["1", 0],
+                                                              "latent_image": [str(i + 1), 0]}}
+    graph[str(2 + MAX_RANKED)] = {"class_type": "KSampler", "inputs": {"seed": 0, "positive": ["1", 0],
+                                                                        "latent_image": ["0", 0]}}
+    batch = {f"image{i}": [str(i), 0] for i in range(2, 3 + MAX_RANKED)}
+    graph["9999"] = {"class_type": "SaveImage", "inputs": {"images": ["9998", 0]}}
+    graph["9998"] = {"class_type": "ImageBatchMany", "inputs": batch}
+    assert parse_metadata({"prompt": json.dumps(graph)})[0]["seed"] == 0  # the last of MAX_RANKED + 1
+    del graph[str(2 + MAX_RANKED)], graph["9998"]["inputs"][f"image{2 + MAX_RANKED}"]
+    graph[str(1 + MAX_RANKED)]["inputs"]["latent_image"] = ["0", 0]
+    assert parse_metadata({"prompt": json.dumps(graph)})[0]["seed"] == 2  # ranked: the one downstream of the rest
