@@ -11,7 +11,6 @@ here, each format parsed in metadata_formats.py (A1111/Forge, Fooocus, InvokeAI,
 An image carrying two formats keeps the fields of both, the preferred format's first.
 """
 
-import gzip
 import json
 import math
 import zlib
@@ -29,7 +28,7 @@ from prompt_search.metadata_formats import (
     parse_novelai,
     parse_sd_metadata,
 )
-from prompt_search.stealth_pnginfo import SIGNATURES
+from prompt_search.stealth_pnginfo import SIGNATURES, decode_payload
 
 TOOLS = ("a1111", "comfyui", "invokeai", "novelai", "fooocus")  # the formats, in the order they fill missing fields
 INT32 = 1 << 31
@@ -98,19 +97,17 @@ def _decoded(texts: dict[str, str | bytes], problems: list[Problem]) -> dict[str
         if signature in texts:
             try:
                 hidden = stealth_texts(signature, texts.pop(signature))
-            except (ValueError, EOFError, zlib.error, RecursionError) as error:  # gzip's and json's errors
+            except (ValueError, OSError, EOFError, zlib.error, RecursionError) as error:  # gzip's, json's
                 problems.append(("stealth_malformed", f"{signature}: {type(error).__name__}: {error}"[:200]))
             else:
                 texts = {**hidden, **texts}
     return texts
 
 
-def stealth_texts(signature: str, payload: bytes) -> dict[str, str]:
+def stealth_texts(signature: str, stored: bytes) -> dict[str, str]:
     """The texts a stealth payload holds: NovelAI's text chunks (a JSON object holding `Comment`), else A1111's
-    `parameters`. Raises ValueError, EOFError or zlib.error on one that cannot be read."""
-    if signature.endswith("comp"):
-        payload = gzip.decompress(payload)
-    text = payload.decode("utf-8")
+    `parameters`. Raises what decode_payload raises on one that cannot be read."""
+    text = decode_payload(signature, stored)
     chunks = json_object_or_none(text)
     if chunks is not None and "Comment" in chunks:
         return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in chunks.items()}

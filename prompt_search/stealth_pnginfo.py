@@ -14,8 +14,11 @@ there is decoded whole. Looked at: 8-bit RGB and RGBA PNGs, not interlaced, as t
 writers save them.
 """
 
+import gzip
 import struct
 import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -23,6 +26,7 @@ from PIL import Image
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIGNATURES = {b"stealth_pnginfo": "alpha", b"stealth_pngcomp": "alpha",
               b"stealth_rgbinfo": "rgb", b"stealth_rgbcomp": "rgb"}
+SIGNATURE_BYTES, LENGTH_BYTES = 15, 4
 PROBE_ROWS = 8  # enough for the signature's first byte in either channel set (8 alpha bits, or 3 pixels of RGB)
 SIGNATURE_ROWS = 120  # enough for the whole signature (120 bits) in either
 CHANNELS = {2: 3, 6: 4}  # PNG color type -> bytes a pixel: RGB, RGBA
@@ -31,8 +35,8 @@ MAX_HEADER_CHUNKS = 1024  # chunks before the image data, where text chunks and 
 
 
 def read_stealth(path: str) -> dict[str, bytes]:
-    """{signature: payload bytes (still gzip-compressed for the *comp ones)} when path's pixels carry a stealth
-    signature, else {}. A payload longer than the pixels hold is returned cut short (the parser rejects it)."""
+    """{signature: the payload as stored (its length, then as many bytes as the pixels hold of it, up to that
+    length)} when path's pixels carry a stealth signature, else {}. decode_payload reads it."""
     modes = _probe(path, PROBE_ROWS, ["alpha", "rgb"])
     if modes:  # one file in 256 without a signature gets here by chance: look further before decoding it all
         modes = _probe(path, SIGNATURE_ROWS, modes)
@@ -58,12 +62,24 @@ def _probe(path: str, rows: int, modes: list[str]) -> list[str]:
     return [mode for mode in modes if _starts_a_signature(_pack(streams[mode].reshape(-1)), mode)]
 
 
+def decode_payload(signature: str, stored: bytes) -> str:
+    """The text of a payload read_stealth returned. Raises ValueError (or gzip's BadGzipFile, an OSError, EOFError,
+    zlib.error) on one that is cut short, not gzip when it should be, or not UTF-8."""
+    bits = int.from_bytes(stored[:LENGTH_BYTES], "big")
+    payload = stored[LENGTH_BYTES:]
+    if len(stored) < LENGTH_BYTES or len(payload) * 8 < bits:
+        raise ValueError(f"declares {bits} bits, the pixels hold {len(payload) * 8}")
+    if signature.endswith("comp"):
+        payload = gzip.decompress(payload)
+    return payload.decode("utf-8")
+
+
 def _starts_a_signature(stream: bytes, mode: str) -> bool:
-    head = stream[:len(next(iter(SIGNATURES)))]
+    head = stream[:SIGNATURE_BYTES]
     return bool(head) and any(signature.startswith(head) for signature, its in SIGNATURES.items() if its == mode)
 
 
-def _image_header(f) -> tuple[int, int, int, int] | None:
+def _image_header(f: BinaryIO) -> tuple[int, int, int, int] | None:
     """Width, height and bytes a pixel of an 8-bit RGB(A) PNG that is not interlaced, and the length of its first
     IDAT chunk, the file then at that chunk's data; None for any other file."""
     if f.read(8) != PNG_SIGNATURE:
@@ -86,7 +102,7 @@ def _image_header(f) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _image_data(f, length: int):
+def _image_data(f: BinaryIO, length: int) -> Iterator[bytes]:
     """The compressed image data in pieces, from the IDAT chunk of this length whose data the file is at on."""
     while True:
         left = length
@@ -102,7 +118,7 @@ def _image_data(f, length: int):
             return
 
 
-def _inflate(f, length: int, size: int) -> bytes:
+def _inflate(f: BinaryIO, length: int, size: int) -> bytes:
     """The first size bytes (or fewer, at the data's end) of the decompressed image data."""
     inflater, out = zlib.decompressobj(), bytearray()
     for data in _image_data(f, length):
@@ -139,8 +155,8 @@ def _read_payload(path: str, modes: list[str]) -> dict[str, bytes]:
     for mode in modes:
         channel = pixels[:, :, 3:4] if mode == "alpha" else pixels[:, :, :3]
         stream = _pack(channel.transpose(1, 0, 2).reshape(-1))  # column-major, channels in order
-        signature = stream[:15]
-        if SIGNATURES.get(signature) == mode and len(stream) >= 19:
-            bits = int.from_bytes(stream[15:19], "big")
-            return {signature.decode(): stream[19:19 + (bits + 7) // 8]}
+        signature, start = stream[:SIGNATURE_BYTES], SIGNATURE_BYTES + LENGTH_BYTES
+        if SIGNATURES.get(signature) == mode:
+            bits = int.from_bytes(stream[SIGNATURE_BYTES:start], "big")
+            return {signature.decode(): stream[SIGNATURE_BYTES:start + (bits + 7) // 8]}
     return {}

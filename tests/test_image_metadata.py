@@ -285,12 +285,26 @@ def test_stealth_in_every_layout(tmp_path, mode, compressed):
         ("a hidden castle", NEGATIVE, (1 << 64) - 1, "a1111", [])
 
 
-def test_stealth_that_cannot_be_read_is_a_reject(tmp_path):
+@pytest.mark.parametrize("cut", [
+    lambda stored: stored[:10],  # gzip cut short: the length says more than is there
+    lambda stored: stored[:4] + stored[4:].replace(b"\x1f\x8b", b"xx", 1),  # not gzip
+    lambda stored: stored[:2],  # not even the length
+])
+def test_stealth_that_cannot_be_read_is_a_reject(tmp_path, cut):
     path = stealth_png(tmp_path / "s.png", "a castle", "alpha", True)
     texts = read_texts(path)[0]
-    texts["stealth_pngcomp"] = texts["stealth_pngcomp"][:10]  # the gzip stream cut short
+    texts["stealth_pngcomp"] = cut(texts["stealth_pngcomp"])
     fields, problems = parse_metadata(texts)
     assert [reason for reason, _ in problems] == ["stealth_malformed"] and fields["tool"] is None
+
+
+@pytest.mark.parametrize("stored", [
+    (8_000_000).to_bytes(4, "big") + b"a cat",  # the length says more than the pixels hold
+    (24).to_bytes(4, "big") + b"\xff\xfe\xfd",  # not UTF-8
+])
+def test_uncompressed_stealth_cut_short_or_not_utf8_is_a_reject(stored):
+    fields, problems = parse_metadata({"stealth_pnginfo": stored})
+    assert [reason for reason, _ in problems] == ["stealth_malformed"] and fields["prompt"] == ""
 
 
 def bytes_read() -> int:
