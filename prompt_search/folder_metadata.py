@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
+from prompt_search import png_chunks
 from prompt_search.cli import UserError
 from prompt_search.image_metadata import FOOOCUS_SCHEMES, FORMAT_TEXTS, parse_metadata
 from prompt_search.images import UNREADABLE, list_images
@@ -109,14 +110,17 @@ def previous_rows(out_dir: str, settings: dict) -> PreviousRows | None:
 def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
     """The texts an image file carries (for image_metadata.parse_metadata), and its size in pixels.
 
-    Only the headers are read: PNG text chunks before the image data (where the generators write them), EXIF,
-    and the .txt beside the image; the pixels only of a PNG that holds no format's text, and only the first rows
-    unless they carry a stealth signature (stealth_pnginfo.py). Raises what PIL raises on a file it cannot open.
+    Only the headers are read: PNG text chunks (before the image data, where the generators write them, or after
+    it, where re-encoders move them: png_chunks.py), EXIF, and the .txt beside the image; the pixels only of a PNG
+    that holds no format's text, and only the first rows unless they carry a stealth signature
+    (stealth_pnginfo.py). Raises what PIL raises on a file it cannot open.
     """
     with Image.open(path) as image:
-        texts: dict[str, str | bytes] = {key: _chunk_text(value) for key, value in image.info.items()
+        is_png = image.format == "PNG"
+        chunks = {**(png_chunks.after_image(path) if is_png else {}), **image.info}  # those before the pixels first
+        texts: dict[str, str | bytes] = {key: _chunk_text(value) for key, value in chunks.items()
                                          if isinstance(key, str) and isinstance(value, str)}
-        exif = image.getexif()
+        exif = _png_exif(chunks.get("exif")) if is_png else image.getexif()  # a PNG's getexif decodes its pixels
         for ifd in (exif.get_ifd(EXIF_IFD), exif):  # the EXIF sub-IFD, where it belongs, or IFD0, where some put it
             comment = ifd.get(USER_COMMENT)
             if comment and "UserComment" not in texts:
@@ -127,7 +131,7 @@ def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
             name, sep, rest = str(exif.get(tag, "")).partition(":")
             if sep and name in ("prompt", "workflow"):
                 texts.setdefault(name, rest)
-        size, is_png = image.size, image.format == "PNG"
+        size = image.size
     sidecar = os.path.splitext(path)[0] + ".txt"
     if os.path.isfile(sidecar) and os.path.getsize(sidecar) <= MAX_TXT_BYTES:
         with open(sidecar, "rb") as f:
@@ -135,6 +139,13 @@ def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
     if is_png and not any(key in texts for key in FORMAT_TEXTS):
         texts.update(read_stealth(path))
     return texts, size
+
+
+def _png_exif(raw: object) -> Image.Exif:
+    exif = Image.Exif()
+    if isinstance(raw, bytes):
+        exif.load(raw)
+    return exif
 
 
 def _exif_text(value: str | bytes) -> str:

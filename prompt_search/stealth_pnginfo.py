@@ -23,7 +23,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from prompt_search.png_chunks import walk
+
 SIGNATURES = {b"stealth_pnginfo": "alpha", b"stealth_pngcomp": "alpha",
               b"stealth_rgbinfo": "rgb", b"stealth_rgbcomp": "rgb"}
 SIGNATURE_BYTES, LENGTH_BYTES = 15, 4
@@ -31,7 +32,6 @@ PROBE_ROWS = 8  # enough for the signature's first byte in either channel set (8
 SIGNATURE_ROWS = 120  # enough for the whole signature (120 bits) in either
 CHANNELS = {2: 3, 6: 4}  # PNG color type -> bytes a pixel: RGB, RGBA
 READ_BYTES = 1 << 16
-MAX_HEADER_CHUNKS = 1024  # chunks before the image data, where text chunks and the like go
 
 
 def read_stealth(path: str) -> dict[str, bytes]:
@@ -48,7 +48,7 @@ def _probe(path: str, rows: int, modes: list[str]) -> list[str]:
     (the whole signature when the image is shorter). Reads the file's header chunks and the compressed data of
     those rows."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:  # unbuffered: a walk reads 8 bytes a chunk, not 8 KiB
             header = _image_header(f)
             if header is None:
                 return []
@@ -82,23 +82,15 @@ def _starts_a_signature(stream: bytes, mode: str) -> bool:
 def _image_header(f: BinaryIO) -> tuple[int, int, int, int] | None:
     """Width, height and bytes a pixel of an 8-bit RGB(A) PNG that is not interlaced, and the length of its first
     IDAT chunk, the file then at that chunk's data; None for any other file."""
-    if f.read(8) != PNG_SIGNATURE:
-        return None
     channels = None
-    for _ in range(MAX_HEADER_CHUNKS):
-        length, kind = struct.unpack(">I4s", f.read(8))
+    for kind, length, _ in walk(f):
         if kind == b"IHDR":
             width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", f.read(13))
             if depth != 8 or color not in CHANNELS or interlace or not width or not height:
                 return None
             channels = CHANNELS[color]
-            f.seek(4, 1)  # its CRC
         elif kind == b"IDAT":
             return (width, height, channels, length) if channels else None
-        elif kind == b"IEND":
-            return None
-        else:
-            f.seek(length + 4, 1)
     return None
 
 

@@ -5,6 +5,7 @@ import gzip
 import json
 import math
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from generations import (
     with_exif,
     write_folder,
 )
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from prompt_search import folder_metadata
 from prompt_search.cli import UserError, load_config
@@ -328,7 +329,7 @@ def test_a_png_without_a_stealth_signature_costs_its_first_rows_only(tmp_path):
     before = bytes_read()
     assert read_stealth(str(tmp_path / "chance.png")) == {}
     assert bytes_read() - before < (tmp_path / "chance.png").stat().st_size // 4  # 120 rows, not the image
-    signed = stealth_png(tmp_path / "signed.png", "a castle")
+    signed = stealth_png(tmp_path / "signed.png", "a castle")  # (the test below covers read_texts itself)
     before = bytes_read()
     assert read_stealth(str(signed))
     assert bytes_read() - before >= signed.stat().st_size  # with a signature, the whole image is decoded
@@ -435,3 +436,38 @@ def test_comfyui_too_many_saved_samplers_to_rank_take_the_last():
     del graph[str(2 + MAX_RANKED)], graph["9998"]["inputs"][f"image{2 + MAX_RANKED}"]
     graph[str(1 + MAX_RANKED)]["inputs"]["latent_image"] = ["0", 0]
     assert parse_metadata({"prompt": json.dumps(graph)})[0]["seed"] == 2  # ranked: the one downstream of the rest
+
+
+def png_chunks_moved_after_the_image(path: Path, kinds: tuple[bytes, ...]) -> Path:
+    """path's chunks of these kinds moved after its image data, as re-encoders such as ImageMagick write them."""
+    data, position, chunks = path.read_bytes(), 8, []
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        chunks.append((kind, data[position:position + 12 + length]))
+        position += 12 + length
+    moved = [chunk for kind, chunk in chunks if kind in kinds]
+    kept = [chunk for kind, chunk in chunks if kind not in kinds]
+    path.write_bytes(data[:8] + b"".join(kept[:-1] + moved + kept[-1:]))  # before IEND
+    return path
+
+
+def test_png_texts_and_exif_are_read_without_decoding_the_pixels(tmp_path):
+    """Pillow's getexif decodes a PNG's pixels to look past them; the texts are read by walking the chunks."""
+    pixels = np.random.default_rng(2).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = unicode_comment(a1111_text("a castle in the exif", 4))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", novelai_comment(5), zip=True)
+    info.add_itxt("Description", "一只狐狸 a fox", zip=True)
+    info.add_text("Software", "NovelAI")
+    Image.fromarray(pixels).save(tmp_path / "big.png", compress_level=1, exif=exif.tobytes(), pnginfo=info)
+    for moved in ((), (b"eXIf", b"zTXt", b"iTXt", b"tEXt")):
+        path = png_chunks_moved_after_the_image(tmp_path / "big.png", moved)
+        before = bytes_read()
+        texts, size = read_texts(path)
+        assert bytes_read() - before < 200_000 < path.stat().st_size // 10, moved
+        fields, problems = parse_metadata(texts, "novelai")
+        assert (fields["prompt"], fields["seed"], fields["tool"], problems) == \
+            ("一只狐狸 a fox", 5, "novelai,a1111", []), moved
+        assert decode_user_comment(texts["UserComment"]) == a1111_text("a castle in the exif", 4) and \
+            size == (1024, 1024)

@@ -49,6 +49,13 @@ def test_a1111_png_chunk_and_jpeg_user_comment(name):
     assert row["model_hash"] == "c0d1994c73"
 
 
+def test_a1111_text_moved_after_the_image_data_by_a_re_encoder():
+    """ImageMagick's rewrite of the file above: its `parameters` in a zTXt after the image data."""
+    row = read("a1111/automatic1111_text_after_image.png")
+    assert (row["prompt"], row["negative_prompt"], row["seed"], row["model_hash"]) == \
+        ("photo of a duck", "monochrome", 235284042, "c0d1994c73")
+
+
 def test_a1111_stealth_alpha_without_any_chunk():
     """sd-webui-stealth-pnginfo's default: gzip in the alpha channel; the file has no text chunk at all."""
     assert not {key for key in chunks("a1111/automatic1111_stealth.png") if isinstance(key, str)} - {"dpi"}
