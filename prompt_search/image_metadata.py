@@ -48,6 +48,7 @@ STEALTH_TEXTS = tuple(signature.decode() for signature in SIGNATURES)  # folder_
 USER_COMMENT_CODES = (b"UNICODE\0", b"ASCII\0\0\0", b"\0" * 8)  # EXIF's character codes; JIS is not seen in practice
 Problem = tuple[str, str]  # (reason, detail)
 
+
 def parse_metadata(texts: dict[str, str | bytes], preferred: str = "a1111") -> tuple[Fields, list[Problem]]:
     """The fields of one image (every KINDS field, None when unknown, and `tool`), and what could not be read.
 

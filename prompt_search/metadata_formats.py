@@ -23,9 +23,13 @@ class Malformed(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
 
+
 def parse_a1111(text: str) -> Fields:
     """A1111's layout, by key."""
-    prompt, negative, params = _a1111_parts(text)
+    return _a1111_fields(*_a1111_parts(text))
+
+
+def _a1111_fields(prompt: str, negative: str, params: dict[str, str]) -> Fields:
     width, _, height = params.get("Size", "").partition("x")
     return {"prompt": prompt, "negative_prompt": negative, "num_steps": params.get("Steps"),
             "sampler": params.get("Sampler"), "cfg_scale": params.get("CFG scale"), "seed": params.get("Seed"),
@@ -59,19 +63,21 @@ def _unquote(value: str) -> str:
 
 def parse_fooocus(parameters: str, scheme: str | None) -> Fields:
     """Fooocus (modules/meta_parser.py), by its `fooocus_scheme` (PNG) or EXIF MakerNote (JPEG, WebP): `fooocus`
-    writes a JSON object, `a1111` A1111's layout with the prompt as typed in `Raw prompt`. Without a scheme, or with
-    another, what parses decides."""
+    writes a JSON object, `a1111` A1111's layout. Without a scheme, or with another, what parses decides."""
     scheme = (scheme or "").strip().lower()
     data = json_object_or_none(parameters) if scheme != "a1111" else None
-    if data is None:
-        if scheme == "fooocus":
-            raise Malformed("malformed", f"fooocus_scheme is fooocus but parameters is not a JSON object: "
-                                         f"{parameters[:80]!r}")
-        fields = parse_a1111(parameters)
-        _, _, params = _a1111_parts(parameters)
-        fields["prompt"] = params.get("Raw prompt") or fields["prompt"]  # the expanded prompt joins styles' words
-        fields["negative_prompt"] = params.get("Raw negative prompt") or fields["negative_prompt"]
-        return fields
+    if data is not None:
+        return _fooocus_json(data)
+    if scheme == "fooocus":
+        raise Malformed("malformed", f"fooocus_scheme is fooocus but parameters is not a JSON object: "
+                                     f"{parameters[:80]!r}")
+    prompt, negative, params = _a1111_parts(parameters)
+    # The prompt lines are the prompt as the styles expanded it; `Raw prompt` is what was typed (Fooocus loads it)
+    return _a1111_fields(params.get("Raw prompt") or prompt, params.get("Raw negative prompt") or negative, params)
+
+
+def _fooocus_json(data: dict) -> Fields:
+    """The `fooocus` scheme: the prompt as typed (or, when only styles made it, the expanded `full_prompt`)."""
     width, height = ([*re.findall(r"\d+", str(data.get("resolution", ""))), None, None])[:2]  # "(1152, 896)"
     full_prompt = data.get("full_prompt")
     prompt = data.get("prompt") or (", ".join(map(str, full_prompt)) if isinstance(full_prompt, list) else None)

@@ -257,6 +257,12 @@ def test_fooocus_jpeg_and_webp_carry_the_scheme_in_the_maker_note(tmp_path):
     assert "fooocus_scheme" not in read_texts(camera)[0]
 
 
+def test_fooocus_json_with_only_styles_takes_the_expanded_prompt():
+    data = {**json.loads(fooocus_json("", 3)), "full_prompt": ["cinematic still, a lighthouse", "moody"]}
+    fields, problems = parse_metadata({"parameters": json.dumps(data), "fooocus_scheme": "fooocus"})
+    assert (fields["prompt"], fields["seed"], problems) == ("cinematic still, a lighthouse, moody", 3, [])
+
+
 def test_fooocus_scheme_that_cannot_be_read_is_a_reject():
     fields, problems = parse_metadata({"parameters": "a dragon\nSteps: 3", "fooocus_scheme": "fooocus"})
     assert [reason for reason, _ in problems] == ["fooocus_malformed"] and fields["prompt"] == ""
