@@ -1,9 +1,15 @@
 """ComfyUI's API graph (PNG chunk `prompt`, WebP EXIF `prompt:{json}`) to a generation's fields.
 
 The graph maps node id -> {"class_type", "inputs"}; an input holds a value or a link [node id, output].
-The prompt is not in a fixed node: it is found by following the sampler's `positive` input back through
-whatever sits between (FluxGuidance, conditioning combiners, ControlNet) to the text encoders, and each
-setting by following the input that carries it (a LoRA loader between checkpoint and sampler, say).
+The sampler is the one whose output reaches the image-saving node, found by following the graph back from it
+(through VAE decode, upscalers, latent nodes) to the first sampler on each path: a hires fix or a refiner has
+several samplers, and the last one makes the saved image. ComfyUI writes the same graph into every image it saves,
+so a graph that saves the output of several samplers (a hires fix saving both passes, a grid of variants) does not
+say which one this file is: then the sampler downstream of the others (or the last) is taken and `tool` says
+`comfyui:ambiguous`. The prompt is found by following that sampler's `positive` input back through whatever sits
+between (FluxGuidance, conditioning combiners and areas, ControlNet) to the text encoders, and each setting by
+following the input that carries it (a LoRA loader between checkpoint and sampler, say); the seed of a sampler that
+adds no noise (an SDXL refiner) is that of the sampler before it.
 Pure: text in, fields out; a graph that is not one raises ValueError.
 """
 
@@ -22,6 +28,9 @@ SETTINGS = (
     ("height", ("height",), ("latent_image",)),
     ("model", ("ckpt_name", "unet_name", "model_name"), ("model", "guider")),
 )
+LATENT_INPUTS = ("latent_image", "samples", "samples_to")  # a latent's way back: a sampler's, a decode's, a composite's
+IMAGE_INPUTS = ("images", "image")  # what an image saver takes
+MAX_RANKED = 64  # samplers ranked by how many of the others come before them; a graph with more has no clear last
 Nodes = dict[str, dict]
 
 
@@ -32,17 +41,84 @@ def parse_comfyui(text: str) -> dict[str, object]:
         raise ValueError("not a ComfyUI node graph")
     nodes = {str(key): node for key, node in graph.items()}
     order = sorted(nodes, key=_natural)
-    sampler = next((key for key in order if _is_sampler(_inputs(nodes, key))), None)
-    fields: dict[str, object] = {}
+    sampler, ambiguous = _saved_sampler(nodes, order)
+    fields: dict[str, object] = {"tool": "comfyui:ambiguous" if ambiguous else "comfyui"}
     if sampler is not None:
         fields["prompt"] = "\n".join(_distinct(_texts(nodes, sampler, "positive", set(), False)))
         fields["negative_prompt"] = "\n".join(_distinct(_texts(nodes, sampler, "negative", set(), False)))
         for name, keys, via in SETTINGS:
-            fields[name] = _setting(nodes, sampler, keys, via, set())
+            source = _noise_source(nodes, sampler) if name == "seed" else sampler
+            fields[name] = _setting(nodes, source, keys, via, set())
     if not fields.get("prompt"):  # no sampler, or one whose prompt comes from a node this does not know
         encoders = [key for key in order if "TextEncode" in str(nodes[key].get("class_type", ""))]
         fields["prompt"] = "\n".join(_distinct(t for key in encoders for t in _encoder_texts(nodes, key)))
     return fields
+
+
+def _saved_sampler(nodes: Nodes, order: list[str]) -> tuple[str | None, bool]:
+    """The sampler whose output the graph saves, and whether the graph leaves that open (several candidates).
+    Savers are the nodes named Save... with an image in (not SaveLatent's latent); a graph without one is taken for
+    a preview (PreviewImage); a graph without either, or whose savers no sampler reaches, has every sampler as a
+    candidate."""
+    savers = [key for key in order if "Save" in _class(nodes, key) and _takes_an_image(nodes, key)] or \
+        [key for key in order if "Preview" in _class(nodes, key)]
+    samplers = [found for found in _before(nodes, savers, stop_at_samplers=True) if _is_sampler(_inputs(nodes, found))]
+    samplers = samplers or [key for key in order if _is_sampler(_inputs(nodes, key))]
+    if not samplers:
+        return None, False
+    return _most_downstream(nodes, order, samplers), len(samplers) > 1
+
+
+def _takes_an_image(nodes: Nodes, key: str) -> bool:
+    return any(_is_link(_inputs(nodes, key).get(name)) for name in IMAGE_INPUTS)
+
+
+def _noise_source(nodes: Nodes, sampler: str) -> str:
+    """The sampler whose seed made sampler's noise: itself, or, when it adds none (KSamplerAdvanced's add_noise
+    disable: a refiner, the second half of a split schedule), the sampler its latent comes from, followed along the
+    latent's path (a latent composite's base)."""
+    key, seen = sampler, {sampler}
+    while _inputs(nodes, key).get("add_noise") in ("disable", False):
+        while True:
+            inputs = _inputs(nodes, key)
+            link = next((inputs[name] for name in LATENT_INPUTS if _is_link(inputs.get(name))), None)
+            if link is None or str(link[0]) in seen:
+                return sampler
+            key = str(link[0])
+            seen.add(key)
+            if _is_sampler(_inputs(nodes, key)):
+                break
+    return key
+
+
+def _most_downstream(nodes: Nodes, order: list[str], samplers: list[str]) -> str:
+    """The sampler with the most of the others before it (a hires fix's second pass over its first); ties, or more
+    candidates than are worth ranking (a hostile graph): the last."""
+    if len(samplers) > MAX_RANKED:
+        return max(samplers, key=order.index)
+
+    def upstream(key: str) -> int:
+        return len(set(_before(nodes, [key], stop_at_samplers=False)) & set(samplers))
+    return max(samplers, key=lambda key: (upstream(key), order.index(key)))
+
+
+def _before(nodes: Nodes, keys: list[str], stop_at_samplers: bool) -> list[str]:
+    """The nodes whose output reaches any of keys (not those themselves), walked without recursion (a graph can
+    be a long chain); with stop_at_samplers, not past a sampler: a sampler's output reaches a saver through VAE
+    decodes, upscalers, latent composites and the like, and the samplers met first are the ones saved."""
+    found, seen, stack = [], set(keys), list(keys)
+    while stack:
+        for value in _inputs(nodes, stack.pop()).values():
+            if _is_link(value) and (source := str(value[0])) not in seen:
+                seen.add(source)
+                found.append(source)
+                if not (stop_at_samplers and _is_sampler(_inputs(nodes, source))):
+                    stack.append(source)
+    return found
+
+
+def _class(nodes: Nodes, key: str) -> str:
+    return str(nodes[key].get("class_type", "")) if key in nodes else ""
 
 
 def _is_sampler(inputs: dict) -> bool:

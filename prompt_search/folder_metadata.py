@@ -21,12 +21,14 @@ import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
+from prompt_search import png_chunks
 from prompt_search.cli import UserError
-from prompt_search.image_metadata import parse_metadata
+from prompt_search.image_metadata import FOOOCUS_SCHEMES, FORMAT_TEXTS, parse_metadata
 from prompt_search.images import UNREADABLE, list_images
 from prompt_search.links import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
 from prompt_search.links import SCHEMA as CSV_SCHEMA
 from prompt_search.sets import local_set, output_set
+from prompt_search.stealth_pnginfo import read_stealth
 from prompt_search.storage import is_url
 
 # Step 1's columns where they mean the same (id, prompt, width, height, seed, cfg_scale, num_steps), so that
@@ -41,7 +43,7 @@ SCHEMA = pa.schema([
     ("model_hash", pa.string()),
     ("tool", pa.string()),  # the formats found (image_metadata.TOOLS), the preferred first; null when none
 ])
-EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+EXIF_IFD, USER_COMMENT, MAKER_NOTE = 0x8769, 0x9286, 0x927C  # Fooocus's JPEG/WebP: its scheme in the MakerNote
 # IFD0's Model, Make and ImageDescription: ComfyUI's WebP writes "prompt:{json}" and "workflow:{json}" there.
 COMFYUI_EXIF_TAGS = (0x0110, 0x010F, 0x010E)
 MAX_TXT_BYTES = 1 << 20  # a .txt beside an image larger than this is not generation parameters
@@ -108,17 +110,23 @@ def previous_rows(out_dir: str, settings: dict) -> PreviousRows | None:
 def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
     """The texts an image file carries (for image_metadata.parse_metadata), and its size in pixels.
 
-    Only the headers are read, never the pixels: PNG text chunks before the image data (where the generators
-    write them), EXIF, and the .txt beside the image. Raises what PIL raises on a file it cannot open.
+    Only the headers are read: PNG text chunks (before the image data, where the generators write them, or after
+    it, where re-encoders move them: png_chunks.py), EXIF, and the .txt beside the image; the pixels only of a PNG
+    that holds no format's text, and only the first rows unless they carry a stealth signature
+    (stealth_pnginfo.py). Raises what PIL raises on a file it cannot open.
     """
     with Image.open(path) as image:
-        texts: dict[str, str | bytes] = {key: _chunk_text(value) for key, value in image.info.items()
+        is_png = image.format == "PNG"
+        chunks = {**(png_chunks.after_image(path) if is_png else {}), **image.info}  # those before the pixels first
+        texts: dict[str, str | bytes] = {key: _chunk_text(value) for key, value in chunks.items()
                                          if isinstance(key, str) and isinstance(value, str)}
-        exif = image.getexif()
+        exif = _png_exif(chunks.get("exif")) if is_png else image.getexif()  # a PNG's getexif decodes its pixels
         for ifd in (exif.get_ifd(EXIF_IFD), exif):  # the EXIF sub-IFD, where it belongs, or IFD0, where some put it
             comment = ifd.get(USER_COMMENT)
             if comment and "UserComment" not in texts:
                 texts["UserComment"] = comment if isinstance(comment, bytes) else str(comment).encode()
+            if _exif_text(ifd.get(MAKER_NOTE, "")) in FOOOCUS_SCHEMES:  # a camera's MakerNote is its own binary
+                texts.setdefault("fooocus_scheme", _exif_text(ifd[MAKER_NOTE]))
         for tag in COMFYUI_EXIF_TAGS:
             name, sep, rest = str(exif.get(tag, "")).partition(":")
             if sep and name in ("prompt", "workflow"):
@@ -128,7 +136,20 @@ def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
     if os.path.isfile(sidecar) and os.path.getsize(sidecar) <= MAX_TXT_BYTES:
         with open(sidecar, "rb") as f:
             texts[".txt"] = f.read().decode("utf-8", errors="replace")
+    if is_png and not any(key in texts for key in FORMAT_TEXTS):
+        texts.update(read_stealth(path))
     return texts, size
+
+
+def _png_exif(raw: object) -> Image.Exif:
+    exif = Image.Exif()
+    if isinstance(raw, bytes):
+        exif.load(raw)
+    return exif
+
+
+def _exif_text(value: str | bytes) -> str:
+    return (value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)).strip("\0 ")
 
 
 def _chunk_text(value: str) -> str:

@@ -4,9 +4,11 @@ import csv
 import json
 import math
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_image
 from generations import (
     NEGATIVE,
     a1111_text,
@@ -24,7 +26,7 @@ from generations import (
 
 from prompt_search import folder_metadata
 from prompt_search.cli import UserError, load_config
-from prompt_search.comfyui import parse_comfyui
+from prompt_search.comfyui import MAX_RANKED, parse_comfyui
 from prompt_search.folder_metadata import SCHEMA, extract_folder_metadata, read_texts
 from prompt_search.image_metadata import (
     KINDS,
@@ -201,3 +203,164 @@ def test_rerun_reads_only_new_or_changed_images_and_equals_a_full_run(tmp_path, 
     read.clear()
     extract_folder_metadata(str(images), str(out), "comfyui")  # another setting: every image read again
     assert len(read) == len(table)
+
+
+# Issue 25: A1111 text starting with {, every Fooocus scheme, stealth PNG-info, ComfyUI's saved sampler, unreadable
+# known formats always a reject, deeply nested JSON a reject, seeds exact to 2**64 - 1.
+
+def test_a1111_prompt_starting_with_a_brace_is_a1111_not_fooocus(tmp_path):
+    text = a1111_text("{{{{high heels}}}}, 1girl, {masterpiece}", 7)
+    fields, problems = parse_metadata({"parameters": text})
+    assert (fields["tool"], fields["prompt"], fields["seed"], problems) == \
+        ("a1111", "{{{{high heels}}}}, 1girl, {masterpiece}", 7, [])
+    image = make_image(tmp_path / "braces.png", (64, 96), "RGB", 1)
+    (tmp_path / "braces.txt").write_text(text, encoding="utf-8")
+    row, problems = folder_metadata.image_row(str(image), "a1111")
+    assert (row["prompt"], row["negative_prompt"], row["tool"], problems) == \
+        ("{{{{high heels}}}}, 1girl, {masterpiece}", NEGATIVE, "a1111", [])
+
+
+FOOOCUS_A1111 = ("a dragon, cinematic still, glass, 4k\nNegative prompt: blurry, lowres, ugly\n"
+                 "Steps: 30, Sampler: DPM++ 2M SDE Karras, Seed: 18446744073709551615, Size: 896x1152, CFG scale: 4, "
+                 "Sharpness: 2, ADM Guidance: \"(1.5, 0.8, 0.3)\", Model: juggernautXL_v8Rundiffusion, "
+                 "Model hash: aeb7e9e689, Performance: Speed, Scheduler: karras, VAE: Default (model), "
+                 "Raw prompt: a dragon, Raw negative prompt: blurry, Version: Fooocus v2.5.5")
+
+
+def test_fooocus_a1111_scheme_takes_the_prompt_as_typed():
+    """Fooocus's `a1111` scheme (modules/meta_parser.py, A1111MetadataParser.to_string): the prompt lines are the
+    style-expanded prompt; `Raw prompt` is what the user typed, which Fooocus itself loads back."""
+    fields, problems = parse_metadata({"parameters": FOOOCUS_A1111, "fooocus_scheme": "a1111"})
+    assert (fields["tool"], fields["prompt"], fields["negative_prompt"], problems) == \
+        ("fooocus", "a dragon", "blurry", [])
+    assert (fields["seed"], fields["num_steps"], fields["width"], fields["model_hash"]) == \
+        ((1 << 64) - 1, 30, 896, "aeb7e9e689")
+
+
+def test_fooocus_jpeg_and_webp_carry_the_scheme_in_the_maker_note(tmp_path):
+    """Fooocus's JPEG/WebP (modules/meta_parser.py, get_exif): UserComment and MakerNote set in IFD0, as str."""
+    json_scheme = fooocus_json("a dragon made of glass", (1 << 64) - 1)
+    jpeg = with_exif(tmp_path / "f.jpg", ifd0={0x9286: json_scheme, 0x927C: "fooocus", 0x0131: "Fooocus v2.5.5"})
+    webp = with_exif(tmp_path / "f.webp", ifd0={0x9286: FOOOCUS_A1111, 0x927C: "a1111"})
+    assert read_texts(jpeg)[0]["fooocus_scheme"] == "fooocus" and read_texts(webp)[0]["fooocus_scheme"] == "a1111"
+    row, problems = folder_metadata.image_row(str(jpeg), "a1111")
+    assert (row["prompt"], row["seed"], row["tool"], problems) == \
+        ("a dragon made of glass", (1 << 64) - 1, "fooocus", [])
+    row, problems = folder_metadata.image_row(str(webp), "a1111")
+    assert (row["prompt"], row["seed"], row["tool"], problems) == ("a dragon", (1 << 64) - 1, "fooocus", [])
+    camera = with_exif(tmp_path / "camera.jpg", ifd0={0x927C: "\x00\x01Nikon binary"})
+    assert "fooocus_scheme" not in read_texts(camera)[0]
+
+
+def test_fooocus_json_with_only_styles_takes_the_expanded_prompt():
+    data = {**json.loads(fooocus_json("", 3)), "full_prompt": ["cinematic still, a lighthouse", "moody"]}
+    fields, problems = parse_metadata({"parameters": json.dumps(data), "fooocus_scheme": "fooocus"})
+    assert (fields["prompt"], fields["seed"], problems) == ("cinematic still, a lighthouse, moody", 3, [])
+
+
+def test_fooocus_scheme_that_cannot_be_read_is_a_reject():
+    fields, problems = parse_metadata({"parameters": "a dragon\nSteps: 3", "fooocus_scheme": "fooocus"})
+    assert [reason for reason, _ in problems] == ["fooocus_malformed"] and fields["prompt"] == ""
+
+
+def test_comfyui_grid_of_variants_and_preview_only_graphs_say_ambiguous():
+    def sampler(seed: int, text: str, latent: str) -> dict:
+        return {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                                                     "positive": [text, 0], "negative": ["9", 0],
+                                                     "latent_image": [latent, 0], "model": ["1", 0]}}
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+             "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+             "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox"}},
+             "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue fox"}},
+             "5": sampler(1, "3", "2"), "6": sampler((1 << 64) - 1, "4", "2"),
+             "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0]}},
+             "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0]}},
+             "9": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry"}},
+             "10": {"class_type": "ImageBatch", "inputs": {"image1": ["7", 0], "image2": ["8", 0]}},
+             "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "grid"}}}
+    fields, problems = parse_metadata({"prompt": json.dumps(graph)})
+    assert (fields["prompt"], fields["seed"], fields["tool"], problems) == \
+        ("a blue fox", (1 << 64) - 1, "comfyui:ambiguous", [])
+    graph["11"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}  # no saver: the preview's
+    fields, _ = parse_metadata({"prompt": json.dumps(graph)})
+    assert (fields["prompt"], fields["seed"], fields["tool"]) == ("a red fox", 1, "comfyui")
+
+
+@pytest.mark.parametrize("seed", [1 << 64, -1])
+def test_a_seed_outside_unsigned_64_bits_is_a_bad_value(seed):
+    fields, problems = parse_metadata({"prompt": comfyui_sd15("a corgi", seed)})
+    assert fields["seed"] is None and problems == [("comfyui_bad_value", f"seed={str(seed)!r}")]
+
+
+def test_a_known_format_without_a_prompt_is_a_reject():
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+    fields, problems = parse_metadata({"prompt": json.dumps(graph)})
+    assert fields["tool"] == "comfyui" and problems == [("no_prompt", "comfyui metadata without a prompt")]
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize("texts", [
+    {"prompt": "[" * DEEP + "]" * DEEP},  # a ComfyUI chunk
+    {"prompt": '{"1": ' + '{"a": ' * DEEP + "1" + "}" * DEEP + "}"},
+    {".txt": '{"prompt": ' + "[" * DEEP + "]" * DEEP + "}"},  # a .txt beside the image
+    {"invokeai_metadata": "[" * DEEP + "]" * DEEP},
+])
+def test_deeply_nested_json_is_a_counted_reject(texts):
+    fields, problems = parse_metadata(texts)
+    assert [reason.endswith("_too_deeply_nested") for reason, _ in problems] == [True] and fields["prompt"] == ""
+
+
+def test_a_node_chain_deeper_than_the_recursion_limit_is_a_reject():
+    graph = {str(i): {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": [str(i + 1), 0]}}
+             for i in range(1, 5000)}
+    graph["0"] = {"class_type": "KSampler", "inputs": {"positive": ["1", 0], "latent_image": ["9999", 0]}}
+    graph["5000"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "deep"}}
+    graph["5001"] = {"class_type": "SaveImage", "inputs": {"images": ["0", 0]}}
+    _, problems = parse_metadata({"prompt": json.dumps(graph)})
+    assert [reason for reason, _ in problems] == ["comfyui_too_deeply_nested"]
+
+
+def test_deeply_nested_json_in_a_folder_is_counted_and_the_step_goes_on(tmp_path):
+    images = tmp_path / "images"
+    png(images / "deep-graph.png", {"prompt": "[" * DEEP + "]" * DEEP})
+    make_image(images / "deep-txt.png", (64, 96), "RGB", 2)
+    (images / "deep-txt.txt").write_text('{"a": ' + "[" * DEEP + "]" * DEEP + "}", encoding="utf-8")
+    png(images / "fine.png", {"parameters": a1111_text("a fine cat", 3)}, 3)
+    summary = extract_folder_metadata(str(images), str(tmp_path / "out"), "a1111")
+    assert summary.rejected == {"comfyui_too_deeply_nested": 1, "fooocus_too_deeply_nested": 1}
+    with open(tmp_path / "out" / REJECTS_FILE, newline="") as f:
+        rejects = {(Path(r["path"]).name, r["reason"]) for r in csv.DictReader(f)}
+    assert rejects == {("deep-graph.png", "comfyui_too_deeply_nested"), ("deep-txt.png", "fooocus_too_deeply_nested")}
+    table = pd.read_parquet(tmp_path / "out" / METADATA_FILE).set_index("id")
+    assert table["prompt"].to_dict() == {"deep-graph.png": "", "deep-txt.png": "", "fine.png": "a fine cat"}
+
+
+def test_comfyui_a_saved_latent_is_not_the_image():
+    graph = json.loads(comfyui_sd15("a corgi", 7))
+    graph["30"] = {"class_type": "KSampler", "inputs": {**graph["3"]["inputs"], "seed": 8, "latent_image": ["3", 0]}}
+    graph["31"] = {"class_type": "SaveLatent", "inputs": {"samples": ["30", 0], "filename_prefix": "latents/x"}}
+    graph["32"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0]}}
+    graph["33"] = {"class_type": "SaveImage", "inputs": {"images": ["32", 0]}}
+    fields, _ = parse_metadata({"prompt": json.dumps(graph)})
+    assert (fields["seed"], fields["tool"]) == (7, "comfyui")
+
+
+def test_comfyui_too_many_saved_samplers_to_rank_take_the_last():
+    """Ranking samplers by the others before them costs a walk each: past MAX_RANKED the last node is taken."""
+    graph = {"0": {"class_type": "EmptyLatentImage", "inputs": {"width": 8, "height": 8}},
+             "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "first"}}}
+    for i in range(2, 2 + MAX_RANKED):  # a chain: the most downstream is the first listed, "2"
+        graph[str(i)] = {"class_type": "KSampler", "inputs": {"seed": i, "positive": ["1", 0],
+                                                              "latent_image": [str(i + 1), 0]}}
+    graph[str(2 + MAX_RANKED)] = {"class_type": "KSampler", "inputs": {"seed": 0, "positive": ["1", 0],
+                                                                        "latent_image": ["0", 0]}}
+    batch = {f"image{i}": [str(i), 0] for i in range(2, 3 + MAX_RANKED)}
+    graph["9999"] = {"class_type": "SaveImage", "inputs": {"images": ["9998", 0]}}
+    graph["9998"] = {"class_type": "ImageBatchMany", "inputs": batch}
+    assert parse_metadata({"prompt": json.dumps(graph)})[0]["seed"] == 0  # the last of MAX_RANKED + 1
+    del graph[str(2 + MAX_RANKED)], graph["9998"]["inputs"][f"image{2 + MAX_RANKED}"]
+    graph[str(1 + MAX_RANKED)]["inputs"]["latent_image"] = ["0", 0]
+    assert parse_metadata({"prompt": json.dumps(graph)})[0]["seed"] == 2  # ranked: the one downstream of the rest
