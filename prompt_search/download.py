@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 
 from prompt_search import storage
 from prompt_search.cli import UserError
+from prompt_search.images import MAX_PIXELS
 from prompt_search.sets import published_file
 from prompt_search.spark import session_for
+
+OPENCV_PIXELS = "OPENCV_IO_MAX_IMAGE_PIXELS"  # OpenCV refuses to decode an image over this many pixels (default 2^30)
 
 
 @dataclass
@@ -44,6 +47,10 @@ def download_images(
     if not storage.is_file(source):
         raise UserError(f"{metadata_file} not found: run extract_img_links_from_csv.py first")
     from img2dataset import download as _img2dataset  # heavy import, only for this step
+
+    # img2dataset decodes each image whole with OpenCV before its own max_image_area check; OpenCV's limit is
+    # checked from the header, before the pixels are allocated. Its processes (spawned) read it from the environment.
+    os.environ[OPENCV_PIXELS] = str(MAX_PIXELS)
 
     with session_for(distributor, spark_master):
         _img2dataset(
@@ -91,6 +98,8 @@ def in_words(status: str) -> str:
         return f"empty file, 0 bytes ({raw})"
     if raw == "Image decoding error":
         return f"not an image, a truncated one, or a format OpenCV cannot read ({raw})"
+    if "CV_IO_MAX_IMAGE_PIXELS" in raw:  # OpenCV's assertion "pixels <= CV_IO_MAX_IMAGE_PIXELS" (OPENCV_PIXELS)
+        return f"over {MAX_PIXELS} pixels, refused before decoding ({raw})"
     if raw.startswith("OpenCV("):
         return f"OpenCV could not read the image ({raw})"
     return raw

@@ -3,7 +3,8 @@
 Writes the output set out_dir/metadata (published as one: see sets.py), as step 1 does for a CSV:
   metadata.parquet  one row per image step 3 embeds, under the same id (images.list_images): SCHEMA
   rejects.csv       path, reason, detail for every image whose metadata could not be read (it still has its row,
-                    with what could be read, and an empty prompt at worst), or that step 3 refuses (duplicate id)
+                    with what could be read, and an empty prompt at worst), or that step 3 refuses (duplicate id,
+                    not a regular file), and every folder that could not be listed (images.list_images)
   stamps.parquet    id, stamp: each row's image and .txt sizes and modification times, with the folder and the
                     preferred format in its schema's metadata. A rerun on the same folder and setting re-reads only
                     the images whose stamp changed or that are new, and takes the other rows from the current set.
@@ -24,7 +25,14 @@ from tqdm import tqdm
 from prompt_search import png_chunks
 from prompt_search.cli import UserError
 from prompt_search.image_metadata import FOOOCUS_SCHEMES, FORMAT_TEXTS, parse_metadata
-from prompt_search.images import UNREADABLE, list_images
+from prompt_search.images import (
+    UNREADABLE,
+    ImageTooLarge,
+    list_images,
+    open_image,
+    path_from_text,
+    print_unreadable_folders,
+)
 from prompt_search.links import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
 from prompt_search.links import SCHEMA as CSV_SCHEMA
 from prompt_search.sets import local_set, output_set
@@ -115,7 +123,7 @@ def read_texts(path: str) -> tuple[dict[str, str | bytes], tuple[int, int]]:
     that holds no format's text, and only the first rows unless they carry a stealth signature
     (stealth_pnginfo.py). Raises what PIL raises on a file it cannot open.
     """
-    with Image.open(path) as image:
+    with open_image(path) as image:
         is_png = image.format == "PNG"
         chunks = {**(png_chunks.after_image(path) if is_png else {}), **image.info}  # those before the pixels first
         texts: dict[str, str | bytes] = {key: _chunk_text(value) for key, value in chunks.items()
@@ -168,7 +176,8 @@ def image_row(path: str, preferred: str) -> tuple[dict, list[tuple[str, str]]]:
     try:
         texts, (width, height) = read_texts(path)
     except UNREADABLE as error:
-        return {"prompt": ""}, [("unreadable_image", f"{type(error).__name__}: {error}"[:200])]
+        reason = "too_large" if isinstance(error, ImageTooLarge) else "unreadable_image"
+        return {"prompt": ""}, [(reason, f"{type(error).__name__}: {error}"[:200])]
     row, problems = parse_metadata(texts, preferred)
     row["width"] = row["width"] or width  # the file's own size when no format says the generation's
     row["height"] = row["height"] or height
@@ -183,7 +192,8 @@ def extract_folder_metadata(img_dir: str, out_dir: str, preferred: str) -> Folde
                         "their storage, and give its local path (step 3 and the others then read the same folder)")
     if not os.path.isdir(img_dir):
         raise UserError(f"image folder {img_dir} not found: set --IMG_DIR to the folder of your images")
-    items, duplicates, _ = list_images(img_dir)  # step 3 reports the sidecars' problems
+    items, refused, _ = list_images(img_dir)  # step 3 reports the sidecars' problems
+    print_unreadable_folders(refused)
     if not items:
         raise UserError(f"no images in {img_dir}")
     settings = {"img_dir": os.path.abspath(img_dir), "preferred": preferred}
@@ -215,14 +225,14 @@ def extract_folder_metadata(img_dir: str, out_dir: str, preferred: str) -> Folde
             stamps.clear()
 
         for item_id, path in tqdm(items, unit="img", desc="metadata", disable=None):
-            stamp = file_stamp(path)
+            stamp = file_stamp(path_from_text(path))
             position = previous.position.get(item_id) if previous else None
             if position is not None and previous.stamps[position] == stamp:
                 rows.append(position)
                 problems = previous.problems.get(path, [])
                 summary.reused += 1
             else:
-                row, problems = image_row(path, preferred)
+                row, problems = image_row(path_from_text(path), preferred)
                 rows.append({"id": item_id, **row})
                 summary.read += 1
             stamps.append(stamp)
@@ -232,9 +242,8 @@ def extract_folder_metadata(img_dir: str, out_dir: str, preferred: str) -> Folde
                 write_rows()
         if rows:
             write_rows()
-        rejects.writerows((path, "duplicate_id", reason) for path, reason in duplicates)
-        if duplicates:
-            summary.rejected["duplicate_id"] += len(duplicates)
+        rejects.writerows(refused)
+        summary.rejected.update(code for _, code, _ in refused)
     if previous:
         summary.removed = len(previous.position.keys() - {item_id for item_id, _ in items})
     return summary

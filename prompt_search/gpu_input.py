@@ -20,13 +20,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from prompt_search import storage
-from prompt_search.images import UNREADABLE, PixelSpec, check_size, crop_offsets, crop_rgb, open_rgb, resized_size
+from prompt_search.images import (
+    UNREADABLE,
+    PixelSpec,
+    crop_offsets,
+    crop_rgb,
+    open_image,
+    open_rgb,
+    path_from_text,
+    resized_size,
+)
 
 INTERPOLATION = {"bicubic": F.InterpolationMode.BICUBIC, "bilinear": F.InterpolationMode.BILINEAR}  # PixelSpec's
 NVJPEG_MODES = ("RGB", "L")  # JPEG colour modes decode_jpeg turns into RGB as PIL does; CMYK goes to PIL
@@ -38,7 +46,7 @@ class Sample:
     PIL (size x size x 3 uint8), or neither and the reason it can't be used."""
 
     item_id: str
-    path: str
+    path: str  # as list_images gives it (images.path_as_text)
     jpeg: torch.Tensor | None = None
     crop: np.ndarray | None = None
     reason: str = ""
@@ -65,7 +73,7 @@ def cpu_sample(item_id: str, path: str, pixels: PixelSpec) -> Sample:
 
     Both paths decode from the path, so that a skipped image's reason is the same words either way."""
     try:
-        crop = crop_rgb(open_rgb(path, draft_size=pixels.size), pixels.size, pixels.interpolation)
+        crop = crop_rgb(open_rgb(path_from_text(path), draft_size=pixels.size), pixels.size, pixels.interpolation)
         return Sample(item_id, path, crop=crop)
     except UNREADABLE as error:
         return Sample(item_id, path, reason=reason(error))
@@ -87,9 +95,8 @@ class JpegBytes(ItemImages):
     def __getitem__(self, i: int) -> Sample:
         item_id, path = self.items[i]
         try:
-            data = storage.read_bytes(path)
-            with Image.open(io.BytesIO(data)) as image:  # the header only: format, mode, size
-                check_size(image)
+            data = storage.read_bytes(path_from_text(path))
+            with open_image(io.BytesIO(data)) as image:  # the header only: format, mode, size
                 # A JPEG without its end marker is cut short: PIL refuses it, nvJPEG might fill it in grey.
                 whole_jpeg = image.format == "JPEG" and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
                 on_device = whole_jpeg and image.mode in NVJPEG_MODES

@@ -12,7 +12,7 @@ from PIL import Image
 
 from prompt_search.cli import UserError
 from prompt_search.files import model_fingerprint
-from prompt_search.images import open_rgb, to_pixels
+from prompt_search.images import UNREADABLE, not_a_file, open_rgb, to_pixels
 from prompt_search.index import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
 from prompt_search.items import ItemTable
 from prompt_search.onnx_clip import (
@@ -57,11 +57,16 @@ class Query:
 
 
 def read_image(path: str) -> Image.Image:
-    if not os.path.isfile(path):
+    """The query image in RGB; a UserError when it is missing, not a regular file (a FIFO would be waited on
+    forever), or not an image that can be used (over the pixel limit, say)."""
+    if not os.path.exists(path):
         raise UserError(f"query image {path} not found: set --INPUT_IMG_PATH to an image file")
+    kind = not_a_file(path)
+    if kind:
+        raise UserError(f"query image {path} is not a regular file ({kind}): set --INPUT_IMG_PATH to an image file")
     try:
         return open_rgb(path)
-    except (OSError, ValueError, SyntaxError) as error:
+    except UNREADABLE as error:
         raise UserError(f"query image {path} cannot be read: {error}") from None
 
 

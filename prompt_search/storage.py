@@ -119,13 +119,14 @@ def glob(pattern: str) -> list[str]:
     return sorted(below(folder, inner, path) for path in fs.glob(f"{inner.rstrip('/')}/{name}"))
 
 
-def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
-    """os.walk of folder, local or at a URL (whose roots are then URLs that start with folder)."""
+def walk(folder: str, onerror: Callable[[OSError], None] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk of folder, local or at a URL (whose roots are then URLs that start with folder); onerror(error) for
+    each folder that cannot be listed, which is left out either way."""
     if not is_url(folder):
-        yield from os.walk(folder)
+        yield from os.walk(folder, onerror=onerror)
         return
     fs, inner = filesystem(no_pattern(folder))
-    for root, dirs, files in fs.walk(inner):
+    for root, dirs, files in fs.walk(inner, on_error=onerror or "omit"):
         yield below(folder, inner, root), dirs, files
 
 

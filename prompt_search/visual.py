@@ -32,7 +32,7 @@ from prompt_search.gpu_input import (
     normalise,
     prefetched,
 )
-from prompt_search.images import IMAGES_FILE, PixelSpec, list_images
+from prompt_search.images import IMAGES_FILE, PixelSpec, list_images, path_from_text, print_unreadable_folders
 from prompt_search.model import choose_device
 from prompt_search.reuse import Batch, Ranges, content_hash
 from prompt_search.spark import session_for
@@ -149,10 +149,12 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
     started = time.perf_counter()
     if not storage.is_dir(img_dir):
         raise UserError(f"image folder {img_dir} not found: run download_images.py, or set --IMG_DIR")
-    items, rejected, sidecar_problems = list_images(img_dir)
-    hashes = [content_hash(path) for _, path in items]  # reading every file costs far less than encoding it
+    items, refused, sidecar_problems = list_images(img_dir)
+    rejected = [(path, reason) for path, _, reason in refused]
+    hashes = [content_hash(path_from_text(path)) for _, path in items]  # reading each file costs little beside encoding
     listed = time.perf_counter()
     print(f"listed and hashed {len(items)} images in {listed - started:.1f} s")
+    print_unreadable_folders(refused)
     if sidecar_problems:
         sidecar, problem = sidecar_problems[0]
         print(f"{len(sidecar_problems)} sidecars give no usable id, so their images have their path as id "
