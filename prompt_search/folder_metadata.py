@@ -103,6 +103,8 @@ def previous_rows(out_dir: str, settings: dict) -> PreviousRows | None:
     if json.loads((stamps.schema.metadata or {}).get(STAMPS_KEY, b"{}")) != settings:
         return None
     table = pq.read_table(os.path.join(folder, os.path.basename(METADATA_FILE)))
+    if table.schema != SCHEMA:  # written with other columns (seeds as int64 before): its rows may not fit SCHEMA
+        return None
     ids = table.column("id").to_pylist()
     if ids != stamps.column("id").to_pylist():
         return None  # not one set: read everything again

@@ -5,7 +5,7 @@ import os
 import urllib.parse
 
 from prompt_search.files import is_http_url
-from prompt_search.query import Hit, Query
+from prompt_search.query import Hit, Query, details
 from prompt_search.storage import atomic_path
 
 # The page runs nothing: prompts are arbitrary user text, so even if escaping ever missed, no script may execute.
@@ -50,13 +50,7 @@ def _thumbnail_src(hit: Hit, folder: str) -> str:
 
 
 def _details(hit: Hit) -> str:
-    """Seed, size, steps and cfg scale, those the hit's item table row has."""
-    extra = hit.extra
-    parts = [f"seed {extra['seed']}" if extra.get("seed") is not None else "",
-             f"{extra['width']}×{extra['height']}" if extra.get("width") and extra.get("height") else "",
-             f"{extra['num_steps']} steps" if extra.get("num_steps") else "",
-             f"cfg {extra['cfg_scale']:g}" if extra.get("cfg_scale") is not None else ""]
-    shown = " · ".join(part for part in parts if part)
+    shown = details(hit)
     return f'<p class="details">{_text(shown)}</p>' if shown else ""
 
 

@@ -56,7 +56,7 @@ SCHEMA = pa.schema([
     ("thumbnail_url", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
-    ("seed", pa.int64()),
+    ("seed", pa.uint64()),  # exact: ComfyUI and Fooocus draw seeds up to 2**64 - 1, which no float64 or int64 holds
     ("cfg_scale", pa.float32()),
     ("num_steps", pa.int32()),
     ("num_generations", pa.int32()),
@@ -285,7 +285,7 @@ def parse_row(prompt: str, raw_data: str) -> tuple:
         _http_url_or_none(thumbnail_uri),
         _int(width, INT32),
         _int(height, INT32),
-        _int(seed, INT64),
+        _int(seed, SEEDS),
         float(cfg_scale) if type(cfg_scale) is float or type(cfg_scale) is int else None,
         _int(num_steps, INT32),
         _int(num_generations, INT32),
@@ -330,7 +330,7 @@ def _prompt_from_message(content: object) -> str:
 
 
 INT32 = (-(1 << 31), 1 << 31)
-INT64 = (-(1 << 63), 1 << 63)
+SEEDS = (0, 1 << 64)  # the seed column's range (uint64); a negative seed names no generation
 TIMESTAMPS = (-62135596800, 253402300800)  # seconds of years 1..9999: what datetime and Parquet (in ms) can hold
 _DISCORD_FIELDS = ("width", "height", "seed", "cfg_scale", "num_step", "num_generations", "is_grid", "timestamp")
 

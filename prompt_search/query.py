@@ -230,6 +230,16 @@ def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: 
     return hits
 
 
+def details(hit: Hit) -> str:
+    """Seed (exact, whatever its size), size, steps and cfg scale, those the hit's item table row has."""
+    extra = hit.extra
+    parts = [f"seed {extra['seed']}" if extra.get("seed") is not None else "",
+             f"{extra['width']}×{extra['height']}" if extra.get("width") and extra.get("height") else "",
+             f"{extra['num_steps']} steps" if extra.get("num_steps") else "",
+             f"cfg {extra['cfg_scale']:g}" if extra.get("cfg_scale") is not None else ""]
+    return " · ".join(part for part in parts if part)
+
+
 def print_results(queries: list[Query]) -> None:
     for query in queries:
         for side, hits in query.hits.items():
@@ -240,6 +250,8 @@ def print_results(queries: list[Query]) -> None:
                 where = hit.url or hit.path
                 alike = f"  (and {hit.alike} near-identical)" if hit.alike else ""
                 print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}")
+                if shown := details(hit):  # a line of its own: the result line keeps its layout for scripts
+                    print(f"      {shown}")
 
 
 def compare_with_torch(queries: list[Query], sides: dict[str, SearchIndex], model_name: str, model_dir: str,

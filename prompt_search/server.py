@@ -25,7 +25,7 @@ from prompt_search import gallery
 from prompt_search.cli import UserError
 from prompt_search.files import is_http_url
 from prompt_search.query import Hit, combine
-from prompt_search.service import FILTER_COLUMNS, Answer, BadInput, Searcher, split_negatives
+from prompt_search.service import FILTER_COLUMNS, Answer, BadInput, Bound, Searcher, split_negatives
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 INDICE_NAME = "prompt-search"  # the one name /indices-list gives; clip-retrieval's modality picks images or prompts
@@ -51,9 +51,10 @@ class KnnRequest(BaseModel):
 
 
 class Range(BaseModel):
+    """Inclusive bounds: numbers, or decimal strings (as the answer gives seeds); integers are kept exact."""
     model_config = ConfigDict(extra="forbid")
-    min: float | None = None
-    max: float | None = None
+    min: int | float | None = None
+    max: int | float | None = None
 
 
 class DateRange(BaseModel):
@@ -96,7 +97,7 @@ class SearchRequest(BaseModel):
     cards: bool = False  # also the results as the page's card markup, escaped by gallery.card
 
 
-def _filter_ranges(filters: Filters) -> dict[str, tuple[float | None, float | None]]:
+def _filter_ranges(filters: Filters) -> dict[str, tuple[Bound, Bound]]:
     ranges = {name: (given.min, given.max) for name in FILTER_COLUMNS if name != "date"
               if (given := getattr(filters, name)) is not None}
     if filters.date is not None:  # whole days in UTC, as the item table's timestamps: "to" includes its day
@@ -150,9 +151,14 @@ def _result(hit: Hit, index: str) -> dict:
     date = extra.get("timestamp")
     return {"rank": hit.rank, "score": round(hit.score, 6), "id": hit.id, "prompt": hit.prompt, "url": hit.url,
             "alike": hit.alike, "index": index, "position": hit.position, "thumbnail": _thumbnail_url(hit, index),
-            "width": extra.get("width"), "height": extra.get("height"), "seed": extra.get("seed"),
+            "width": extra.get("width"), "height": extra.get("height"), "seed": _decimal(extra.get("seed")),
             "cfg_scale": extra.get("cfg_scale"), "steps": extra.get("num_steps"),
             "date": date.isoformat() if isinstance(date, datetime.datetime) else None}
+
+
+def _decimal(seed: int | None) -> str | None:
+    """A seed as decimal text: JSON numbers above 2**53 are not exact in browsers (JSON.parse makes them doubles)."""
+    return None if seed is None else str(seed)
 
 
 def _thumbnail_url(hit: Hit, index: str) -> str:

@@ -3,6 +3,7 @@ ONNX sessions, opened once; a request then costs one encoder run, one index sear
 
 import functools
 import io
+import math
 import os
 import re
 import time
@@ -29,8 +30,8 @@ from prompt_search.query import Hit, SearchIndex, describe, find_hits, open_side
 from prompt_search.tokenizer import tokenize
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
-# A filter's name -> the item table's column. Loaded whole at start (8 bytes a row each, 48 MB at 1M rows) so that a
-# request filters its candidates by position, never scanning the table.
+# A filter's name -> the item table's column. Loaded whole at start (at most 9 bytes a row each: 54 MB at 1M rows) so
+# that a request filters its candidates by position, never scanning the table.
 FILTER_COLUMNS = {"width": "width", "height": "height", "steps": "num_steps", "cfg_scale": "cfg_scale",
                   "seed": "seed", "date": "timestamp"}
 THUMBNAIL_PIXELS = 320  # longer side of a served thumbnail
@@ -58,11 +59,58 @@ def split_negatives(text: str) -> tuple[str, list[str]]:
     return positive.strip(), [phrase.strip() for phrase in negatives if phrase.strip()]
 
 
-def _filter_column(column: pa.ChunkedArray) -> np.ndarray:
-    """A column as float64 with NaN for nulls (no NaN compares true, so a row without the value never matches)."""
-    if pa.types.is_timestamp(column.type):
-        column = pc.cast(column, pa.timestamp("s", tz=column.type.tz)).cast(pa.int64())
-    return column.cast(pa.float64()).to_numpy()
+Bound = int | float | None  # a filter's low or high end, None: open
+
+
+@dataclass
+class FilterColumn:
+    """An item table column to filter on. Integers keep their own type and are compared exactly: as float64, every
+    seed above 2**53 (ComfyUI's and Fooocus's reach 2**64 - 1) would equal its neighbours."""
+    values: np.ndarray  # nulls hold 0
+    present: np.ndarray | None  # which rows have a value; None when all do
+
+    @classmethod
+    def of(cls, column: pa.ChunkedArray) -> "FilterColumn":
+        if pa.types.is_timestamp(column.type):
+            column = pc.cast(column, pa.timestamp("s", tz=column.type.tz)).cast(pa.int64())
+        elif pa.types.is_floating(column.type):
+            column = column.cast(pa.float64())  # compared with the request's float64 bounds as they were given
+        present = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
+        return cls(pc.fill_null(column, 0).to_numpy(), present)
+
+    def within(self, positions: np.ndarray, low: Bound, high: Bound) -> np.ndarray:
+        """Which rows at positions have a value from low to high, both included (a row without one never does)."""
+        values = self.values[positions]
+        mask = np.ones(len(values), bool) if self.present is None else self.present[positions]
+        if values.dtype.kind == "f":
+            bounds = (_float(low), _float(high))
+        elif (bounds := _integer_interval(low, high, np.iinfo(values.dtype))) is None:
+            return np.zeros(len(values), bool)
+        if bounds[0] is not None:
+            mask &= values >= values.dtype.type(bounds[0])
+        if bounds[1] is not None:
+            mask &= values <= values.dtype.type(bounds[1])
+        return mask
+
+
+def _integer_interval(low: Bound, high: Bound, limits: np.iinfo) -> tuple[int, int] | None:
+    """[low, high] as the integers of the column's type it holds (first, last); None when it holds none (or a bound
+    is NaN). Python compares ints and floats exactly, so a bound is never rounded on the way."""
+    first = limits.min if low is None else low
+    last = limits.max if high is None else high
+    if not (first <= last and first <= limits.max and last >= limits.min):
+        return None
+    return math.ceil(max(first, limits.min)), math.floor(min(last, limits.max))
+
+
+def _float(bound: Bound) -> float | None:
+    """bound for a float column: an integer too large for a float is beyond every value."""
+    if bound is None:
+        return None
+    try:
+        return float(bound)
+    except OverflowError:
+        return math.inf if bound > 0 else -math.inf
 
 
 class Searcher:
@@ -80,9 +128,9 @@ class Searcher:
         self.images_at_url = local is None
 
     @staticmethod
-    def _filter_columns(searched: SearchIndex) -> dict[str, np.ndarray]:
+    def _filter_columns(searched: SearchIndex) -> dict[str, FilterColumn]:
         names = searched.items.reader.schema.names
-        return {name: _filter_column(searched.items.column(column))
+        return {name: FilterColumn.of(searched.items.column(column))
                 for name, column in FILTER_COLUMNS.items() if column in names}
 
     def side(self, name: str) -> SearchIndex:
@@ -118,7 +166,7 @@ class Searcher:
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
     def search(self, side: str, vector: np.ndarray, k: int, offset: int, dedupe_threshold: float,
-               filters: dict[str, tuple[float | None, float | None]], answer: Answer) -> Answer:
+               filters: dict[str, tuple[Bound, Bound]], answer: Answer) -> Answer:
         """Hits offset to offset + k of vector in side, only rows whose filter columns lie in the (low, high) ranges."""
         searched = self.side(side)
         if len(vector) != searched.index.d:
@@ -132,7 +180,7 @@ class Searcher:
         answer.timings |= {"search": (middle - start) * 1e3, "lookup": (time.perf_counter() - middle) * 1e3}
         return answer
 
-    def _keep(self, side: str, filters: dict[str, tuple[float | None, float | None]]):
+    def _keep(self, side: str, filters: dict[str, tuple[Bound, Bound]]):
         columns = self.columns[side]
         missing = [name for name in filters if name not in columns]
         if missing:
@@ -141,11 +189,7 @@ class Searcher:
         def keep(positions: np.ndarray) -> np.ndarray:
             mask = np.ones(len(positions), dtype=bool)
             for name, (low, high) in filters.items():
-                values = columns[name][positions]
-                if low is not None:
-                    mask &= values >= low
-                if high is not None:
-                    mask &= values <= high
+                mask &= columns[name].within(positions, low, high)
             return mask
 
         return keep

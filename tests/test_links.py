@@ -257,7 +257,7 @@ BAD_ROWS = [
     (b"caf\xe9 latin-1 prompt," + csv_line(raw_json(discord=URL_D)), "invalid_utf8"),
     (csv_line("url with bad bytes", raw_json(discord=URL_D + "X")).replace(b"X", b"\xff\xfe"), "invalid_utf8"),
     (csv_line("good multi\nline\nprompt", raw_json(discord=URL_D)), None),
-    (csv_line("good odd ints", raw_json(discord=URL_C + "?2", width=2**40, seed=2**63, timestamp=2**62)), None),
+    (csv_line("good odd ints", raw_json(discord=URL_C + "?2", width=2**40, seed=2**64, timestamp=2**62)), None),
     (csv_line("same url as b's krea copy", raw_json(discord=URL_B_KREA)), "duplicate_url"),
     (b'"never closed,' + csv_line(raw_json(discord=URL_C + "?4")), "malformed_row"),  # a quote then a {
     (b'"never closed till the end of the file,{}\n', "malformed_row"),
