@@ -127,7 +127,7 @@ def _image_id(path: str, img_dir: str) -> tuple[str, tuple[str, str] | None]:
         return path_id, (sidecar_text, f"over {MAX_SIDECAR_BYTES} bytes")
     try:
         meta = json.loads(storage.read_bytes(sidecar))
-    except (OSError, ValueError) as error:  # ValueError: not UTF-8 or not JSON
+    except (OSError, ValueError, RecursionError) as error:  # not UTF-8, not JSON, or nested past the parser's depth
         return path_id, (sidecar_text, f"not a JSON object ({type(error).__name__})")
     if not isinstance(meta, dict):
         return path_id, (sidecar_text, f"not a JSON object (a {type(meta).__name__})")

@@ -235,3 +235,19 @@ def test_ids_that_differ_only_by_a_nul_stay_apart(tmp_path, tiny_clip):
     assert sorted(pq.read_table(tmp_path / "out" / METADATA_FILE).column("id").to_pylist()) == expected
     assert embedded_ids(tmp_path / "out") == expected
     assert "2 sidecars give no usable id" in visual.stdout and "a.json: id holds a NUL character" in visual.stdout
+
+
+def test_a_sidecar_of_deeply_nested_json_is_a_counted_problem_and_the_steps_go_on(tmp_path, tiny_clip):
+    """json.loads of a deep sidecar raises RecursionError: its image falls back to its path id, like any sidecar
+    that is not a JSON object, instead of stopping step 1 and step 3."""
+    images = tmp_path / "images" / "00000"
+    make_image(images / "deep.jpg", (64, 48), seed=1)
+    (images / "deep.json").write_text('{"id": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    make_image(images / "fine.jpg", (64, 48), seed=2)
+    common = ["--IMG_DIR=images", "--OUT_DIR=out", f"--MODEL={tiny_clip}", "--NUM_WORKERS=0"]
+    run_script("extract_metadata_from_images.py", *common, cwd=tmp_path)
+    visual = run_script("extract_visual_clip_embeddings.py", *common, cwd=tmp_path)
+    expected = ["00000/deep.jpg", "00000/fine.jpg"]
+    assert sorted(pq.read_table(tmp_path / "out" / METADATA_FILE).column("id").to_pylist()) == expected
+    assert embedded_ids(tmp_path / "out") == expected
+    assert "deep.json: not a JSON object (RecursionError)" in visual.stdout
