@@ -61,3 +61,8 @@ SERVE_HOST = "127.0.0.1"  # address the server listens on; 0.0.0.0 lets other ma
 SERVE_PORT = 0  # port it listens on; 0 = a free port, printed at start
 MAX_UPLOAD_MB = 10.0  # largest query image a request may send; a larger one is refused (413)
 MAX_NUM_RESULTS = 200  # most results one request may ask for (num_results, clip-retrieval's num_images)
+MAX_NEGATIVES = 16  # most negative phrases one query may have (each costs one text encoding); more is refused (422)
+MAX_DECODE_PIXELS = 4096 * 4096  # largest image (width x height, read from its header before decoding) the server decodes, a query image or a thumbnail's; a larger query image is refused (400)
+DECODE_SLOTS = 2  # images the server decodes at once; decoding memory stays under DECODE_SLOTS x MAX_DECODE_PIXELS x 4 bytes
+UPLOAD_TIMEOUT = 60.0  # seconds a request's body may take to arrive; a slower (or stalled) one is answered 408 and dropped
+ALLOWED_HOSTS = ""  # host names the server answers to (the Host header), comma-separated; "" = localhost, 127.0.0.1, ::1 and SERVE_HOST; "*" = any (README: Search server)

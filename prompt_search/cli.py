@@ -80,6 +80,12 @@ ALLOWED: dict[str, Allowed] = {
     "SERVE_PORT": Allowed(lambda v: type(v) is int and 0 <= v <= 65535, "a port from 0 (a free one) to 65535"),
     "MAX_UPLOAD_MB": more_than(0),
     "MAX_NUM_RESULTS": at_least(1),
+    "MAX_NEGATIVES": Allowed(lambda v: type(v) is int and v >= 0, "a whole number, 0 or more"),
+    "MAX_DECODE_PIXELS": Allowed(lambda v: type(v) is int and v >= 1, "a whole number of pixels, 1 or more"),
+    "DECODE_SLOTS": Allowed(lambda v: type(v) is int and v >= 1, "a whole number, 1 or more"),
+    "UPLOAD_TIMEOUT": Allowed(lambda v: _number(v) and 0 < v < math.inf, "a number of seconds, more than 0"),
+    "ALLOWED_HOSTS": Allowed(lambda v: type(v) is str and all(name.strip() for name in v.split(",")) or v == "",
+                             'host names separated by commas, "*" (any) or "" (loopback and SERVE_HOST)'),
 }
 
 
