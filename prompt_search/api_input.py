@@ -105,30 +105,36 @@ def decode_base64(text: str, limit: int) -> bytes:
 
 
 async def read_json(request: Request, upload_limit: int, timeout: float) -> Any:
-    """The body as JSON: 413 past what an image of upload_limit bytes needs, read chunk by chunk so that a huge body
-    is never held whole (a chunked body too, which has no length); 408 when it takes more than timeout seconds."""
+    """The body as JSON, up to what an image of upload_limit bytes needs (read_body)."""
     limit = upload_limit * 4 // 3 + 65_536  # base64 inflates the image by 4/3; the rest is the query
-    too_large = BadInput(f"the request is too large: a query image may be up to {upload_limit / 2**20:g} MB", 413)
+    body = await read_body(request, limit, timeout,
+                           f"the request is too large: a query image may be up to {upload_limit / 2**20:g} MB")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadInput("the body is not JSON") from None
+
+
+async def read_body(request: Request, limit: int, timeout: float, too_large: str) -> bytes:
+    """The body, 413 (too_large) past limit bytes, read chunk by chunk so that a huge body is never held whole (a
+    chunked body too, which has no length); 408 when it takes more than timeout seconds."""
     declared = request.headers.get("content-length")
     if declared is not None and not (declared.isascii() and declared.isdigit() and int(declared) <= limit):
-        raise too_large
+        raise BadInput(too_large, 413)
     body = bytearray()
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    raise too_large
+                    raise BadInput(too_large, 413)
     except TimeoutError:
         raise BadInput(f"the request's body did not arrive within {timeout:g} seconds", 408) from None
     except ClientDisconnect:  # the client is gone: nobody reads the answer, the log says it in one line
         client = request.client.host if request.client else "a client"
         LOG.warning("%s went away while sending %s (%d bytes came)", client, request.url.path, len(body))
         raise BadInput("the client went away before its request's body came", 400) from None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadInput("the body is not JSON") from None
+    return bytes(body)
 
 
 def validated(model: type[BaseModel], data: Any) -> Any:

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.images import UNREADABLE, open_rgb, to_pixels
+from prompt_search.item_ids import IdPositions
 from prompt_search.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
@@ -99,6 +100,7 @@ class Searcher:
         self.text_session = start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads)
         self.image_session = start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads)
         self.columns = {side: self._filter_columns(searched) for side, searched in self.sides.items()}
+        self.ids = {side: IdPositions(searched.items) for side, searched in self.sides.items()}
         local = storage.local_path(images_dir)  # a file:// URL is a local folder: its links are resolved too
         self.images_dir = images_dir.rstrip("/") if local is None else os.path.realpath(local)
         self.images_at_url = local is None
@@ -148,6 +150,23 @@ class Searcher:
             raise BadInput(f"no position {position} in the {side} index")
         vector = np.asarray(searched.vectors[position], dtype=np.float32)
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    def picture(self, side: str, hit: Hit) -> int | None:
+        """The images index's position of the hit's local image: its own, or for a prompt, the image of its id."""
+        if side == "images":
+            return hit.position if hit.path else None
+        images = self.ids.get("images")
+        return images.position(hit.id) if images else None
+
+    def by_ids(self, ids: list[str]) -> list[tuple[str, Hit]]:
+        """(side, hit) of each id found, the images index's row first, described; O(k log n) for k ids."""
+        found = []
+        for item_id in ids:
+            side, position = next(((side, at) for side, positions in self.ids.items()
+                                   if (at := positions.position(item_id)) is not None), ("", None))
+            if position is not None:
+                found.append((side, describe(self.sides[side], [Hit(0, 0.0, item_id, position=position)])[0]))
+        return found
 
     def search(self, side: str, vector: np.ndarray, k: int, offset: int, dedupe_threshold: float,
                filters: dict[str, tuple[float | None, float | None]], answer: Answer) -> Answer:
