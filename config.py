@@ -57,7 +57,16 @@ QUANTIZE_INT8 = False  # query with int8 models (onnxruntime dynamic quantisatio
 QUERY_THREADS = 0  # onnxruntime threads per query; 0 = one per physical core (1 can be faster on a machine other jobs keep busy)
 
 # --- step 6: search server (serve.py) ----------------------------------------------------
-SERVE_HOST = "127.0.0.1"  # address the server listens on; 0.0.0.0 lets other machines in (it has no login)
+SERVE_HOST = "127.0.0.1"  # address the server listens on; 0.0.0.0 lets other machines in (then set SERVE_TOKEN, README: Search server)
 SERVE_PORT = 0  # port it listens on; 0 = a free port, printed at start
 MAX_UPLOAD_MB = 10.0  # largest query image a request may send; a larger one is refused (413)
 MAX_NUM_RESULTS = 200  # most results one request may ask for (num_results, clip-retrieval's num_images)
+MAX_NEGATIVES = 16  # most negative phrases one query may have (each costs one text encoding); more is refused (422)
+MAX_DECODE_PIXELS = 4096 * 4096  # largest image (width x height, read from its header before decoding) the server decodes, a query image or a thumbnail's; a larger query image is refused (400)
+DECODE_SLOTS = 2  # images the server decodes at once; decoding memory stays under DECODE_SLOTS x MAX_DECODE_PIXELS x 4 bytes
+UPLOAD_TIMEOUT = 60.0  # seconds a request's body may take to arrive; a slower (or stalled) one is answered 408 and dropped
+SERVE_TOKEN = ""  # "" = no login; else every request but /health needs it: an Authorization: Bearer header, or the page's login form (a cookie). Refused at start if shorter than 16 characters
+SERVE_OPEN = False  # True lets the server listen beyond loopback without SERVE_TOKEN (anyone on the network may search); else it refuses to start
+SERVE_URL = ""  # the server's address as clients reach it (https://search.example), for the absolute thumbnail URLs results carry; "" = the address it listens on
+CORS_ORIGINS = ""  # web pages (origins, comma-separated, e.g. http://127.0.0.1:8080; "*" = any) allowed to call clip-retrieval's endpoints from a browser; "" = none
+ALLOWED_HOSTS = ""  # host names the server answers to (the Host header), comma-separated; "" = localhost, 127.0.0.1, ::1 and SERVE_HOST; "*" = any (README: Search server)

@@ -11,26 +11,33 @@ import socket
 
 import uvicorn
 
+from prompt_search.access import check_exposure
+from prompt_search.answers import ServerSettings
 from prompt_search.cli import load_config, run
 from prompt_search.onnx_clip import is_current
+from prompt_search.query import open_sides
 from prompt_search.server import create_app, listening_socket
-from prompt_search.service import Searcher
+from prompt_search.service import DecodeLimits, Searcher
 from prompt_search.storage import local_dir
 
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
+    check_exposure(cfg.SERVE_HOST, cfg.SERVE_TOKEN, cfg.SERVE_OPEN)
+    sides = open_sides(cfg.OUT_DIR, cfg.MODEL)  # first: a wrong OUT_DIR is said before anything is written
+    sock = listening_socket(cfg.SERVE_HOST, cfg.SERVE_PORT)  # port 0 is a known free port before the URL is printed
+    host = f"[{cfg.SERVE_HOST}]" if sock.family == socket.AF_INET6 else cfg.SERVE_HOST
+    listening_url = f"http://{host}:{sock.getsockname()[1]}"
     onnx_dir = os.path.join(local_dir(cfg.OUT_DIR), "onnx")
     if not is_current(onnx_dir, cfg.MODEL):
         from prompt_search.onnx_export import export_onnx  # torch, only to export
 
         export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
-    searcher = Searcher(cfg.OUT_DIR, cfg.MODEL, onnx_dir, cfg.QUANTIZE_INT8, cfg.QUERY_THREADS,
-                        cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images"))
-    app = create_app(searcher, int(cfg.MAX_UPLOAD_MB * 2**20), cfg.MAX_NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
-    sock = listening_socket(cfg.SERVE_HOST, cfg.SERVE_PORT)  # port 0 is a known free port before the URL is printed
-    host = f"[{cfg.SERVE_HOST}]" if sock.family == socket.AF_INET6 else cfg.SERVE_HOST
-    print(f"search page: http://{host}:{sock.getsockname()[1]}/  (Ctrl-C stops)", flush=True)
+    searcher = Searcher(sides, cfg.MODEL, onnx_dir, cfg.QUANTIZE_INT8, cfg.QUERY_THREADS,
+                        cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images"),
+                        DecodeLimits.of(cfg.MAX_DECODE_PIXELS, cfg.DECODE_SLOTS))
+    app = create_app(searcher, ServerSettings.of(cfg, listening_url))
+    print(f"search page: {listening_url}/  (Ctrl-C stops)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5)).run(sockets=[sock])
 
 

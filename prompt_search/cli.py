@@ -50,6 +50,11 @@ def _memory(value: object) -> bool:
     return bool(found) and float(found.group(1)) > 0
 
 
+def _token(value: object) -> bool:
+    """SERVE_TOKEN: none, or one long enough that guessing it at the server's rate limit is hopeless."""
+    return type(value) is str and (value == "" or len(value) >= 16 and value.isprintable() and value.strip() == value)
+
+
 _MEMORY = Allowed(_memory, 'a size like "4G", "512MB" or "1.5GB"')
 _SHA256 = Allowed(lambda v: type(v) is str and re.fullmatch(r"[0-9a-f]{64}", v) is not None, "64 lower-case hex digits")
 
@@ -80,6 +85,18 @@ ALLOWED: dict[str, Allowed] = {
     "SERVE_PORT": Allowed(lambda v: type(v) is int and 0 <= v <= 65535, "a port from 0 (a free one) to 65535"),
     "MAX_UPLOAD_MB": more_than(0),
     "MAX_NUM_RESULTS": at_least(1),
+    "MAX_NEGATIVES": Allowed(lambda v: type(v) is int and v >= 0, "a whole number, 0 or more"),
+    "MAX_DECODE_PIXELS": Allowed(lambda v: type(v) is int and v >= 1, "a whole number of pixels, 1 or more"),
+    "DECODE_SLOTS": Allowed(lambda v: type(v) is int and v >= 1, "a whole number, 1 or more"),
+    "UPLOAD_TIMEOUT": Allowed(lambda v: _number(v) and 0 < v < math.inf, "a number of seconds, more than 0"),
+    "SERVE_TOKEN": Allowed(_token, '"" (no login) or at least 16 printable characters, no space at either end'),
+    "SERVE_URL": Allowed(lambda v: type(v) is str and re.fullmatch(r"(https?://[^/?#\s]+(/[^?#\s]*)?)?", v) is not None,
+                         '"" or an http(s) URL without query, like "https://search.example"'),
+    "CORS_ORIGINS": Allowed(lambda v: type(v) is str and all(re.fullmatch(r"\*|https?://[^/?#\s]+", o.strip())
+                                                             for o in v.split(",") if v),
+                            '"" (none), "*" (any) or origins like "http://127.0.0.1:8080", separated by commas'),
+    "ALLOWED_HOSTS": Allowed(lambda v: type(v) is str and all(name.strip() for name in v.split(",")) or v == "",
+                             'host names separated by commas, "*" (any) or "" (loopback and SERVE_HOST)'),
 }
 
 

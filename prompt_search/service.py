@@ -7,16 +7,21 @@ import math
 import os
 import re
 import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import IO, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.images import UNREADABLE, open_rgb, to_pixels
+from prompt_search.item_ids import IdPositions
 from prompt_search.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
@@ -26,7 +31,7 @@ from prompt_search.onnx_clip import (
     query_specs,
     start_session,
 )
-from prompt_search.query import Hit, SearchIndex, describe, find_hits, open_sides
+from prompt_search.query import Hit, SearchIndex, describe, find_hits
 from prompt_search.tokenizer import tokenize
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
@@ -36,6 +41,8 @@ FILTER_COLUMNS = {"width": "width", "height": "height", "steps": "num_steps", "c
                   "seed": "seed", "date": "timestamp"}
 THUMBNAIL_PIXELS = 320  # longer side of a served thumbnail
 NEGATIVE = re.compile(r"(?:^|\s)-(?=\S)")  # "castle -people": a word starting with '-' begins a negative phrase
+T = TypeVar("T")
+POSITION = re.compile(r"[0-9]{1,15}")  # a thumbnail's position: ASCII digits only, and few enough to be a row
 
 
 class BadInput(UserError):
@@ -44,6 +51,22 @@ class BadInput(UserError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding an image may cost: at most max_pixels declared by its header, and images decoded only on the
+    pool's `slots` threads, so decoding memory stays under slots x max_pixels x 4 bytes whatever the clients send.
+    Threads of their own, not a lock: each thread keeps the heap it decoded in, so only `slots` threads ever may."""
+    max_pixels: int
+    pool: ThreadPoolExecutor
+
+    @classmethod
+    def of(cls, max_pixels: int, slots: int) -> "DecodeLimits":
+        return cls(max_pixels, ThreadPoolExecutor(slots, thread_name_prefix="decode"))
+
+    def run(self, decode: Callable[..., T], *args: object) -> T:
+        return self.pool.submit(decode, *args).result()
 
 
 @dataclass
@@ -116,13 +139,16 @@ def _float(bound: Bound) -> float | None:
 class Searcher:
     """The published index sets of out_dir, checked against the model, with its ONNX sessions."""
 
-    def __init__(self, out_dir: str, model: str, onnx_dir: str, int8: bool, threads: int, images_dir: str):
-        self.sides: dict[str, SearchIndex] = open_sides(out_dir, model)
+    def __init__(self, sides: dict[str, SearchIndex], model: str, onnx_dir: str, int8: bool, threads: int,
+                 images_dir: str, decoding: DecodeLimits):
+        self.sides = sides  # query.open_sides: opened first, so a wrong OUT_DIR is said before anything is written
+        self.decoding = decoding
         self.model = model
         self.text_spec, self.pixel_spec = query_specs(onnx_dir)
         self.text_session = start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads)
         self.image_session = start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads)
         self.columns = {side: self._filter_columns(searched) for side, searched in self.sides.items()}
+        self.ids = {side: IdPositions(searched.items) for side, searched in self.sides.items()}
         local = storage.local_path(images_dir)  # a file:// URL is a local folder: its links are resolved too
         self.images_dir = images_dir.rstrip("/") if local is None else os.path.realpath(local)
         self.images_at_url = local is None
@@ -151,11 +177,19 @@ class Searcher:
         return encode_text(self.text_session, tokens)[0]
 
     def encode_image(self, data: bytes) -> np.ndarray:
+        pixels = declared_pixels(io.BytesIO(data))
+        if pixels > self.decoding.max_pixels:
+            raise BadInput(f"the image is too large: it has {pixels:,} pixels, a query image may have at most "
+                           f"{self.decoding.max_pixels:,}")
         try:
-            image = open_rgb(io.BytesIO(data))  # refuses decompression bombs before decoding
-        except (*UNREADABLE, Image.DecompressionBombError) as error:
+            pixels = self.decoding.run(self._pixels, data)
+        except UNREADABLE as error:
             raise BadInput(f"the image cannot be read: {error}") from None
-        return encode_image(self.image_session, to_pixels(image, self.pixel_spec)[None])[0]
+        return encode_image(self.image_session, pixels[None])[0]
+
+    def _pixels(self, data: bytes) -> np.ndarray:
+        """The model's input from an image file's bytes: the full-size image lives only in here."""
+        return to_pixels(open_rgb(io.BytesIO(data), draft_size=self.pixel_spec.size), self.pixel_spec)
 
     def stored_vector(self, side: str, position: int) -> np.ndarray:
         """The vector of a result ("more like this"), from the stored vectors: no encoder run."""
@@ -164,6 +198,23 @@ class Searcher:
             raise BadInput(f"no position {position} in the {side} index")
         vector = np.asarray(searched.vectors[position], dtype=np.float32)
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    def picture(self, side: str, hit: Hit) -> int | None:
+        """The images index's position of the hit's local image: its own, or for a prompt, the image of its id."""
+        if side == "images":
+            return hit.position if hit.path else None
+        images = self.ids.get("images")
+        return images.position(hit.id) if images else None
+
+    def by_ids(self, ids: list[str]) -> list[tuple[str, Hit]]:
+        """(side, hit) of each id found, the images index's row first, described; O(k log n) for k ids."""
+        found = []
+        for item_id in ids:
+            side, position = next(((side, at) for side, positions in self.ids.items()
+                                   if (at := positions.position(item_id)) is not None), ("", None))
+            if position is not None:
+                found.append((side, describe(self.sides[side], [Hit(0, 0.0, item_id, position=position)])[0]))
+        return found
 
     def search(self, side: str, vector: np.ndarray, k: int, offset: int, dedupe_threshold: float,
                filters: dict[str, tuple[Bound, Bound]], answer: Answer) -> Answer:
@@ -198,27 +249,55 @@ class Searcher:
         """A JPEG thumbnail of the result's local image, or None: only files inside the images folder, whatever the
         request or the item table's path says (the path is resolved, links included, before it is compared)."""
         searched = self.sides.get(side)
-        if searched is None or not position.isdigit() or int(position) >= len(searched.items):
+        if searched is None or not POSITION.fullmatch(position) or int(position) >= len(searched.items):
             return None
         path = searched.items.rows([int(position)])[0].get("path") or ""
         if self.images_at_url:  # object stores have no links: a path inside starts with the folder, never goes up
             inside = path.startswith(self.images_dir + "/") and ".." not in path.split("/")
             if not inside or not storage.is_file(path):
                 return None
-            return _thumbnail(path, storage.stamp(path))
+            return _thumbnail(path, storage.stamp(path), self.decoding)
         local = storage.local_path(path) if path else None
         real = os.path.realpath(local) if local else ""
         if not real.startswith(self.images_dir + os.sep) or not os.path.isfile(real):
             return None
-        return _thumbnail(real, storage.stamp(real))
+        return _thumbnail(real, storage.stamp(real), self.decoding)
+
+
+def declared_pixels(source: IO[bytes]) -> int:
+    """The pixels an image's header declares, read before anything is decoded; BadInput when it is no image.
+
+    PIL's own bomb check runs in Image.open: over twice its limit it raises, the size unsaid; over its limit it only
+    warns. Both mean an image larger than any bound here, so both are answered as one.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadInput(f"the image is too large: it has over {Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    except UnidentifiedImageError:  # PIL's message names the BytesIO object, an address meaning nothing to a client
+        raise BadInput("the image cannot be read: it is not in an image format this server reads") from None
+    except UNREADABLE as error:
+        raise BadInput(f"the image cannot be read: {error}") from None
+    return width * height
 
 
 @functools.lru_cache(maxsize=1024)  # a page shows the same results again and again while the query is typed
-def _thumbnail(path: str, stamp: str) -> bytes | None:
+def _thumbnail(path: str, stamp: str, decoding: DecodeLimits) -> bytes | None:
+    """None for a file that is no image or larger than decoding allows: it has no thumbnail."""
     try:
-        image = open_rgb(path)
-    except (*UNREADABLE, Image.DecompressionBombError):
+        with storage.open_file(path) as header:  # local or at a URL: only the header is read here
+            if declared_pixels(header) > decoding.max_pixels:
+                return None
+        return decoding.run(_jpeg_thumbnail, path)
+    except (*UNREADABLE, BadInput):
         return None
+
+
+def _jpeg_thumbnail(path: str) -> bytes:
+    image = open_rgb(path, draft_size=THUMBNAIL_PIXELS)
     image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)

@@ -69,20 +69,31 @@ def built(tmp_path_factory, tiny_clip) -> tuple[Path, list[str]]:
 
 
 @contextmanager
-def running_server(work: Path, common: list[str]) -> Iterator[str]:
-    """serve.py with torch hidden, on a free port; yields its base URL, stops it afterwards."""
+def started_server(work: Path, common: list[str], *extra: str, log: list[str] | None = None
+                   ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """serve.py with torch hidden, on a free port; yields its base URL and process, stops it afterwards, then appends
+    what it printed to log."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", WITHOUT_TORCH, str(REPO / "serve.py"), *common,
-                                "--SERVE_PORT=0", "--MAX_UPLOAD_MB=1", "--MAX_NUM_RESULTS=50"],
+                                "--SERVE_PORT=0", "--MAX_UPLOAD_MB=1", "--MAX_NUM_RESULTS=50", *extra],
                                cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = process.stdout.readline()  # the first line, once the indices and sessions are open
         found = re.search(r"http://127\.0\.0\.1:\d+", line)
         assert found, line + process.stdout.read() if process.poll() is not None else line
-        yield found.group(0)
+        yield found.group(0), process
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        printed = process.communicate(timeout=20)[0]
+        if log is not None:
+            log.append(printed)
+
+
+@contextmanager
+def running_server(work: Path, common: list[str], *extra: str) -> Iterator[str]:
+    """serve.py as started_server runs it; yields its base URL."""
+    with started_server(work, common, *extra) as (base, _):
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +208,10 @@ def test_bad_images_and_long_texts(server, tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("1", (20_000, 20_000)).save(bomb)  # 400 million pixels in a few kilobytes
     truncated = make_image(tmp_path / "t.png", (300, 300)).read_bytes()[:600]
-    for data in (bomb.read_bytes(), truncated, b"not an image at all"):
+    for data, said in ((bomb.read_bytes(), "too large"), (truncated, "cannot be read"),
+                       (b"not an image at all", "cannot be read")):
         answer = post(server, "/api/search", image=base64.b64encode(data).decode())
-        assert answer.status_code == 400 and "cannot be read" in answer.json()["error"], answer.text
+        assert answer.status_code == 400 and said in answer.json()["error"], answer.text
     big = post(server, "/api/search", image=base64.b64encode(os.urandom(2 << 20)).decode())
     assert big.status_code == 413 and "may be up to 1 MB" in big.json()["error"]
     long = post(server, "/api/search", text="a castle " * 2500, index="prompts").json()
