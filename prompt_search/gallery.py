@@ -5,6 +5,7 @@ import os
 import urllib.parse
 
 from prompt_search.files import is_http_url
+from prompt_search.images import path_from_text
 from prompt_search.query import Hit, Query, details
 from prompt_search.storage import atomic_path
 
@@ -37,15 +38,17 @@ def _text(value: object) -> str:
 
 
 def _local_src(path: str, folder: str) -> str:
-    """The image's path relative to the page's folder, so the page and its images can move together."""
+    """The image's path relative to the page's folder, so the page and its images can move together; a name's
+    bytes that are not UTF-8 are quoted as they are, so the browser asks for the very file."""
     relative = os.path.relpath(os.path.abspath(path), folder)
-    return urllib.parse.quote(relative.replace(os.sep, "/"))
+    return urllib.parse.quote(os.fsencode(relative.replace(os.sep, "/")))
 
 
 def _thumbnail_src(hit: Hit, folder: str) -> str:
     """The downloaded image when it is on disk, else the image's URL if it is http(s), else none."""
-    if hit.path and os.path.isfile(hit.path):
-        return _local_src(hit.path, folder)
+    path = path_from_text(hit.path) if hit.path else ""  # the item table holds paths as images.path_as_text wrote
+    if path and os.path.isfile(path):
+        return _local_src(path, folder)
     return hit.url if is_http_url(hit.url) else ""
 
 

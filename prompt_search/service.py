@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.images import UNREADABLE, open_rgb, to_pixels
+from prompt_search.images import UNREADABLE, open_rgb, path_from_text, to_pixels
 from prompt_search.item_ids import IdPositions
 from prompt_search.onnx_clip import (
     TEXTUAL_FILE,
@@ -251,7 +251,7 @@ class Searcher:
         searched = self.sides.get(side)
         if searched is None or not POSITION.fullmatch(position) or int(position) >= len(searched.items):
             return None
-        path = searched.items.rows([int(position)])[0].get("path") or ""
+        path = path_from_text(searched.items.rows([int(position)])[0].get("path") or "")  # as path_as_text wrote it
         if self.images_at_url:  # object stores have no links: a path inside starts with the folder, never goes up
             inside = path.startswith(self.images_dir + "/") and ".." not in path.split("/")
             if not inside or not storage.is_file(path):

@@ -3,13 +3,16 @@ PIL's pixel limit, names that are not UTF-8, folders the process cannot read, FI
 differ only by a NUL. Each is skipped (or indexed) and counted as the README says, never a crash or a hang."""
 
 import csv
+import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import zlib
 from pathlib import Path
 
@@ -17,8 +20,10 @@ import numpy as np
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+import requests
 from conftest import REPO, make_image, run_script, serve, write_open_prompts_csv
 from PIL import Image
+from test_server import running_server
 
 from prompt_search.download import download_images
 from prompt_search.images import MAX_PIXELS, path_as_text, path_from_text
@@ -147,6 +152,17 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_its_id_leads_back_to_it(tmp
     assert sorted(paths) == sorted(metadata_ids)
     assert os.fsencode(path_from_text(paths[odd_id])) == b"images/caf\xe9 \xff.png"
     assert Image.open(tmp_path / path_from_text(paths[odd_id])).size == (48, 64)
+    # Step 5's page (a text and an image query, each showing both) and the server's thumbnail find the file
+    query = ["--INPUT_IMG_PATH=images/plain.png", "--INPUT_PROMPT=a cat", "--NUM_RESULTS=2", "--DEDUPE_THRESHOLD=1",
+             "--COMPARE_WITH_TORCH=False"]
+    run_script("test_visual_knn_index.py", *common, *query, cwd=tmp_path)
+    sources = re.findall(r'<img src="([^"]+)"', (out / "results.html").read_text())
+    assert sorted({urllib.parse.unquote_to_bytes(src) for src in sources}) == [b"../images/caf\xe9 \xff.png",
+                                                                            b"../images/plain.png"]
+    position = next(i for i, row in enumerate(items) if row["id"] == odd_id)
+    with running_server(tmp_path, common) as base:
+        thumbnail = requests.get(f"{base}/thumbnail/images/{position}", timeout=60)
+    assert thumbnail.status_code == 200 and Image.open(io.BytesIO(thumbnail.content)).size == (48, 64)
 
 
 def run_as_unprivileged(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
