@@ -141,4 +141,7 @@ class _Ids(Sequence):
         return len(self.table)
 
     def __getitem__(self, position: int) -> str:
-        return self.table.rows([int(position)])[0]["id"]
+        position = int(position) + (len(self) if position < 0 else 0)
+        if not 0 <= position < len(self):
+            raise IndexError(position)  # what ends iteration over a Sequence
+        return self.table.rows([position])[0]["id"]

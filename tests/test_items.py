@@ -42,3 +42,4 @@ def test_ids_other_than_digests_stay_strings(tmp_path):
         table = ItemTable(str(tmp_path / "items.arrow"))
         assert table.reader.schema.field("id").type == pa.string()
         assert [row["id"] for row in table.rows(list(range(len(ids))))] == ids
+        assert list(table.ids()) == ids and table.ids()[-1] == ids[-1]  # a Sequence: iterated to its end, from it
