@@ -123,7 +123,10 @@ def _parse(name: str, text: str, default: object) -> object:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a script's main(argv); a UserError exits with status 1 and its message, Ctrl-C with status 130."""
+    """Run a script's main(argv); a UserError exits with status 1 and its message, Ctrl-C with status 130.
+
+    No process the script started outlives it, whether it succeeds or fails.
+    """
     try:
         main(sys.argv[1:])
     except UserError as error:
@@ -131,3 +134,16 @@ def run(main: Callable[[list[str]], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted: outputs already complete are kept; run it again to go on", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _stop_resource_tracker()
+
+
+def _stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker, if a pool started one, and wait for it to exit.
+
+    Pools are shut down (their workers joined) where they are used, but the tracker they start lives on until it
+    sees the script's end, and would end after the script: stopped here, once every pool is done.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._stop()

@@ -770,3 +770,39 @@ def test_killed_script_leaves_no_worker_or_helper_process(tmp_path):
     while any(map(is_running, children)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in children if is_running(pid)], "processes of the killed script still running"
+
+
+# Runs the script (argv[2:]) as a child and waits for it; whatever the script leaves running, or exited but
+# unreaped, is handed to this process by the kernel (a child subreaper) and counted: none may be.
+# argv[1] == "fail": the metadata table's first write fails (the parsing processes have started then).
+SUBREAPER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+setup = "from prompt_search import csv_pieces, links; csv_pieces.CHUNK_BYTES = 50_000"
+if sys.argv[1] == "fail":
+    setup += "; links.pq.ParquetWriter.write_table = lambda *args, **kwargs: 1 / 0"
+run = "\\nimport runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+script = subprocess.run([sys.executable, "-c", setup + run, *sys.argv[2:]], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True)
+left = []
+while True:
+    try:
+        left.append(os.wait()[0])
+    except ChildProcessError:
+        break
+print(script.returncode, len(left), repr(script.stderr[-300:]))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a child subreaper (prctl) is Linux's")
+@pytest.mark.parametrize("outcome", ["success", "fail"])
+def test_no_process_outlives_the_script(tmp_path, outcome):
+    rows = [(csv_line(f"prompt {i}", raw_json(discord=f"{URL_A}?{i}")), None) for i in range(6_000)]
+    write_rows(tmp_path / "mid.csv", rows)  # 1 MB: 20 pieces of 50 KB, two parsing processes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run([sys.executable, "-c", SUBREAPER, outcome, str(SCRIPT), "--CSV_FILE=mid.csv",
+                             "--LINK_WORKERS=2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    returncode, left, stderr = result.stdout.split(" ", 2)
+    assert (int(returncode), int(left)) == ((0, 0) if outcome == "success" else (1, 0)), stderr
+    if outcome == "fail":
+        assert "ZeroDivisionError" in stderr
