@@ -622,6 +622,20 @@ def test_no_workers_for_a_csv_of_a_few_pieces(sample_csv, tmp_path, monkeypatch)
     assert summary.kept == SAMPLE_ROWS - 1 and pools == []
 
 
+# 2 idle cores: 2 workers; a job on one of them: 1 worker, in the script's own process; a passing load below half a
+# core is not counted.
+@pytest.mark.parametrize(("cores", "load", "workers"),
+                         [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 5.0, 1), (16, 3.2, 13), (8, 0, 8)])
+def test_workers_are_the_cores_free_of_other_load(cores, load, workers):
+    assert csv_pieces.free_cores(cores, load) == workers
+
+
+def test_workers_asked_for_are_started_and_minus_one_is_the_free_cores(sample_csv, monkeypatch):
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 1_000)  # sample.csv is then big enough for workers
+    assert csv_pieces.worker_count(str(sample_csv), 3) == 3
+    assert 1 <= csv_pieces.worker_count(str(sample_csv), -1) <= csv_pieces.usable_cores() <= (os.cpu_count() or 1)
+
+
 # The generated CSV always; the real one when it can be had (its multi-line row among the pieces).
 BOTH_CSVS = pytest.mark.parametrize("csv_fixture", ["sample_csv", "csv_1k"])
 
