@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import serve, write_open_prompts_csv
+from conftest import children_of, is_running, serve, write_open_prompts_csv
 
 import config
 from prompt_search import csv_pieces, links, url_keys
@@ -740,27 +740,6 @@ csv_pieces.CHUNK_BYTES = 50_000
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
-
-
-def children_of(pid: int) -> set[int]:
-    """The processes whose parent is pid, from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            status = (entry / "status").read_text()
-        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
-            continue
-        if f"\nPPid:\t{pid}\n" in status:
-            found.add(int(entry.name))
-    return found
-
-
-def is_running(pid: int) -> bool:
-    """Alive and not a zombie (a reparented zombie waits for whoever reaps it, using no memory)."""
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="finds the processes through /proc (Linux)")
