@@ -799,3 +799,18 @@ def test_no_process_outlives_the_script(tmp_path, outcome):
     assert (int(returncode), int(left)) == ((0, 0) if outcome == "success" else (1, 0)), stderr
     if outcome == "fail":
         assert "ZeroDivisionError" in stderr
+
+
+# pyarrow (19 to 23 at least: apache/arrow#33975, #50482) may abort a script at its exit, "terminate called
+# without an active exception", after it read a Parquet file through a Python file object with pre-buffering on,
+# as pandas.read_parquet(path) does: the pre-buffer's reads finish in pyarrow's threads after the read returned and
+# take the interpreter's lock while it shuts down. The README's way of reading our outputs turns pre-buffering off.
+READ_AS_THE_README_SAYS = 'import pandas; pandas.read_parquet("outputs/metadata/metadata.parquet", pre_buffer=False)'
+
+
+def test_reading_the_metadata_as_the_readme_says_never_aborts_at_exit(tmp_path):
+    write_open_prompts_csv(tmp_path / "p.csv", [(f"prompt {i}", f"{URL_A}?{i}") for i in range(3_000)])
+    extract_links(str(tmp_path / "p.csv"), str(tmp_path / "outputs"))
+    exits = [subprocess.run([sys.executable, "-c", READ_AS_THE_README_SAYS], cwd=tmp_path, capture_output=True,
+                            timeout=120).returncode for _ in range(20)]
+    assert exits == [0] * 20
