@@ -802,10 +802,11 @@ def test_no_process_outlives_the_script(tmp_path, outcome):
 
 
 # pyarrow (19 to 23 at least: apache/arrow#33975, #50482) may abort a script at its exit, "terminate called
-# without an active exception", after it read a Parquet file through a Python file object with pre-buffering on,
-# as pandas.read_parquet(path) does: the pre-buffer's reads finish in pyarrow's threads after the read returned and
-# take the interpreter's lock while it shuts down. The README's way of reading our outputs turns pre-buffering off.
-READ_AS_THE_README_SAYS = 'import pandas; pandas.read_parquet("outputs/metadata/metadata.parquet", pre_buffer=False)'
+# without an active exception", after it read a Parquet file through a Python file object, as
+# pandas.read_parquet(path) does: its threads finish with the file after the read returned and take the
+# interpreter's lock while it shuts down. The README's way of reading our outputs gives pyarrow the path.
+READ_AS_THE_README_SAYS = ('import pandas, pyarrow.fs; pandas.read_parquet("outputs/metadata/metadata.parquet", '
+                           'filesystem=pyarrow.fs.LocalFileSystem())')
 
 
 def test_reading_the_metadata_as_the_readme_says_never_aborts_at_exit(tmp_path):
