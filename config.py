@@ -16,7 +16,7 @@ DISTRIBUTOR = "local"  # "local": in this process and its children; "pyspark": o
 SPARK_MASTER = ""  # with pyspark: "" = the master spark-submit gave, else a local Spark on this machine's cores; or "spark://host:7077", "local[4]"...
 
 # --- step 1: links from the CSV ---------------------------------------------------------
-LINK_WORKERS = -1  # CSV-parsing processes; -1 = one per CPU core, 1 = all in the script's own process
+LINK_WORKERS = -1  # CSV-parsing processes; -1 = one per CPU core that other work leaves idle, 1 = all in the script's own process
 
 # --- step 1 for a folder of your own generations (extract_metadata_from_images.py; IMG_DIR names the folder) ---
 PREFERRED_METADATA = "a1111"  # an image carrying two formats keeps both's fields, this one's first when both have one: "a1111", "comfyui", "invokeai", "novelai" or "fooocus"

@@ -9,9 +9,13 @@ The reference's plain command still works too (ids are then recomputed from each
 
 import os
 
+from prompt_search.children import die_with_spawner
 from prompt_search.cli import load_config, run
 from prompt_search.download import download_images, print_summary
 from prompt_search.links import METADATA_FILE
+
+if __name__ == "__mp_main__":  # in each process img2dataset spawns, which imports this script first
+    die_with_spawner()
 
 
 def main(argv: list[str]) -> None:

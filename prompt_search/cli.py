@@ -1,7 +1,9 @@
 """What every top-level script shares: settings from config.py with --NAME=value overrides,
 and errors a user can act on, printed as one line instead of a traceback."""
 
+import errno
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -25,7 +27,7 @@ class Allowed:
 
 
 def _number(value: object) -> bool:
-    return type(value) in (int, float) and not math.isnan(value)
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def at_least(low: float) -> Allowed:
@@ -121,7 +123,16 @@ def load_config(argv: list[str], defaults: ModuleType = config) -> SimpleNamespa
             value = settings[name]
             where = f"--{name}={given[name]}" if name in given else f"{defaults.__name__}.py: {name} = {value!r}"
             raise UserError(f"{where}: {name} must be {allowed.says}")
+    _check_out_dir(settings.get("OUT_DIR"))
     return SimpleNamespace(**settings)
+
+
+def _check_out_dir(out_dir: object) -> None:
+    """OUT_DIR naming a local file is refused before any step starts (the folders below it could not be made)."""
+    from prompt_search.storage import is_url  # it imports this module
+
+    if isinstance(out_dir, str) and not is_url(out_dir) and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"OUT_DIR={out_dir} is a file, not a folder: set --OUT_DIR to a folder (or a new name)")
 
 
 def _parse(name: str, text: str, default: object) -> object:
@@ -133,14 +144,37 @@ def _parse(name: str, text: str, default: object) -> object:
             return False
     else:
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             pass
+        else:
+            if kind is not float or math.isfinite(value):  # inf and nan pass float(), and no setting means them
+                return value
+            says = f", {ALLOWED[name].says}" if name in ALLOWED else ""
+            raise UserError(f"--{name}={text}: {name} must be a finite number{says}")
     raise UserError(f"--{name}={text}: expected a {kind.__name__}, like the default {default!r}")
 
 
+# Errors of the files and folders a user names (OUT_DIR read-only or a file, a full disk...), as opposed to a bug.
+USERS_FILE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                     errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def file_error(error: OSError) -> str:
+    """The file and what went wrong with it, on one line: "path: Read-only file system"."""
+    if error.filename is not None:
+        hint = " (a part of this path is a file, not a folder)" if error.errno == errno.ENOTDIR else ""
+        return f"{error.filename}: {error.strerror}{hint}"
+    # pyarrow's: "[Errno 30] Failed to open local file '...'. Detail: [errno 30] Read-only file system"
+    return re.sub(r"^\[Errno \d+\] ", "", str(error)).partition("\n")[0]
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a script's main(argv); a UserError exits with status 1 and its message, Ctrl-C with status 130."""
+    """Run a script's main(argv); a UserError exits with status 1 and its message, Ctrl-C with status 130.
+
+    A file or folder the user named that cannot be used (OUT_DIR read-only, or a file; a full disk) exits with
+    status 1 and one line naming it. No process the script started outlives it, whether it succeeds or fails.
+    """
     try:
         main(sys.argv[1:])
     except UserError as error:
@@ -148,3 +182,20 @@ def run(main: Callable[[list[str]], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted: outputs already complete are kept; run it again to go on", file=sys.stderr)
         sys.exit(130)
+    except OSError as error:
+        if error.errno not in USERS_FILE_ERRORS:
+            raise
+        sys.exit(f"error: {file_error(error)}")
+    finally:
+        _stop_resource_tracker()
+
+
+def _stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker, if a pool started one, and wait for it to exit.
+
+    Pools are shut down (their workers joined) where they are used, but the tracker they start lives on until it
+    sees the script's end, and would end after the script: stopped here, once every pool is done.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._stop()

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from prompt_search import storage
+from prompt_search.children import spawned_children_die_with_me
 from prompt_search.cli import UserError
 from prompt_search.images import MAX_PIXELS
 from prompt_search.sets import published_file
@@ -46,11 +47,13 @@ def download_images(
     source = published_file(metadata_file)  # the set step 1 publishes now, whatever it publishes next
     if not storage.is_file(source):
         raise UserError(f"{metadata_file} not found: run extract_img_links_from_csv.py first")
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # else importing albumentations asks PyPI for a newer version
     from img2dataset import download as _img2dataset  # heavy import, only for this step
 
     # img2dataset decodes each image whole with OpenCV before its own max_image_area check; OpenCV's limit is
     # checked from the header, before the pixels are allocated. Its processes (spawned) read it from the environment.
     os.environ[OPENCV_PIXELS] = str(MAX_PIXELS)
+    spawned_children_die_with_me()  # img2dataset's download and logger processes (download_images.py)
 
     with session_for(distributor, spark_master):
         _img2dataset(

@@ -13,8 +13,20 @@ from prompt_search.cli import UserError
 
 
 def choose_device(device: str) -> str:
-    """"" picks the first GPU when there is one, else the CPU."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """"" picks the first GPU when there is one, else the CPU; a device torch cannot use here is a UserError."""
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--DEVICE={device} is not a device torch knows: cpu, cuda, cuda:1, ...") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--DEVICE={device}: torch finds no CUDA GPU on this machine; set --DEVICE=cpu, or leave "
+                        "DEVICE empty to use a GPU when there is one")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--DEVICE={device}: this machine has {torch.cuda.device_count()} CUDA GPUs, "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def load_clip(model: str, device: str, model_dir: str) -> tuple[torch.nn.Module, object]:
@@ -68,7 +80,7 @@ def _load_checkpoint(path: str, device: str) -> tuple[torch.nn.Module, object]:
     except pickle.UnpicklingError:  # torch's own message advises weights_only=False: never for a file of unknown origin
         raise UserError(f"--MODEL={path} is not a CLIP checkpoint: it holds Python objects other than tensors, "
                         "which are not loaded (loading them could run code from the file)") from None
-    except (RuntimeError, KeyError, EOFError, ValueError, OSError) as error:
+    except Exception as error:  # torch's readers raise many kinds for a file of another format (IndexError for text)
         raise UserError(f"--MODEL={path} is not a CLIP checkpoint: neither a torch.save file nor a TorchScript "
                         f"archive ({error_line(error)})") from None
     if not isinstance(state_dict, dict):

@@ -128,3 +128,24 @@ def csv_1k(tmp_path_factory) -> Path:
         return Path(data_file_from_env("1k.csv", config.CSV_SHA256, str(tmp_path_factory.mktemp("data"))))
     except MissingDataFile as missing:
         pytest.skip(str(missing))
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is pid, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
+            continue
+        if f"\nPPid:\t{pid}\n" in status:
+            found.add(int(entry.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie (a reparented zombie waits for whoever reaps it, using no memory)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False

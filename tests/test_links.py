@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import serve, write_open_prompts_csv
+from conftest import children_of, is_running, serve, write_open_prompts_csv
 
 import config
 from prompt_search import csv_pieces, links, url_keys
@@ -622,6 +622,20 @@ def test_no_workers_for_a_csv_of_a_few_pieces(sample_csv, tmp_path, monkeypatch)
     assert summary.kept == SAMPLE_ROWS - 1 and pools == []
 
 
+# 2 idle cores: 2 workers; a job on one of them: 1 worker, in the script's own process; a passing load below half a
+# core is not counted.
+@pytest.mark.parametrize(("cores", "load", "workers"),
+                         [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 5.0, 1), (16, 3.2, 13), (8, 0, 8)])
+def test_workers_are_the_cores_free_of_other_load(cores, load, workers):
+    assert csv_pieces.free_cores(cores, load) == workers
+
+
+def test_workers_asked_for_are_started_and_minus_one_is_the_free_cores(sample_csv, monkeypatch):
+    monkeypatch.setattr(csv_pieces, "CHUNK_BYTES", 1_000)  # sample.csv is then big enough for workers
+    assert csv_pieces.worker_count(str(sample_csv), 3) == 3
+    assert 1 <= csv_pieces.worker_count(str(sample_csv), -1) <= csv_pieces.usable_cores() <= (os.cpu_count() or 1)
+
+
 # The generated CSV always; the real one when it can be had (its multi-line row among the pieces).
 BOTH_CSVS = pytest.mark.parametrize("csv_fixture", ["sample_csv", "csv_1k"])
 
@@ -728,27 +742,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def children_of(pid: int) -> set[int]:
-    """The processes whose parent is pid, from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            status = (entry / "status").read_text()
-        except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError):
-            continue
-        if f"\nPPid:\t{pid}\n" in status:
-            found.add(int(entry.name))
-    return found
-
-
-def is_running(pid: int) -> bool:
-    """Alive and not a zombie (a reparented zombie waits for whoever reaps it, using no memory)."""
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="finds the processes through /proc (Linux)")
 def test_killed_script_leaves_no_worker_or_helper_process(tmp_path):
     rows = [(csv_line(f"prompt {i} " + "word " * 40, raw_json(discord=f"{URL_A}?{i}")), None) for i in range(60_000)]
@@ -770,3 +763,55 @@ def test_killed_script_leaves_no_worker_or_helper_process(tmp_path):
     while any(map(is_running, children)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in children if is_running(pid)], "processes of the killed script still running"
+
+
+# Runs the script (argv[2:]) as a child and waits for it; whatever the script leaves running, or exited but
+# unreaped, is handed to this process by the kernel (a child subreaper) and counted: none may be.
+# argv[1] == "fail": the metadata table's first write fails (the parsing processes have started then).
+SUBREAPER = """
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+setup = "from prompt_search import csv_pieces, links; csv_pieces.CHUNK_BYTES = 50_000"
+if sys.argv[1] == "fail":
+    setup += "; links.pq.ParquetWriter.write_table = lambda *args, **kwargs: 1 / 0"
+run = "\\nimport runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+script = subprocess.run([sys.executable, "-c", setup + run, *sys.argv[2:]], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True)
+left = []
+while True:
+    try:
+        left.append(os.wait()[0])
+    except ChildProcessError:
+        break
+print(script.returncode, len(left), repr(script.stderr[-300:]))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a child subreaper (prctl) is Linux's")
+@pytest.mark.parametrize("outcome", ["success", "fail"])
+def test_no_process_outlives_the_script(tmp_path, outcome):
+    rows = [(csv_line(f"prompt {i}", raw_json(discord=f"{URL_A}?{i}")), None) for i in range(6_000)]
+    write_rows(tmp_path / "mid.csv", rows)  # 1 MB: 20 pieces of 50 KB, two parsing processes
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run([sys.executable, "-c", SUBREAPER, outcome, str(SCRIPT), "--CSV_FILE=mid.csv",
+                             "--LINK_WORKERS=2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    returncode, left, stderr = result.stdout.split(" ", 2)
+    assert (int(returncode), int(left)) == ((0, 0) if outcome == "success" else (1, 0)), stderr
+    if outcome == "fail":
+        assert "ZeroDivisionError" in stderr
+
+
+# pyarrow (19 to 23 at least: apache/arrow#33975, #50482) may abort a script at its exit, "terminate called
+# without an active exception", after it read a Parquet file through a Python file object, as
+# pandas.read_parquet(path) does: its threads finish with the file after the read returned and take the
+# interpreter's lock while it shuts down. The README's way of reading our outputs gives pyarrow the path.
+READ_AS_THE_README_SAYS = ('import pandas, pyarrow.fs; pandas.read_parquet("outputs/metadata/metadata.parquet", '
+                           'filesystem=pyarrow.fs.LocalFileSystem())')
+
+
+def test_reading_the_metadata_as_the_readme_says_never_aborts_at_exit(tmp_path):
+    write_open_prompts_csv(tmp_path / "p.csv", [(f"prompt {i}", f"{URL_A}?{i}") for i in range(3_000)])
+    extract_links(str(tmp_path / "p.csv"), str(tmp_path / "outputs"))
+    exits = [subprocess.run([sys.executable, "-c", READ_AS_THE_README_SAYS], cwd=tmp_path, capture_output=True,
+                            timeout=120).returncode for _ in range(20)]
+    assert exits == [0] * 20
