@@ -20,15 +20,18 @@ import fcntl
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from prompt_search import storage
+from prompt_search.claims import Claim, claimed
 from prompt_search.cli import UserError
 from prompt_search.storage import is_url, swap_point
+from prompt_search.storage_errors import StorageError
 
 MARKER = "PUBLISHED"  # at a URL, written into a set's folder last: the set is published (holds the publication id)
 TOMBSTONE = "WITHDRAWN"  # written into each folder of a set being withdrawn: never resumed, even if the removal stops
@@ -106,29 +109,39 @@ def local_published_file(path: str) -> str:
 def output_set(path: str, resume: bool = False) -> Iterator[str]:
     """Yield the folder to write path's next set into (new_set); publish it if the block succeeds.
 
+    The set is claimed for the whole block (claims.py): a second run writing the same set meanwhile is refused.
     A block that fails leaves the published set as it was; its folder is removed, unless resume.
     At a URL the folder is a local one, uploaded before publishing; unless resume, where the block writes at the
     URL itself (for writers on other machines, and a rerun that resumes what a killed one wrote).
     """
-    if is_url(path) and not resume:
-        with _working_folder(storage.cache_folder(path), ".build-") as local:
-            yield local
-            folder = new_set(path)
-            storage.upload_folder(local, folder)
-            publish_set(path, folder)
-        return
-    folder = new_set(path, resume)
-    try:
-        yield folder
-    except BaseException:
-        if not resume:
-            storage.remove_tree(folder)
-        raise
-    publish_set(path, folder)
+    with claim_set(path) as claim:
+        if is_url(path) and not resume:
+            with _working_folder(storage.cache_folder(path), ".build-") as local:
+                yield local
+                folder = new_set(path)
+                storage.upload_folder(local, folder)
+                claim.check()
+                publish_set(path, folder)
+            return
+        folder = new_set(path, resume)
+        try:
+            yield folder
+        except BaseException:
+            if not resume:
+                storage.remove_tree(folder)
+            raise
+        claim.check()
+        publish_set(path, folder)
+
+
+def claim_set(path: str) -> AbstractContextManager[Claim]:
+    """Hold the claim on the set at path (claims.py): its one writer, until the block ends."""
+    return claimed(beside_set(path, "-claim"), path)
 
 
 def new_set(path: str, resume: bool = False) -> str:
-    """The folder a step writes its next set for path into, `.NAME.N` beside it.
+    """The folder a step writes its next set for path into, `.NAME.N` beside it; called by the holder of the set's
+    claim (output_set), the only one to pick a number.
 
     resume: the unpublished folder a killed run left, when there is one (a step that resumes);
     otherwise a new, empty folder, and unpublished ones are removed.
@@ -152,7 +165,8 @@ def new_set(path: str, resume: bool = False) -> str:
 def publish_set(path: str, folder: str) -> None:
     """Publish the finished set in folder (from new_set) at path in one atomic step.
 
-    The set before stays until the next publish, for a reader that resolved path just before.
+    The set before stays until the next publish, for a reader that resolved path just before. Once the set is
+    published, a failure to remove an older one is a warning: the next publish removes it.
     """
     before = published_set(path)
     keep = {os.path.basename(before.folder) if before else "", os.path.basename(folder)}
@@ -171,7 +185,11 @@ def publish_set(path: str, folder: str) -> None:
     swap_point()
     for old in storage.glob(_set_folder(path, "*")):
         if os.path.basename(old.rstrip("/")) not in keep:
-            _remove_set_folder(old)
+            try:
+                _remove_set_folder(old)
+            except (StorageError, OSError) as error:
+                print(f"warning: {path}: published {folder}, but an older set is left behind, removed by the next "
+                      f"publish: {error}", file=sys.stderr)
 
 
 def withdraw_set(path: str) -> bool:
@@ -179,6 +197,11 @@ def withdraw_set(path: str) -> bool:
     killed midway leaves the newest set published, never an older one) and remove its folders; whether there
     was one. Each folder is marked withdrawn first, and that mark is removed last, so that a withdrawal cut short
     leaves nothing a step resumes."""
+    with claim_set(path):
+        return _withdraw(path)
+
+
+def _withdraw(path: str) -> bool:
     for old in storage.glob(_set_folder(path, "*")):
         with storage.atomic_write(f"{old.rstrip('/')}/{TOMBSTONE}") as f:
             f.write(b"")
