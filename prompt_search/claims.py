@@ -4,7 +4,7 @@ same set while the first one does is refused in one line, naming the run that ho
 The claim is the file `.NAME-claim` beside the set (sets.py names it):
   - at a local path, an flock on it, held for the whole write: the kernel releases it when the process ends, however
     it ends, so a run that was killed leaves nothing that stops the next one;
-  - at a URL, the object itself, created only if it does not exist (storage.create_exclusive: atomic where the
+  - at a URL, the object itself, created only if it does not exist (create_exclusive: atomic where the
     storage's exclusive create is). It holds its owner and when it expires, and the run renews it while it writes:
     a claim not renewed for LEASE_S seconds was left by a killed run, and the next run takes it over (one run per
     expired claim, by the exclusive create of `.NAME-claim-OWNER`). A run checks that its claim is still its own
@@ -21,14 +21,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import IO
 
 from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.storage import is_url
-from prompt_search.storage_errors import StorageError
+from prompt_search.storage_errors import StorageError, reaching
 
 LEASE_S = 120.0  # a claim at a URL not renewed for this long is taken to be a killed run's
 RENEW_S = LEASE_S / 4  # how often a run renews its claim at a URL (three renewals may fail before it lapses)
@@ -100,7 +100,8 @@ def _local_claim(claim_file: str, what: str) -> Iterator[Claim]:
         lock.flush()
         yield Claim()
     finally:
-        os.remove(claim_file)  # before the lock goes: a run that opens it later makes a new file (see _locked)
+        with suppress(FileNotFoundError):  # removed before the lock goes: a run that opens it later makes a new file
+            os.remove(claim_file)
         lock.close()
 
 
@@ -138,7 +139,7 @@ class _UrlClaim(Claim):
 
     def take(self) -> None:
         for _ in range(2):  # a claim may be released between a create that failed and its read
-            if storage.create_exclusive(self.file, self._content()):
+            if create_exclusive(self.file, self._content()):
                 break
             held = self._read()
             if held is not None:
@@ -172,7 +173,7 @@ class _UrlClaim(Claim):
                           f" (a claim left by a run killed on another machine lapses {LEASE_S:.0f} s after it was "
                           "last renewed)")
         takeover = f"{self.file}-{held.get('owner', '')}"
-        if not storage.create_exclusive(takeover, self._content()):
+        if not create_exclusive(takeover, self._content()):
             raise _refused(self.what, "another run", " (it is taking over a claim that lapsed)")
         self.takeover = takeover
         if self._read() != held or not self._replace():
@@ -181,13 +182,13 @@ class _UrlClaim(Claim):
 
     def _replace(self) -> bool:
         storage.remove_file(self.file)
-        return storage.create_exclusive(self.file, self._content())
+        return create_exclusive(self.file, self._content())
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_S):
             try:
                 if self._owner() == self.owner:
-                    storage.write_bytes(self.file, self._content())
+                    overwrite(self.file, self._content())
             except StorageError:  # the next renewal tries again; check() refuses to publish a lapsed claim
                 continue
 
@@ -218,3 +219,24 @@ def _url_claim(claim_file: str, what: str) -> Iterator[Claim]:
         yield claim
     finally:
         claim.release()
+
+
+def create_exclusive(url: str, content: bytes) -> bool:
+    """Create the object at url holding content, unless it exists: whether this call created it. Atomic (one of two
+    callers wins) on file:// (O_EXCL), memory:// (one process) and s3:// (s3fs sends If-None-Match: *, which S3
+    honours since 2024); on other filesystems as atomic as their open(mode="xb") is (fsspec leaves it to each)."""
+    with reaching(url):
+        fs, inner = storage.filesystem(storage.no_pattern(url))
+        fs.makedirs(fs._parent(inner), exist_ok=True)  # a local file:// folder must exist; object stores have none
+        try:
+            fs.pipe_file(inner, content, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+
+def overwrite(url: str, content: bytes) -> None:
+    """Write content to the object at url in one request (an object store replaces an object whole)."""
+    with reaching(url):
+        fs, inner = storage.filesystem(storage.no_pattern(url))
+        fs.pipe_file(inner, content)

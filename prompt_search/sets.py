@@ -16,18 +16,16 @@ builds it in a local folder and uploads it before publishing (`output_set`); ste
 itself, from any machine (`output_set(resume=True)`, embed.py).
 """
 
-import fcntl
 import os
 import re
-import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from prompt_search import storage
+from prompt_search.cache_folders import remove_old_copies, working_folder
 from prompt_search.claims import Claim, claimed
 from prompt_search.cli import UserError
 from prompt_search.storage import is_url, swap_point
@@ -69,7 +67,7 @@ def local_copy(path: str, found: Published) -> str:
     cache = storage.cache_folder(path)
     copy = os.path.join(cache, found.publication)
     if not os.path.isdir(copy):
-        with _working_folder(cache, ".download-") as download:
+        with working_folder(cache, ".download-") as download:
             storage.download_folder(found.folder, download)
             # A set is removed marker first: with its marker still there, nothing of it was removed while it was read.
             if _publication(found.folder) != found.publication:
@@ -80,7 +78,7 @@ def local_copy(path: str, found: Published) -> str:
             except OSError:  # another process copied the same set meanwhile: keep its copy
                 if not os.path.isdir(copy):
                     raise
-        _remove_old_copies(cache, copy)
+        remove_old_copies(cache, copy)
     return copy
 
 
@@ -116,7 +114,7 @@ def output_set(path: str, resume: bool = False) -> Iterator[str]:
     """
     with claim_set(path) as claim:
         if is_url(path) and not resume:
-            with _working_folder(storage.cache_folder(path), ".build-") as local:
+            with working_folder(storage.cache_folder(path), ".build-") as local:
                 yield local
                 folder = new_set(path)
                 storage.upload_folder(local, folder)
@@ -197,6 +195,8 @@ def withdraw_set(path: str) -> bool:
     killed midway leaves the newest set published, never an older one) and remove its folders; whether there
     was one. Each folder is marked withdrawn first, and that mark is removed last, so that a withdrawal cut short
     leaves nothing a step resumes."""
+    if not storage.glob(_set_folder(path, "*")) and (is_url(path) or not os.path.lexists(path)):
+        return False  # nothing to withdraw: no claim taken, no folder made for one
     with claim_set(path):
         return _withdraw(path)
 
@@ -262,61 +262,3 @@ def beside_set(path: str, suffix: str) -> str:
     """`.NAME{suffix}` beside the set path (NAME its last part): a hidden name, local or at a URL."""
     parent, name = os.path.split(path.rstrip("/") if is_url(path) else os.path.normpath(path))
     return os.path.join(parent, f".{name}{suffix}")
-
-
-@contextmanager
-def _working_folder(cache: str, prefix: str) -> Iterator[str]:
-    """A new folder in cache for this process to build or download into, removed after the block. Its lock
-    (an flock on FOLDER.lock) is held until then: a folder whose lock nobody holds was left by a killed process,
-    and the next one removes it."""
-    os.makedirs(cache, exist_ok=True)
-    _remove_abandoned(cache)
-    while True:
-        folder = tempfile.mkdtemp(prefix=prefix, dir=cache)
-        lock = open(f"{folder}.lock", "w")  # noqa: SIM115 (held open for the whole block)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:  # another process may have taken the lock, free before we held it, for a killed one's and removed both
-            if os.path.isdir(folder) and os.stat(f"{folder}.lock").st_ino == os.fstat(lock.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        lock.close()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        os.remove(f"{folder}.lock")
-        lock.close()
-
-
-def _remove_abandoned(cache: str) -> None:
-    """Remove the working folders of killed processes (their lock free) and copies whose removal was cut short."""
-    for entry in os.scandir(cache):
-        if entry.name.startswith(".removing-"):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        elif entry.name.endswith(".lock"):
-            try:
-                with open(entry.path) as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    shutil.rmtree(entry.path.removesuffix(".lock"), ignore_errors=True)
-                    os.remove(entry.path)
-            except (BlockingIOError, FileNotFoundError):  # in use, or removed by its owner meanwhile
-                continue
-
-
-def _remove_old_copies(cache: str, keep: str) -> None:
-    """Every copy in cache but keep and the newest other one (a reader may still be on it)."""
-    copies = []
-    for entry in os.scandir(cache):
-        try:
-            if not entry.name.startswith(".") and entry.path != keep:
-                copies.append((entry.stat().st_mtime, entry.path))
-        except FileNotFoundError:
-            continue
-    for _, old in sorted(copies)[:-1]:
-        doomed = os.path.join(cache, f".removing-{uuid.uuid4().hex}")
-        try:
-            os.rename(old, doomed)  # renamed first: a removal cut short must not leave a copy that passes for whole
-        except FileNotFoundError:
-            continue
-        shutil.rmtree(doomed, ignore_errors=True)

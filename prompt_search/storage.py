@@ -112,27 +112,6 @@ def is_file(path: str) -> bool:
     return os.path.isfile(path) if not is_url(path) else _kind(path) == "file"
 
 
-def create_exclusive(path: str, content: bytes) -> bool:
-    """Create the file path holding content, unless it exists: whether this call created it. Atomic (one of two
-    callers wins) on a local disk and file:// (O_EXCL), memory:// (one process) and s3:// (s3fs sends If-None-Match:
-    *, which S3 honours since 2024); on other filesystems as atomic as their open(mode="xb") is."""
-    if not is_url(path):
-        try:
-            with open(path, "xb") as f:
-                f.write(content)
-        except FileExistsError:
-            return False
-        return True
-    with reaching(path):
-        fs, inner = filesystem(no_pattern(path))
-        fs.makedirs(fs._parent(inner), exist_ok=True)  # a local file:// folder must exist; object stores have none
-        try:
-            fs.pipe_file(inner, content, mode="create")
-        except FileExistsError:
-            return False
-        return True
-
-
 def open_file(path: str, mode: str = "rb") -> IO:
     return _on(path, open, "open", mode)
 
@@ -173,17 +152,6 @@ def read_bytes(path: str) -> bytes:
     with reaching(path):
         fs, inner = filesystem(path)
         return fs.cat_file(inner)
-
-
-def write_bytes(path: str, content: bytes) -> None:
-    """Write content to path in one call; at a URL one request (an object store replaces an object whole)."""
-    if not is_url(path):
-        with open(path, "wb") as f:
-            f.write(content)
-        return
-    with reaching(path):
-        fs, inner = filesystem(no_pattern(path))
-        fs.pipe_file(inner, content)
 
 
 def stamp(path: str) -> str:

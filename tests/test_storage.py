@@ -24,7 +24,7 @@ from fsspec import AbstractFileSystem
 from test_index import fake_embeddings
 
 from prompt_search import storage
-from prompt_search.claims import LEASE_S
+from prompt_search.claims import LEASE_S, overwrite
 from prompt_search.cli import UserError
 from prompt_search.index import build_index, create_index
 from prompt_search.query import open_index
@@ -334,7 +334,7 @@ def claim_record(**fields) -> bytes:
 
 def test_a_set_claimed_at_a_url_by_a_running_run_is_refused_in_one_line(memory_url):
     path = f"{memory_url}/set"
-    storage.write_bytes(f"{memory_url}/.set-claim", claim_record())
+    overwrite(f"{memory_url}/.set-claim", claim_record())
     held = r"another run \(pid 4242 on elsewhere, since 2026-01-01T00:00:00\+00:00\) is writing this set; run again"
     with pytest.raises(UserError, match=rf"^memory://.*/set: {held}"), output_set(path):
         pytest.fail("entered a set another run claims")
@@ -346,7 +346,7 @@ def test_a_claim_a_killed_run_left_at_a_url_is_taken_over(memory_url):
     and its own claim and the takeover's mark go with it."""
     path = f"{memory_url}/set"
     for left in (claim_record(expires=time.time() - 1), claim_record(host=socket.gethostname(), pid=ended_pid())):
-        storage.write_bytes(f"{memory_url}/.set-claim", left)
+        overwrite(f"{memory_url}/.set-claim", left)
         with output_set(path) as folder:
             Path(folder, "value").write_text("resumed")
         assert Path(local_set(path), "value").read_text() == "resumed"
@@ -364,7 +364,7 @@ def test_a_run_whose_claim_was_taken_over_publishes_nothing(memory_url):
     path = f"{memory_url}/set"
     with pytest.raises(UserError, match="claim on the set lapsed .* nothing was published"), output_set(path) as folder:
         Path(folder, "value").write_text("late")
-        storage.write_bytes(f"{memory_url}/.set-claim", claim_record())  # its lease lapsed; another run took over
+        overwrite(f"{memory_url}/.set-claim", claim_record())  # its lease lapsed; another run took over
     assert current_set(path) is None
 
 
@@ -428,7 +428,7 @@ def test_storage_failures_are_one_line_naming_the_url_and_the_cause(tmp_path, me
                                                                     error, after, said):
     write_open_prompts_csv(tmp_path / "in.csv", [("a prompt", "http://127.0.0.1:9/0.png")])
     csv, out = f"{memory_url}/in.csv", f"{memory_url}/out"
-    storage.write_bytes(csv, (tmp_path / "in.csv").read_bytes())
+    overwrite(csv, (tmp_path / "in.csv").read_bytes())
     storage_fails(monkeypatch, memory_url, error, after)
     args = [f"--CSV_FILE={csv}", f"--OUT_DIR={tmp_path / 'out'}"] if failing == "csv" else [
         f"--CSV_FILE={tmp_path / 'in.csv'}", f"--OUT_DIR={out}"]
