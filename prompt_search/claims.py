@@ -41,6 +41,28 @@ class Claim:
     def check(self) -> None:
         """Refuse to publish unless this run still holds the claim (a local claim cannot be lost)."""
 
+    def forget(self) -> None:
+        """In a forked child of the holder: let go of what it inherited, leaving the claim to the holder."""
+
+
+class _LocalClaim(Claim):
+    def __init__(self, lock: IO):
+        self.lock = lock
+
+    def forget(self) -> None:
+        self.lock.close()  # the child's copy of the descriptor: the lock stays with the holder's
+
+
+def _forget_in_child() -> None:
+    """A forked child (a loader process of step 3) holds none of its parent's claims: were it to keep a copy of a
+    lock's descriptor, the lock would outlive a killed parent until the child ends, and refuse the rerun."""
+    for claim in _held.values():
+        claim.forget()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
 
 def _record(owner: str) -> dict:
     return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
@@ -98,7 +120,7 @@ def _local_claim(claim_file: str, what: str) -> Iterator[Claim]:
         lock.truncate(0)  # who holds it, for the message a second run prints
         lock.write(json.dumps(_record("")))
         lock.flush()
-        yield Claim()
+        yield _LocalClaim(lock)
     finally:
         with suppress(FileNotFoundError):  # removed before the lock goes: a run that opens it later makes a new file
             os.remove(claim_file)

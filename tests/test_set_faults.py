@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, make_image, run_script, write_open_prompts_csv
 
 from prompt_search.cli import UserError
-from prompt_search.sets import current_set
+from prompt_search.sets import current_set, output_set
 
 REFUSED = "is writing this set; run again when it has ended"
 
@@ -126,3 +126,28 @@ def test_a_resumed_folder_holding_batches_of_other_inputs_is_not_published(tmp_p
     with pytest.raises(UserError, match="holds batches of other inputs beside this run's"):
         embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), tiny_clip, "", "cpu", 2)
     assert current_set(str(folder)) is None
+
+
+def test_the_children_of_a_killed_writer_do_not_keep_its_claim(tmp_path):
+    """Step 3's loader processes are forked while the step holds its claim: killed, the step's claim goes with it,
+    though its children still run."""
+    writer = """if True:
+        import multiprocessing, os, signal, sys, time
+        from prompt_search.sets import output_set
+        with output_set(sys.argv[1]):
+            child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,))
+            child.start()
+            print(child.pid, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / "set")], env=env, text=True,
+                              stdout=subprocess.PIPE)
+    child = int(killed.stdout.readline())
+    try:
+        assert killed.wait() == -signal.SIGKILL
+        with output_set(str(tmp_path / "set")) as folder:
+            Path(folder, "value").write_text("rerun")
+        assert Path(current_set(str(tmp_path / "set")), "value").read_text() == "rerun"
+    finally:
+        os.kill(child, signal.SIGKILL)
