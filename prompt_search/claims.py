@@ -176,7 +176,9 @@ class _UrlClaim(Claim):
             raise UserError(f"{self.what}: this run's claim on the set lapsed (not renewed for {LEASE_S:.0f} s) and "
                             "another run took it over; nothing was published")
 
-    def release(self) -> None:
+    def release(self, failed: bool) -> None:
+        """Remove the claim; a failure to is a warning after a run that succeeded (a claim left behind only lapses),
+        and after one that failed, not said again (the storage's failure is the run's error already)."""
         self._stop.set()
         if self._renewer.is_alive():
             self._renewer.join()
@@ -185,8 +187,9 @@ class _UrlClaim(Claim):
                 storage.remove_file(self.file)
             if self.takeover:
                 storage.remove_file(self.takeover)
-        except StorageError as error:  # the work is done: a claim left behind only lapses
-            print(f"warning: {error} (the claim lapses in {LEASE_S:.0f} s)", file=sys.stderr)
+        except StorageError as error:
+            if not failed:
+                print(f"warning: {error} (the claim lapses in {LEASE_S:.0f} s)", file=sys.stderr)
 
     def _take_over(self, held: dict) -> None:
         """Take the claim held over, when it has expired: one run per expired claim gets the object naming it."""
@@ -239,8 +242,10 @@ def _url_claim(claim_file: str, what: str) -> Iterator[Claim]:
     claim.take()
     try:
         yield claim
-    finally:
-        claim.release()
+    except BaseException:
+        claim.release(failed=True)
+        raise
+    claim.release(failed=False)
 
 
 def create_exclusive(url: str, content: bytes) -> bool:

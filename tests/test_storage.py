@@ -424,8 +424,8 @@ def error_line(monkeypatch, script: str, *args: str) -> str:
      '{out}/.metadata.1: the storage cannot be reached (EndpointConnectionError: Could not connect to the endpoint '
      'URL: "http://127.0.0.1:9/bucket")'),
 ])
-def test_storage_failures_are_one_line_naming_the_url_and_the_cause(tmp_path, memory_url, monkeypatch, failing,
-                                                                    error, after, said):
+def test_storage_failures_are_one_line_naming_the_url_and_the_cause(tmp_path, memory_url, monkeypatch, capsys,
+                                                                    failing, error, after, said):
     write_open_prompts_csv(tmp_path / "in.csv", [("a prompt", "http://127.0.0.1:9/0.png")])
     csv, out = f"{memory_url}/in.csv", f"{memory_url}/out"
     overwrite(csv, (tmp_path / "in.csv").read_bytes())
@@ -433,6 +433,7 @@ def test_storage_failures_are_one_line_naming_the_url_and_the_cause(tmp_path, me
     args = [f"--CSV_FILE={csv}", f"--OUT_DIR={tmp_path / 'out'}"] if failing == "csv" else [
         f"--CSV_FILE={tmp_path / 'in.csv'}", f"--OUT_DIR={out}"]
     assert error_line(monkeypatch, "extract_img_links_from_csv.py", *args) == "error: " + said.format(csv=csv, out=out)
+    assert capsys.readouterr().err == ""  # nothing but that line (the claim left behind is not a second error)
 
 
 def test_a_step_that_published_says_so_and_ends_well_when_an_old_set_cannot_be_removed(memory_url, tmp_path,
