@@ -95,7 +95,11 @@ def _batch_records(folder: str) -> dict[int, dict]:
 
 def read_skipped(folder: str) -> list[tuple[str, str]]:
     """Every item any batch skipped, with its reason, in batch order."""
-    return [tuple(item) for record in _batch_records(folder).values() for item in record["skipped"]]
+    return _skipped(_batch_records(folder))
+
+
+def _skipped(records: dict[int, dict]) -> list[tuple[str, str]]:
+    return [tuple(item) for record in records.values() for item in record["skipped"]]
 
 
 def finished_skipped(folder: str, manifest: dict) -> list[tuple[str, str]]:
@@ -109,7 +113,7 @@ def finished_skipped(folder: str, manifest: dict) -> list[tuple[str, str]]:
         raise UserError(f"{folder} holds batches of other inputs beside this run's ({len(records)} batches of {rows} "
                         f"items, for {batches} batches of {manifest['count']}); nothing was published: delete "
                         f"{folder} and run again")
-    return [tuple(item) for record in records.values() for item in record["skipped"]]
+    return _skipped(records)
 
 
 def batch_ranges(count: int, batch_size: int, done: set[int]) -> list[tuple[int, range]]:

@@ -8,7 +8,8 @@ the next `.NAME.N`, then publishes it in one atomic step:
     deleting it first), the set is published when its marker `.NAME.N/PUBLISHED` is written, last; the current
     set is the highest N with a marker. No published object is ever overwritten.
 A reader resolves the set once (`published_set`) and reads every file from that folder. The set before stays until
-the next publish, for a reader that resolved the path just before.
+the next publish, for a reader that resolved the path just before. A set has one writer at a time: `output_set`
+claims it (claims.py) before anything of it is written, and a second run is refused.
 
 At a URL, a step that reads local files (DuckDB, faiss, memory maps) reads this machine's copy of the published
 set, kept in storage.CACHE_DIR by publication (`local_copy`); a step that writes its whole set on one machine
