@@ -87,12 +87,33 @@ def save_batch(folder: str, batch: int, vectors: np.ndarray, ids: list[str], ski
         f.write(json.dumps({"count": len(ids), "skipped": skipped}).encode())
 
 
+def _batch_records(folder: str) -> dict[int, dict]:
+    """The batches/ record of every complete batch, by batch number, in order."""
+    return {int(os.path.basename(path)[:-5]): json.loads(storage.read_bytes(path))
+            for path in storage.glob(os.path.join(folder, "batches", "*.json"))}
+
+
 def read_skipped(folder: str) -> list[tuple[str, str]]:
     """Every item any batch skipped, with its reason, in batch order."""
-    skipped = []
-    for path in storage.glob(os.path.join(folder, "batches", "*.json")):
-        skipped += [tuple(item) for item in json.loads(storage.read_bytes(path))["skipped"]]
-    return skipped
+    return _skipped(_batch_records(folder))
+
+
+def _skipped(records: dict[int, dict]) -> list[tuple[str, str]]:
+    return [tuple(item) for record in records.values() for item in record["skipped"]]
+
+
+def finished_skipped(folder: str, manifest: dict) -> list[tuple[str, str]]:
+    """read_skipped of a folder about to be published, which must hold this run's batches only: its manifest, each
+    batch of its items once, every item in one. Anything else (a writer that did not claim the set, on storage whose
+    exclusive create is not atomic) is refused, and the folder is not published."""
+    records = _batch_records(folder)
+    batches = -(-manifest["count"] // manifest["batch_size"])
+    rows = sum(record["count"] + len(record["skipped"]) for record in records.values())
+    if read_manifest(folder) != manifest or list(records) != list(range(batches)) or rows != manifest["count"]:
+        raise UserError(f"{folder} holds batches of other inputs beside this run's ({len(records)} batches of {rows} "
+                        f"items, for {batches} batches of {manifest['count']}); nothing was published: delete "
+                        f"{folder} and run again")
+    return _skipped(records)
 
 
 def batch_ranges(count: int, batch_size: int, done: set[int]) -> list[tuple[int, range]]:
@@ -159,7 +180,7 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
                         write_manifest(folder, manifest)
                     save_batch(folder, batch, vectors, ids, skipped, row_hashes(items, hashes, indices, ids))
                     bar.update(len(ids) + len(skipped))
-        skipped = [*rejected, *read_skipped(folder)]
+        skipped = [*rejected, *finished_skipped(folder, manifest)]
         text = io.StringIO(newline="")
         csv.writer(text).writerows([("source", "reason"), *skipped])
         with storage.atomic_write(os.path.join(folder, "skipped.csv")) as f:

@@ -8,7 +8,8 @@ the next `.NAME.N`, then publishes it in one atomic step:
     deleting it first), the set is published when its marker `.NAME.N/PUBLISHED` is written, last; the current
     set is the highest N with a marker. No published object is ever overwritten.
 A reader resolves the set once (`published_set`) and reads every file from that folder. The set before stays until
-the next publish, for a reader that resolved the path just before.
+the next publish, for a reader that resolved the path just before. A set has one writer at a time: `output_set`
+claims it (claims.py) before anything of it is written, and a second run is refused.
 
 At a URL, a step that reads local files (DuckDB, faiss, memory maps) reads this machine's copy of the published
 set, kept in storage.CACHE_DIR by publication (`local_copy`); a step that writes its whole set on one machine
@@ -16,19 +17,20 @@ builds it in a local folder and uploads it before publishing (`output_set`); ste
 itself, from any machine (`output_set(resume=True)`, embed.py).
 """
 
-import fcntl
 import os
 import re
-import shutil
-import tempfile
+import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from prompt_search import storage
+from prompt_search.cache_folders import remove_old_copies, working_folder
+from prompt_search.claims import Claim, claimed
 from prompt_search.cli import UserError
 from prompt_search.storage import is_url, swap_point
+from prompt_search.storage_errors import StorageError
 
 MARKER = "PUBLISHED"  # at a URL, written into a set's folder last: the set is published (holds the publication id)
 TOMBSTONE = "WITHDRAWN"  # written into each folder of a set being withdrawn: never resumed, even if the removal stops
@@ -66,7 +68,7 @@ def local_copy(path: str, found: Published) -> str:
     cache = storage.cache_folder(path)
     copy = os.path.join(cache, found.publication)
     if not os.path.isdir(copy):
-        with _working_folder(cache, ".download-") as download:
+        with working_folder(cache, ".download-") as download:
             storage.download_folder(found.folder, download)
             # A set is removed marker first: with its marker still there, nothing of it was removed while it was read.
             if _publication(found.folder) != found.publication:
@@ -77,7 +79,7 @@ def local_copy(path: str, found: Published) -> str:
             except OSError:  # another process copied the same set meanwhile: keep its copy
                 if not os.path.isdir(copy):
                     raise
-        _remove_old_copies(cache, copy)
+        remove_old_copies(cache, copy)
     return copy
 
 
@@ -106,29 +108,39 @@ def local_published_file(path: str) -> str:
 def output_set(path: str, resume: bool = False) -> Iterator[str]:
     """Yield the folder to write path's next set into (new_set); publish it if the block succeeds.
 
+    The set is claimed for the whole block (claims.py): a second run writing the same set meanwhile is refused.
     A block that fails leaves the published set as it was; its folder is removed, unless resume.
     At a URL the folder is a local one, uploaded before publishing; unless resume, where the block writes at the
     URL itself (for writers on other machines, and a rerun that resumes what a killed one wrote).
     """
-    if is_url(path) and not resume:
-        with _working_folder(storage.cache_folder(path), ".build-") as local:
-            yield local
-            folder = new_set(path)
-            storage.upload_folder(local, folder)
-            publish_set(path, folder)
-        return
-    folder = new_set(path, resume)
-    try:
-        yield folder
-    except BaseException:
-        if not resume:
-            storage.remove_tree(folder)
-        raise
-    publish_set(path, folder)
+    with claim_set(path) as claim:
+        if is_url(path) and not resume:
+            with working_folder(storage.cache_folder(path), ".build-") as local:
+                yield local
+                folder = new_set(path)
+                storage.upload_folder(local, folder)
+                claim.check()
+                publish_set(path, folder)
+            return
+        folder = new_set(path, resume)
+        try:
+            yield folder
+        except BaseException:
+            if not resume:
+                storage.remove_tree(folder)
+            raise
+        claim.check()
+        publish_set(path, folder)
+
+
+def claim_set(path: str) -> AbstractContextManager[Claim]:
+    """Hold the claim on the set at path (claims.py): its one writer, until the block ends."""
+    return claimed(beside_set(path, "-claim"), path)
 
 
 def new_set(path: str, resume: bool = False) -> str:
-    """The folder a step writes its next set for path into, `.NAME.N` beside it.
+    """The folder a step writes its next set for path into, `.NAME.N` beside it; called by the holder of the set's
+    claim (output_set), the only one to pick a number.
 
     resume: the unpublished folder a killed run left, when there is one (a step that resumes);
     otherwise a new, empty folder, and unpublished ones are removed.
@@ -152,7 +164,8 @@ def new_set(path: str, resume: bool = False) -> str:
 def publish_set(path: str, folder: str) -> None:
     """Publish the finished set in folder (from new_set) at path in one atomic step.
 
-    The set before stays until the next publish, for a reader that resolved path just before.
+    The set before stays until the next publish, for a reader that resolved path just before. Once the set is
+    published, a failure to remove an older one is a warning: the next publish removes it.
     """
     before = published_set(path)
     keep = {os.path.basename(before.folder) if before else "", os.path.basename(folder)}
@@ -171,7 +184,11 @@ def publish_set(path: str, folder: str) -> None:
     swap_point()
     for old in storage.glob(_set_folder(path, "*")):
         if os.path.basename(old.rstrip("/")) not in keep:
-            _remove_set_folder(old)
+            try:
+                _remove_set_folder(old)
+            except (StorageError, OSError) as error:
+                print(f"warning: {path}: published {folder}, but an older set is left behind, removed by the next "
+                      f"publish: {error}", file=sys.stderr)
 
 
 def withdraw_set(path: str) -> bool:
@@ -179,6 +196,13 @@ def withdraw_set(path: str) -> bool:
     killed midway leaves the newest set published, never an older one) and remove its folders; whether there
     was one. Each folder is marked withdrawn first, and that mark is removed last, so that a withdrawal cut short
     leaves nothing a step resumes."""
+    if not storage.glob(_set_folder(path, "*")) and (is_url(path) or not os.path.lexists(path)):
+        return False  # nothing to withdraw: no claim taken, no folder made for one
+    with claim_set(path):
+        return _withdraw(path)
+
+
+def _withdraw(path: str) -> bool:
     for old in storage.glob(_set_folder(path, "*")):
         with storage.atomic_write(f"{old.rstrip('/')}/{TOMBSTONE}") as f:
             f.write(b"")
@@ -239,61 +263,3 @@ def beside_set(path: str, suffix: str) -> str:
     """`.NAME{suffix}` beside the set path (NAME its last part): a hidden name, local or at a URL."""
     parent, name = os.path.split(path.rstrip("/") if is_url(path) else os.path.normpath(path))
     return os.path.join(parent, f".{name}{suffix}")
-
-
-@contextmanager
-def _working_folder(cache: str, prefix: str) -> Iterator[str]:
-    """A new folder in cache for this process to build or download into, removed after the block. Its lock
-    (an flock on FOLDER.lock) is held until then: a folder whose lock nobody holds was left by a killed process,
-    and the next one removes it."""
-    os.makedirs(cache, exist_ok=True)
-    _remove_abandoned(cache)
-    while True:
-        folder = tempfile.mkdtemp(prefix=prefix, dir=cache)
-        lock = open(f"{folder}.lock", "w")  # noqa: SIM115 (held open for the whole block)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:  # another process may have taken the lock, free before we held it, for a killed one's and removed both
-            if os.path.isdir(folder) and os.stat(f"{folder}.lock").st_ino == os.fstat(lock.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        lock.close()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        os.remove(f"{folder}.lock")
-        lock.close()
-
-
-def _remove_abandoned(cache: str) -> None:
-    """Remove the working folders of killed processes (their lock free) and copies whose removal was cut short."""
-    for entry in os.scandir(cache):
-        if entry.name.startswith(".removing-"):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        elif entry.name.endswith(".lock"):
-            try:
-                with open(entry.path) as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    shutil.rmtree(entry.path.removesuffix(".lock"), ignore_errors=True)
-                    os.remove(entry.path)
-            except (BlockingIOError, FileNotFoundError):  # in use, or removed by its owner meanwhile
-                continue
-
-
-def _remove_old_copies(cache: str, keep: str) -> None:
-    """Every copy in cache but keep and the newest other one (a reader may still be on it)."""
-    copies = []
-    for entry in os.scandir(cache):
-        try:
-            if not entry.name.startswith(".") and entry.path != keep:
-                copies.append((entry.stat().st_mtime, entry.path))
-        except FileNotFoundError:
-            continue
-    for _, old in sorted(copies)[:-1]:
-        doomed = os.path.join(cache, f".removing-{uuid.uuid4().hex}")
-        try:
-            os.rename(old, doomed)  # renamed first: a removal cut short must not leave a copy that passes for whole
-        except FileNotFoundError:
-            continue
-        shutil.rmtree(doomed, ignore_errors=True)

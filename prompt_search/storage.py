@@ -21,6 +21,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from prompt_search.cli import UserError
+from prompt_search.storage_errors import reaching
 
 # This machine's copies of what lives at URLs: output sets read (by publication), sets being built before their
 # upload, the ONNX models and results.html of a remote OUT_DIR. PROMPT_SEARCH_CACHE moves it.
@@ -82,20 +83,33 @@ def _on(path: str, local: Callable, method: str, *args):
     """local(path, *args) for a local path; the method of path's fsspec filesystem, (inner path, *args), for a URL."""
     if not is_url(path):
         return local(path, *args)
-    fs, inner = filesystem(path)
-    return getattr(fs, method)(inner, *args)
+    with reaching(path):
+        fs, inner = filesystem(path)
+        return getattr(fs, method)(inner, *args)
+
+
+def _kind(path: str) -> str | None:
+    """"file" or "directory" for what is at the URL path, None when nothing is. fsspec's own exists, isfile and
+    isdir answer False for any error, so that wrong credentials read as "not found": here only a missing path
+    does, and any other failure is a StorageError naming its cause."""
+    with reaching(path):
+        fs, inner = filesystem(path)
+        try:
+            return fs.info(inner)["type"]
+        except FileNotFoundError:
+            return None
 
 
 def exists(path: str) -> bool:
-    return _on(path, os.path.exists, "exists")
+    return os.path.exists(path) if not is_url(path) else _kind(path) is not None
 
 
 def is_dir(path: str) -> bool:
-    return _on(path, os.path.isdir, "isdir")
+    return os.path.isdir(path) if not is_url(path) else _kind(path) == "directory"
 
 
 def is_file(path: str) -> bool:
-    return _on(path, os.path.isfile, "isfile")
+    return os.path.isfile(path) if not is_url(path) else _kind(path) == "file"
 
 
 def open_file(path: str, mode: str = "rb") -> IO:
@@ -115,8 +129,9 @@ def glob(pattern: str) -> list[str]:
     if not is_url(pattern):
         return sorted(local_glob(pattern))
     folder, name = pattern.rsplit("/", 1)
-    fs, inner = filesystem(no_pattern(folder))
-    return sorted(below(folder, inner, path) for path in fs.glob(f"{inner.rstrip('/')}/{name}"))
+    with reaching(folder):
+        fs, inner = filesystem(no_pattern(folder))
+        return sorted(below(folder, inner, path) for path in fs.glob(f"{inner.rstrip('/')}/{name}"))
 
 
 def walk(folder: str, onerror: Callable[[OSError], None] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -125,14 +140,19 @@ def walk(folder: str, onerror: Callable[[OSError], None] | None = None) -> Itera
     if not is_url(folder):
         yield from os.walk(folder, onerror=onerror)
         return
-    fs, inner = filesystem(no_pattern(folder))
-    for root, dirs, files in fs.walk(inner, on_error=onerror or "omit"):
-        yield below(folder, inner, root), dirs, files
+    with reaching(folder):
+        fs, inner = filesystem(no_pattern(folder))
+        for root, dirs, files in fs.walk(inner, on_error=onerror or "omit"):
+            yield below(folder, inner, root), dirs, files
 
 
 def read_bytes(path: str) -> bytes:
-    with open_file(path) as f:
-        return f.read()
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with reaching(path):
+        fs, inner = filesystem(path)
+        return fs.cat_file(inner)
 
 
 def stamp(path: str) -> str:
@@ -141,8 +161,9 @@ def stamp(path: str) -> str:
     if not is_url(path):
         info = os.stat(path)
         return f"{info.st_size}:{info.st_mtime_ns}"
-    fs, inner = filesystem(path)
-    info = fs.info(inner)
+    with reaching(path):
+        fs, inner = filesystem(path)
+        info = fs.info(inner)
     return ":".join(str(info[key]) for key in sorted(info) if key in STAMP_KEYS)
 
 
@@ -156,13 +177,16 @@ def remove_tree(path: str, last: str = "") -> None:
                     shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.remove(entry.path)
         shutil.rmtree(path, ignore_errors=True)
         return
-    fs, inner = filesystem(no_pattern(path))
-    if not fs.exists(inner):
-        return
-    others = [found for found in fs.find(inner) if found != f"{inner.rstrip('/')}/{last}"] if last else []
-    if others:
-        fs.rm(others)
-    fs.rm(inner, recursive=True)
+    with reaching(path):
+        fs, inner = filesystem(no_pattern(path))
+        try:
+            fs.info(inner)
+        except FileNotFoundError:
+            return
+        others = [found for found in fs.find(inner) if found != f"{inner.rstrip('/')}/{last}"] if last else []
+        if others:
+            fs.rm(others)
+        fs.rm(inner, recursive=True)
 
 
 @contextmanager
@@ -189,29 +213,33 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
         with atomic_path(path) as tmp, open(tmp, mode) as f:
             yield f
         return
-    fs, inner = filesystem(no_pattern(path))
-    fs.makedirs(fs._parent(inner), exist_ok=True)  # a local file:// folder must exist; object stores have none
-    tmp = f"{inner}.partial"
-    try:
-        with fs.open(tmp, mode) as f:
-            yield f
-        swap_point()
-        fs.mv(tmp, inner)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
+    with reaching(path):
+        fs, inner = filesystem(no_pattern(path))
+        fs.makedirs(fs._parent(inner), exist_ok=True)  # a local file:// folder must exist; object stores have none
+        tmp = f"{inner}.partial"
+        try:
+            with fs.open(tmp, mode) as f:
+                yield f
+            swap_point()
+            fs.mv(tmp, inner)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
 
 
 _swaps_reached = 0
 
 
 def swap_point() -> None:
-    """Called before every replace that publishes an output. Fault injection for the tests:
-    PROMPT_SEARCH_KILL_AT_SWAP=N kills this process, as SIGKILL would, at its Nth swap point."""
+    """Called before every replace that publishes an output. Fault injection for the tests, at this process's Nth
+    swap point: PROMPT_SEARCH_KILL_AT_SWAP=N kills it, as SIGKILL would; PROMPT_SEARCH_STOP_AT_SWAP=N stops it
+    (SIGSTOP) until it is sent SIGCONT, so that a test runs another writer meanwhile."""
     global _swaps_reached
     _swaps_reached += 1
     if os.environ.get("PROMPT_SEARCH_KILL_AT_SWAP") == str(_swaps_reached):
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("PROMPT_SEARCH_STOP_AT_SWAP") == str(_swaps_reached):
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def cache_folder(url: str) -> str:
@@ -221,25 +249,32 @@ def cache_folder(url: str) -> str:
 
 def download_folder(url: str, local: str) -> None:
     """Copy the folder at url, everything below it, into the local folder local."""
-    fs, inner = filesystem(url)
-    for path in fs.find(inner):
-        target = os.path.normpath(os.path.join(local, os.path.relpath(path, inner)))
-        if os.path.commonpath([target, os.path.normpath(local)]) != os.path.normpath(local):  # a key holding ..
-            raise UserError(f"{url}: {path} would be copied outside {local}; not copied")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fs.get_file(path, target)
+    with reaching(url):
+        fs, inner = filesystem(url)
+        for path in fs.find(inner):
+            _download_file(fs, url, inner, path, local)
+
+
+def _download_file(fs: AbstractFileSystem, url: str, inner: str, path: str, local: str) -> None:
+    """Copy the file path, found below inner (url's path), to the same place below the local folder."""
+    target = os.path.normpath(os.path.join(local, os.path.relpath(path, inner)))
+    if os.path.commonpath([target, os.path.normpath(local)]) != os.path.normpath(local):  # a key holding ..
+        raise UserError(f"{url}: {path} would be copied outside {local}; not copied")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fs.get_file(path, target)
 
 
 def upload_folder(local: str, url: str) -> None:
     """Copy every file below the local folder into the folder at url."""
     if not os.path.isdir(local):  # os.walk would copy nothing, and an empty set be published
         raise FileNotFoundError(local)
-    fs, inner = filesystem(url)
-    for parent, _, names in os.walk(local):
-        target = f"{inner.rstrip('/')}/{os.path.relpath(parent, local).replace(os.sep, '/')}".removesuffix("/.")
-        fs.makedirs(target, exist_ok=True)  # a local file:// folder must exist; object stores have none
-        for name in names:
-            fs.put_file(os.path.join(parent, name), f"{target}/{name}")
+    with reaching(url):
+        fs, inner = filesystem(url)
+        for parent, _, names in os.walk(local):
+            target = f"{inner.rstrip('/')}/{os.path.relpath(parent, local).replace(os.sep, '/')}".removesuffix("/.")
+            fs.makedirs(target, exist_ok=True)  # a local file:// folder must exist; object stores have none
+            for name in names:
+                fs.put_file(os.path.join(parent, name), f"{target}/{name}")
 
 
 @contextmanager
@@ -248,13 +283,14 @@ def local_file(path: str) -> Iterator[str]:
     if not is_url(path):
         yield path
         return
-    if not is_file(path):
+    if not is_file(path):  # a StorageError when the storage fails: wrong credentials are not "not found"
         raise UserError(f"{path} not found")
     os.makedirs(CACHE_DIR, exist_ok=True)
-    fs, inner = filesystem(path)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as folder:
-        copy = os.path.join(folder, os.path.basename(inner))
-        fs.get_file(inner, copy)
+        copy = os.path.join(folder, os.path.basename(path))
+        with reaching(path):
+            fs, inner = filesystem(path)
+            fs.get_file(inner, copy)
         yield copy
 
 

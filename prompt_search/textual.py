@@ -18,7 +18,7 @@ from prompt_search.embed import embed_items
 from prompt_search.listing import Listing, write_listing
 from prompt_search.model import choose_device
 from prompt_search.reuse import Batch
-from prompt_search.sets import beside_set, local_published_file
+from prompt_search.sets import beside_set, claim_set, local_published_file
 from prompt_search.spark import session_for
 from prompt_search.spark_embed import embed_on_spark
 from prompt_search.storage import local_dir
@@ -56,6 +56,13 @@ def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: s
     """
     path = listing_file(folder)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with claim_set(folder):  # claimed before the listing is written: another run writing the set writes it too
+        return _embed_listed(metadata_file, folder, path, model_name, model_dir, device, batch_size, distributor,
+                             spark_master)
+
+
+def _embed_listed(metadata_file: str, folder: str, path: str, model_name: str, model_dir: str, device: str,
+                  batch_size: int, distributor: str, spark_master: str) -> tuple[int, int]:
     try:
         count, empty = write_listing(local_published_file(metadata_file), path)
         if not count:

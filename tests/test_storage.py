@@ -2,20 +2,31 @@
 file:// where other processes write too), against the same steps on local paths."""
 
 import fcntl
+import json
 import os
 import random
+import runpy
 import shutil
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pytest
+from conftest import REPO, write_open_prompts_csv
+from fsspec import AbstractFileSystem
 from test_index import fake_embeddings
 
 from prompt_search import storage
+from prompt_search.claims import LEASE_S, overwrite
 from prompt_search.cli import UserError
-from prompt_search.index import build_index
+from prompt_search.index import build_index, create_index
 from prompt_search.query import open_index
 from prompt_search.sets import (
     MARKER,
@@ -312,3 +323,138 @@ def test_a_withdrawal_killed_while_removing_files_leaves_its_mark_to_the_last(me
     assert not any(p.endswith(TOMBSTONE) for p in removals[0])
     folder = new_set(path, resume=True)
     assert folder == f"{memory_url}/.emb.1" and not storage.exists(f"{folder}/{TOMBSTONE}")  # a fresh folder
+
+
+def claim_record(**fields) -> bytes:
+    """A claim object as a run on another machine writes it (claims.py), with fields replaced."""
+    record = {"owner": "f" * 32, "host": "elsewhere", "pid": 4242, "since": "2026-01-01T00:00:00+00:00",
+              "expires": time.time() + LEASE_S}
+    return json.dumps({**record, **fields}).encode()
+
+
+def test_a_set_claimed_at_a_url_by_a_running_run_is_refused_in_one_line(memory_url):
+    path = f"{memory_url}/set"
+    overwrite(f"{memory_url}/.set-claim", claim_record())
+    held = r"another run \(pid 4242 on elsewhere, since 2026-01-01T00:00:00\+00:00\) is writing this set; run again"
+    with pytest.raises(UserError, match=rf"^memory://.*/set: {held}"), output_set(path):
+        pytest.fail("entered a set another run claims")
+    assert current_set(path) is None and storage.exists(f"{memory_url}/.set-claim")  # its claim is left alone
+
+
+def test_a_claim_a_killed_run_left_at_a_url_is_taken_over(memory_url):
+    """Lapsed (not renewed for LEASE_S), or left by a process of this machine that has ended: a rerun takes it over,
+    and its own claim and the takeover's mark go with it."""
+    path = f"{memory_url}/set"
+    for left in (claim_record(expires=time.time() - 1), claim_record(host=socket.gethostname(), pid=ended_pid())):
+        overwrite(f"{memory_url}/.set-claim", left)
+        with output_set(path) as folder:
+            Path(folder, "value").write_text("resumed")
+        assert Path(local_set(path), "value").read_text() == "resumed"
+        assert not storage.glob(f"{memory_url}/.set-claim*")
+
+
+def ended_pid() -> int:
+    """The pid of a process of this machine that has ended."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_run_whose_claim_was_taken_over_publishes_nothing(memory_url):
+    path = f"{memory_url}/set"
+    with pytest.raises(UserError, match="claim on the set lapsed .* nothing was published"), output_set(path) as folder:
+        Path(folder, "value").write_text("late")
+        overwrite(f"{memory_url}/.set-claim", claim_record())  # its lease lapsed; another run took over
+    assert current_set(path) is None
+
+
+class EndpointConnectionError(Exception):
+    """Stands for botocore's (not installed here), which s3fs lets through, not an OSError, when the endpoint cannot
+    be reached."""
+
+    __module__ = "botocore.exceptions"
+
+
+REQUESTS = ("info", "ls", "find", "cat_file", "get_file", "put_file", "pipe_file", "_open", "rm", "rm_file", "mv",
+            "makedirs")
+
+
+def storage_fails(monkeypatch, url: str, error: Exception, after: str = "") -> None:
+    """Every request of url's filesystem raises error, as s3fs raises S3's answers (PermissionError for wrong
+    credentials, FileNotFoundError for a missing bucket); with after, from the first request of that name on (the
+    endpoint goes away mid-step). Its isfile, isdir and exists are fsspec's generic ones, s3fs's isfile among them."""
+    fs, _ = storage.filesystem(url)
+    failing = [not after]
+
+    def fault(name: str, *args) -> None:
+        failing[0] = failing[0] or name == after
+        if failing[0]:
+            raise error
+
+    for name in REQUESTS:
+        monkeypatch.setattr(fs, name, intercepted(getattr(fs, name), partial(fault, name)))
+    for name in ("isfile", "isdir", "exists"):
+        monkeypatch.setattr(fs, name, partial(getattr(AbstractFileSystem, name), fs))
+
+
+def intercepted(original: Callable, fault: Callable) -> Callable:
+    """original, called after fault(*args), which raises the storage's error when it fails."""
+    def call(*args, **kwargs):
+        fault(*args)
+        return original(*args, **kwargs)
+
+    return call
+
+
+def error_line(monkeypatch, script: str, *args: str) -> str:
+    """Run a top-level script in this process (whose memory:// filesystem the test set up): what it exits with."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    return str(exited.value.code)
+
+
+@pytest.mark.parametrize(("failing", "error", "after", "said"), [
+    ("csv", PermissionError("The AWS Access Key Id you provided does not exist in our records."), "",
+     "{csv}: access denied: wrong credentials, or no permission for it (The AWS Access Key Id you provided does not "
+     "exist in our records.)"),
+    ("out", FileNotFoundError("The specified bucket does not exist"), "",
+     "{out}/.metadata-claim: not found (The specified bucket does not exist)"),
+    ("out", EndpointConnectionError('Could not connect to the endpoint URL: "http://127.0.0.1:9/bucket"'), "put_file",
+     '{out}/.metadata.1: the storage cannot be reached (EndpointConnectionError: Could not connect to the endpoint '
+     'URL: "http://127.0.0.1:9/bucket")'),
+])
+def test_storage_failures_are_one_line_naming_the_url_and_the_cause(tmp_path, memory_url, monkeypatch, capsys,
+                                                                    failing, error, after, said):
+    write_open_prompts_csv(tmp_path / "in.csv", [("a prompt", "http://127.0.0.1:9/0.png")])
+    csv, out = f"{memory_url}/in.csv", f"{memory_url}/out"
+    overwrite(csv, (tmp_path / "in.csv").read_bytes())
+    storage_fails(monkeypatch, memory_url, error, after)
+    args = [f"--CSV_FILE={csv}", f"--OUT_DIR={tmp_path / 'out'}"] if failing == "csv" else [
+        f"--CSV_FILE={tmp_path / 'in.csv'}", f"--OUT_DIR={out}"]
+    assert error_line(monkeypatch, "extract_img_links_from_csv.py", *args) == "error: " + said.format(csv=csv, out=out)
+    assert capsys.readouterr().err == ""  # nothing but that line (the claim left behind is not a second error)
+
+
+def test_a_step_that_published_says_so_and_ends_well_when_an_old_set_cannot_be_removed(memory_url, tmp_path,
+                                                                                     monkeypatch, capsys):
+    fake_embeddings(tmp_path / "emb", [20, 15])
+    with output_set(f"{memory_url}/visual_embeddings") as folder:
+        shutil.copytree(tmp_path / "emb", folder, dirs_exist_ok=True)
+    for _ in range(2):
+        create_index(memory_url, "visual", "1G", "2G", 10.0)
+    fs, _ = storage.filesystem(memory_url)
+
+    def refused(path, *args) -> None:
+        if ".visual.1" in str(path):
+            raise PermissionError("Access Denied")
+
+    for name in ("rm", "rm_file"):
+        monkeypatch.setattr(fs, name, intercepted(getattr(fs, name), refused))
+    create_index(memory_url, "visual", "1G", "2G", 10.0)  # publishes .visual.3; .visual.1 should go
+    assert current_set(f"{memory_url}/knn_indices/visual") == f"{memory_url}/knn_indices/.visual.3"
+    printed = capsys.readouterr()
+    assert "index of 35 vectors" in printed.out
+    assert (f"warning: {memory_url}/knn_indices/visual: published {memory_url}/knn_indices/.visual.3, but an older "
+            f"set is left behind, removed by the next publish: {memory_url}/knn_indices/.visual.1/PUBLISHED: access "
+            "denied") in printed.err
