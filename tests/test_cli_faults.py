@@ -259,3 +259,29 @@ def test_a_device_torch_cannot_use_is_said_as_such(built, tmp_path, device, said
                         f"--OUT_DIR={out}", cwd=tmp_path, check=False)
     assert_one_line(result, said)
     assert "checkpoint" not in result.stderr
+
+
+# --- a full disk --------------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_one_line_and_the_published_set_stays(tmp_path):
+    """Step 1 on a real file system that fills up (a 256 KiB tmpfs, in a mount namespace of its own): the run that
+    meets the full disk ends in one line naming the cause, and the set published before it is still whole."""
+    write_open_prompts_csv(tmp_path / "small.csv", [(f"prompt {i}", f"https://example.com/{i}.png") for i in range(6)])
+    noise = [os.urandom(300).hex() for _ in range(3000)]  # incompressible prompts: about 2 MB of metadata
+    write_open_prompts_csv(tmp_path / "big.csv", [(text, f"https://example.com/b{i}.png") for i, text in
+                                                  enumerate(noise)])
+    script = ('mount -t tmpfs -o size=256k tmpfs "$0" && "$1" "$2" --CSV_FILE=small.csv --OUT_DIR="$0" >/dev/null '
+              '&& "$1" "$2" --CSV_FILE=big.csv --OUT_DIR="$0"; status=$?; cp -a "$0" kept; exit $status')
+    (tmp_path / "outputs").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                             str(tmp_path / "outputs"), sys.executable, str(REPO / "extract_img_links_from_csv.py")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert_one_line(result, "No space left on device")
+    assert "wrote" not in result.stdout
+    expected = tmp_path / "expected"
+    extract_links(str(tmp_path / "small.csv"), str(expected))
+    kept = tmp_path / "kept"
+    for name in ("img_links.txt", "metadata.parquet", "rejects.csv"):
+        assert (kept / "metadata" / name).read_bytes() == (expected / "metadata" / name).read_bytes()
