@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 from prompt_search import storage
-from prompt_search.cli import UserError
+from prompt_search.cli import UserError, file_error
 from prompt_search.storage import is_url
 from prompt_search.storage_errors import StorageError, reaching
 
@@ -134,7 +134,7 @@ def _locked(claim_file: str, what: str) -> IO:
             os.makedirs(os.path.dirname(claim_file) or ".", exist_ok=True)
             lock = open(claim_file, "a+")  # noqa: SIM115 (held open until the claim is released)
         except OSError as error:
-            raise UserError(f"{what}: cannot write beside it ({error.strerror}: {claim_file})") from None
+            raise UserError(f"{what}: cannot write beside it ({file_error(error)})") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -184,7 +184,7 @@ def test_out_dir_of_another_user_is_one_line(built, tmp_path):
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
                              str(REPO / STEPS["1"][0]), "--CSV_FILE=p.csv", "--OUT_DIR=outputs"], cwd=shared, env=env,
                             capture_output=True, text=True, timeout=300)
-    assert_one_line(result, "outputs/.metadata.1", "Permission denied")
+    assert_one_line(result, "outputs/.metadata-claim", "Permission denied")  # the claim: the first thing it writes
     assert list((shared / "outputs").iterdir()) == []
 
 
