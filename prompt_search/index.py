@@ -30,7 +30,7 @@ from prompt_search.cli import UserError
 from prompt_search.embed import MANIFEST, save_batch
 from prompt_search.files import model_fingerprint
 from prompt_search.images import IMAGES_FILE
-from prompt_search.index_choice import RERANK_CANDIDATES, choose_index, tune_search
+from prompt_search.index_choice import RERANK_CANDIDATES, IndexChoice, choose_index, tune_search
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
 from prompt_search.sets import beside_set, local_copy, local_published_file, output_set, published_set
@@ -132,7 +132,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
                     [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
         if index_param:
-            infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, recall_target, chosen.exact))
+            infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, recall_target, chosen))
             _write_index(index, os.path.join(out, INDEX_FILE))
             with open(os.path.join(out, INFOS_FILE), "w") as f:
                 json.dump(infos, f)
@@ -144,15 +144,14 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     return infos
 
 
-def _tuned(index, vectors_file: str, lossy: bool, recall_target: float, exact: bool) -> dict:
-    """infos.json's account of the search: nprobe and candidates tuned to recall_target, or exact."""
-    if exact:
-        return {"index_param": "nprobe=1", "candidates": RERANK_CANDIDATES, "recall@10": 1.0,
-                "search": "exact: every vector scanned"}
+def _tuned(index, vectors_file: str, lossy: bool, recall_target: float, chosen: IndexChoice) -> dict:
+    """infos.json's account of the search: why this index, and nprobe and candidates tuned to recall_target."""
+    if chosen.exact:
+        return {"index_param": "nprobe=1", "candidates": RERANK_CANDIDATES, "recall@10": 1.0, "search": chosen.why}
     tuned = tune_search(index, np.load(vectors_file, mmap_mode="r"), lossy, recall_target)
     return {"index_param": f"nprobe={tuned.nprobe}", "candidates": tuned.candidates,
             "recall@10": round(tuned.recall, 4),
-            "search": f"tuned to recall@10 {recall_target} on noisy and shifted copies of stored vectors"}
+            "search": f"{chosen.why}; tuned to recall@10 {recall_target} on noisy and shifted copies of stored vectors"}
 
 
 def _write_index(index, path: str) -> None:

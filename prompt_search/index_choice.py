@@ -51,8 +51,8 @@ def choose_index(count: int, dimension: int, max_memory: str, max_query_ms: floa
     key = compressed_index_key(count, dimension, budget)
     if not key:
         return IndexChoice("", False, "no compressed index fits MAX_INDEX_MEMORY: autofaiss's choice")
-    return IndexChoice(key, False, f"a scan of every vector would take about {scan_ms:.0f} ms: PQ codes, "
-                                   f"{RERANK_CANDIDATES} candidates re-ranked, nprobe tuned to the recall target")
+    return IndexChoice(key, False, f"a scan of every vector would take about {scan_ms:.0f} ms: PQ codes, their best "
+                                   "candidates re-ranked")
 
 
 def compressed_index_key(count: int, dimension: int, budget: int) -> str:
