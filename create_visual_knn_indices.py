@@ -13,7 +13,7 @@ from prompt_search.index import create_index
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
     create_index(cfg.OUT_DIR, "visual", cfg.MAX_INDEX_MEMORY, cfg.CURRENT_MEMORY_AVAILABLE,
-                 cfg.MAX_INDEX_QUERY_TIME_MS, cfg.DISTRIBUTOR, cfg.SPARK_MASTER, cfg.INDEX_KEY)
+                 cfg.MAX_INDEX_QUERY_TIME_MS, cfg.DISTRIBUTOR, cfg.SPARK_MASTER, cfg.INDEX_KEY, cfg.INDEX_RECALL)
     print("next: python test_visual_knn_index.py")
 
 

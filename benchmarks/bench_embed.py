@@ -189,7 +189,8 @@ def print_comparison(runs: dict[tuple[str, int], list[tuple[float, float]]], wor
     best = min(worker_counts, key=lambda w: wall["ours", w])
     best_ref = min(worker_counts, key=lambda w: wall["reference", w])
     print(f"fastest: ours with workers {best}, the reference with workers {best_ref}; ours at its best / the reference "
-          f"at its best: {wall['reference', best_ref] / wall['ours', best]:.2f} (above 1: ours faster)")
+          f"at its best: {wall['reference', best_ref] / wall['ours', best]:.2f} (above 1: ours faster); "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:

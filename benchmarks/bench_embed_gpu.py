@@ -272,7 +272,8 @@ def main() -> None:
     ratio = statistics.median(runs["ours, defaults, whole process"]) / statistics.median(
         runs["the reference's way, whole process"])
     print(f"whole process, ours / the reference's: {ratio:.2f} (target 2.5); steady state of the GPU path: "
-          f"{statistics.median(steady['ours, GPU path, in process']):.0f} images/s (target 10,000)")
+          f"{statistics.median(steady['ours, GPU path, in process']):.0f} images/s (target 10,000); "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"GPU path against CPU path, every image: lowest cosine {lowest:.5f} (target 0.9995); "
           f"top-10 of 100 image queries the same set: {same} of 100")
 

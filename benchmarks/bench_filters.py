@@ -7,6 +7,8 @@ Prints the load time and memory of the columns and the time to filter 4,096 cand
 seed <= 2**63 and height >= 700, the median and p99 over 200 calls of each way, in turns.
 """
 
+import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ ROWS, CANDIDATES, CALLS = 1_000_000, 4096, 200
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rng = np.random.default_rng(0)
     seeds = pa.chunked_array([pa.array(rng.integers(0, 2**64 - 1, ROWS, dtype=np.uint64, endpoint=True),
                                        mask=rng.random(ROWS) < 0.1)])
@@ -45,7 +48,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - begin)
     for name, taken in times.items():
         print(f"{name}: median {np.median(taken) * 1e6:.0f} us, p99 {np.percentile(taken, 99) * 1e6:.0f} us "
-              f"for {CANDIDATES} candidates")
+              f"for {CANDIDATES} candidates (load average {os.getloadavg()[0]:.1f})")
     memory = sum(c.values.nbytes + (0 if c.present is None else c.present.nbytes) for c in exact)
     print(f"columns loaded in {load * 1e3:.0f} ms: {memory / 2**20:.1f} MiB "
           f"(float64 before: {sum(r.nbytes for r in rounded) / 2**20:.1f} MiB)")

@@ -6,9 +6,11 @@
 Builds a CSV of --rows rows from 1k.csv's rows, each image URL made unique with ?n=<row> (so no row is
 a duplicate), and its first 100k rows as a second CSV, in --work-dir (default: a temporary folder, removed
 afterwards). Runs step 1 on each in a fresh subprocess that reports its own time, CPU time and peak RSS,
-with workers=1 (all in one process: the baseline) and workers=-1 (the default, one parsing process per CPU),
-alternating, --rounds times. --memory-keys: how many URL keys the duplicate check holds in memory before it
-sets the rest aside for the end (url_keys.py).
+with workers=1 (the baseline: our own code, all in one process) and workers=-1 (the default, one parsing
+process per CPU), alternating, --rounds times. The baseline is not another tool: the ratios say what the
+workers add to our own one-process code, on this machine, at the load average printed beside them.
+--memory-keys: how many URL keys the duplicate check holds in memory before it sets the rest aside for
+the end (url_keys.py).
 Targets: >= 50k rows/s; peak RSS < 1 GB and flat from 100k to 1M rows."""
 
 import argparse
@@ -128,7 +130,9 @@ def main() -> None:
           "when the run ended (other work on the machine slows it)")
     for n in (args.small_rows, args.rows):
         ratios = [one["seconds"] / many["seconds"] for one, many in zip(results[n, 1], results[n, -1], strict=True)]
-        print(f"{n} rows: workers 1 time / workers -1 time, per round: {', '.join(f'{r:.2f}' for r in ratios)}")
+        loads = ", ".join(f"{many['load']:.1f}" for many in results[n, -1])
+        print(f"{n} rows: speed-up of workers -1 over our own code on one process (workers 1), per round: "
+              f"{', '.join(f'{r:.2f}x' for r in ratios)} (load average {loads})")
     # Targets on the slowest run of the default setting.
     default = {n: max(results[n, -1], key=lambda run: run["seconds"]) for n in (args.small_rows, args.rows)}
     ratio = peak_mb(default[args.rows]) / peak_mb(default[args.small_rows])

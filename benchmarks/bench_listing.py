@@ -182,7 +182,8 @@ def main() -> None:
                     report(name, which, figures)
             assert times["old"][0]["digest"] == times["new"][0]["digest"], "the listings differ"
             old, new = (min(f["list_s"] for f in times[w]) for w in ("old", "new"))
-            print(f"{name}: listing {old / new:.1f}x faster (best of {args.rounds}), digest identical")
+            print(f"{name}: listing {old / new:.1f}x faster (best of {args.rounds}), digest identical; "
+                  f"load average {os.getloadavg()[0]:.1f}")
         if args.big_rows:
             metadata = work / "big.parquet"
             make_in_subprocess(metadata, args.big_rows, True)

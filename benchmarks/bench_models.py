@@ -10,6 +10,7 @@ fp32, a batch of --batch preprocessed images; median images per second.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -69,7 +70,8 @@ def main() -> None:
             times[label]["text"].append(middle - start)
             times[label]["image"].append(end - middle)
             times[label]["embed"].append(args.batch / (time.perf_counter() - end))
-    print(f"{args.rounds} rounds, torch threads {torch.get_num_threads()}, batch {args.batch}\n")
+    print(f"{args.rounds} rounds, torch threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
     print("| model | image size | query text ms | query image ms | embedding images/s |")
     print("|---|---|---|---|---|")
     for label, (loaded, _, _) in runs.items():

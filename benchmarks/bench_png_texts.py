@@ -10,13 +10,17 @@ at another checkout to measure that one (the baseline: the commit before issue 2
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from prompt_search.folder_metadata import read_texts
+if not any(Path(p, "prompt_search").is_dir() for p in sys.path if p):  # PYTHONPATH names the checkout measured
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from prompt_search.folder_metadata import read_texts  # noqa: E402
 
 
 def bytes_read() -> int:
@@ -35,7 +39,7 @@ def write_pngs(folder: str, files: int, size: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--work-dir")
@@ -51,7 +55,7 @@ def main() -> None:
             read_texts(path)
         seconds, read = (time.perf_counter() - start) / len(paths), (bytes_read() - before) / len(paths)
         print(f"read_texts: {seconds * 1000:.2f} ms a file, {read / 1024:.0f} KiB read a file "
-              f"(files of {os.path.getsize(paths[0]) / 1024:.0f} KiB)")
+              f"(files of {os.path.getsize(paths[0]) / 1024:.0f} KiB; load average {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Cold starts and resident memory are whole query processes. Prints a markdown rep
 8 to 10 minutes on 2 cores.
 """
 
+import argparse
 import csv
 import os
 import platform
@@ -465,6 +466,7 @@ def machine() -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_query_") as tmp:
         # the real files, from $PROMPT_SEARCH_DATA (checked against config.py's sha256s)

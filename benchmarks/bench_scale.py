@@ -1,7 +1,9 @@
-"""Issue 17 at scale: step 4, recall, the query script and hit lookups on a synthetic collection of --vectors.
+"""Issues 17 and 26 at scale: step 4, recall, the query script and hit lookups on synthetic collections.
 
     NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python benchmarks/bench_scale.py --work-dir=/tmp/scale \
-        [--vectors=1000000] [--lookup-rows=10000000] [--queries=200] [--script-runs=3]
+        [--vectors=10000,100000,200000,1000000] [--lookup-rows=10000000] [--queries=200] [--script-runs=3]
+
+Each size of --vectors is measured in turn, in --work-dir/<size>.
 
 The collection is laid out as step 3 and step 1 write it: --vectors clustered 512-d unit vectors in
 batch files of 128 with ids (URL digests), and a metadata table with a row for each id. Clustered:
@@ -10,11 +12,15 @@ synthetic clusters are harder for an index than real CLIP vectors may be, so tak
 figure. Queries: noisy copies of stored vectors, and cross-modal ones (a stored vector plus one fixed
 offset of norm 0.8, as text and image embeddings sit in different regions of CLIP's space).
 
-Prints, each measured in this run:
-  step 4 at --vectors: wall time and peak memory of create_visual_knn_indices.py, the index autofaiss chose;
-  recall@10 against exact search, of the index alone and with our re-ranking, and the time of each per query;
-  the query script end to end (full-size ViT-B/32 with random weights, ONNX), at --vectors and at 1k;
-  looking up 20 hits in an item table of --lookup-rows rows against one of 1k rows, and its memory.
+Prints, each measured in this run, with the load average beside each ratio:
+  step 4 at each size: wall time and peak memory of create_visual_knn_indices.py, the index it chose and its
+  tuned search; its floor: one exact pass assigning every vector to its list, timed as a faiss matrix product
+  (a sample of the vectors against as many random centroids as the index has lists), and step 4 / floor;
+  recall@10 against exact search, of the index alone and with our search (re-ranking), the time of each per
+  query and their ratio (default settings: the recall target is 0.99 for both kinds);
+  the query script end to end (full-size ViT-B/32 with random weights, ONNX), at 1k and at the size, in
+  interleaved pairs (1k, size, 1k, size...): the median of the pairs' differences and ratios;
+  looking up 20 hits in an item table of --lookup-rows rows against one of 1k rows, and its memory (0: skipped).
 """
 
 import argparse
@@ -111,7 +117,7 @@ def recall_at_10(found: list[list[int]], exact: np.ndarray) -> float:
 def measure_recall(out: Path, vectors: np.ndarray, queries: int, say) -> None:
     import faiss
 
-    from prompt_search.query import open_index, search
+    from prompt_search.query import find_hits, open_index, search
 
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(1)
@@ -121,26 +127,70 @@ def measure_recall(out: Path, vectors: np.ndarray, queries: int, say) -> None:
     noisy = picked + rng.normal(0, 0.03, picked.shape).astype(np.float32)
     kinds = {"noisy copies": noisy, "cross-modal": picked + offset}
     searched = open_index(str(out / "knn_indices" / "visual"))
-    say(f"  index {json.loads((out / 'knn_indices' / 'visual' / 'infos.json').read_text())['index_key']}, "
-        f"lossy codes (re-ranked): {searched.rerank}")
+    infos = json.loads((out / "knn_indices" / "visual" / "infos.json").read_text())
+    say(f"  index {infos['index_key']} ({infos.get('index_param')}, {infos.get('search', 'autofaiss tuned')}; "
+        f"recall@10 {infos.get('recall@10')} on step 4's own queries), lossy codes (re-ranked): {searched.rerank}, "
+        f"candidates {searched.candidates if searched.rerank else '-'}")
     for kind, q in kinds.items():
         q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-        exact = np.argsort(-(q @ vectors.T), axis=1)[:, :10]
-        start = time.perf_counter()
-        plain = [searched.index.search(row[None], 10)[1][0].tolist() for row in q]
-        alone = (time.perf_counter() - start) / len(q)
-        start = time.perf_counter()
-        ours = [[hit.position for hit in search(searched, row, 10, 1.0)] for row in q]
-        reranked = (time.perf_counter() - start) / len(q)
-        say(f"  {kind:>12}: recall@10 index alone {recall_at_10(plain, exact):.3f} ({alone * 1e3:.2f} ms/query), "
-            f"ours {recall_at_10(ours, exact):.3f} ({reranked * 1e3:.2f} ms/query, {reranked / alone:.2f}x)")
+        exact = np.argpartition(-(q @ vectors.T), 9, axis=1)[:, :10]
+        # the index alone; our search (re-ranked, folded); the same with the item rows read: in turns, query by
+        # query, so that the machine's load falls on the three alike
+        ways = (lambda row: searched.index.search(row[None], 10)[1][0].tolist(),
+                lambda row: [hit.position for hit in find_hits(searched, row, 10, 1.0)],
+                lambda row: [hit.position for hit in search(searched, row, 10, 1.0)])
+        seconds, found = [0.0] * len(ways), [[] for _ in ways]
+        for row in q:
+            for i, way in enumerate(ways):
+                start = time.perf_counter()
+                found[i].append(way(row))
+                seconds[i] += time.perf_counter() - start
+        alone, ours, described = (total / len(q) for total in seconds)
+        plain, recall = recall_at_10(found[0], exact), recall_at_10(found[1], exact)
+        say(f"  {kind:>12}: recall@10 index alone {plain:.3f} ({alone * 1e3:.2f} ms/query), ours {recall:.3f} "
+            f"({ours * 1e3:.2f} ms/query, {ours / alone:.2f}x; with the 10 item rows read {described * 1e3:.2f} ms, "
+            f"{described / alone:.2f}x; load average {os.getloadavg()[0]:.1f})")
 
 
-def measure_script(out: Path, model: str, runs: int, image: Path) -> list[float]:
-    args = [str(REPO / "test_visual_knn_index.py"), f"--OUT_DIR={out}", f"--MODEL={model}",
-            "--COMPARE_WITH_TORCH=False", f"--INPUT_IMG_PATH={image}", "--INPUT_PROMPT=a castle in the clouds"]
-    run_measured(args, out.parent)  # the ONNX export and its optimised graphs, on first use
-    return [run_measured(args, out.parent)[0] for _ in range(runs)]
+def measure_script(small: Path, big: Path, model: str, runs: int, image: Path, say) -> None:
+    """The query script at 1k and at the size in interleaved pairs, so that the machine's load falls on both alike."""
+    def args(out: Path) -> list[str]:
+        return [str(REPO / "test_visual_knn_index.py"), f"--OUT_DIR={out}", f"--MODEL={model}",
+                "--COMPARE_WITH_TORCH=False", f"--INPUT_IMG_PATH={image}", "--INPUT_PROMPT=a castle in the clouds"]
+
+    for out in (small, big):
+        run_measured(args(out), out.parent)  # the ONNX export and its optimised graphs, on first use
+    pairs = []
+    for _ in range(runs):
+        pairs.append((run_measured(args(small), small.parent)[0], run_measured(args(big), big.parent)[0],
+                      os.getloadavg()[0]))
+    for one_k, sized, load in pairs:
+        say(f"  1k {one_k:.2f} s, this size {sized:.2f} s: {sized - one_k:+.2f} s, {sized / one_k:.2f}x "
+            f"(load average {load:.1f})")
+    say(f"  median of {runs} pairs: {statistics.median(b - a for a, b, _ in pairs):+.2f} s, "
+        f"{statistics.median(b / a for a, b, _ in pairs):.2f}x; "
+        f"1k median {statistics.median(a for a, _, _ in pairs):.2f} s")
+
+
+def measure_floor(out: Path, count: int, say) -> float:
+    """Seconds of one exact pass assigning count vectors to the index's lists, as a faiss matrix product."""
+    import faiss
+
+    lists = faiss.extract_index_ivf(faiss.read_index(str(out / "knn_indices" / "visual" / "knn.index"))).nlist
+    if lists == 1:
+        say("  floor: none, an exact index has no lists to assign vectors to")
+        return 0.0
+    rng = np.random.default_rng(4)
+    centroids = rng.normal(size=(lists, DIM)).astype(np.float32)
+    sample = rng.normal(size=(min(count, 100_000), DIM)).astype(np.float32)
+    quantiser = faiss.IndexFlatIP(DIM)
+    quantiser.add(centroids)
+    start = time.perf_counter()
+    quantiser.search(sample, 1)
+    floor = (time.perf_counter() - start) * count / len(sample)
+    say(f"  floor: assigning {count:,} vectors to {lists:,} lists, {floor:.1f} s ({len(sample):,} timed, "
+        f"{faiss.omp_get_max_threads()} threads; load average {os.getloadavg()[0]:.1f})")
+    return floor
 
 
 def measure_lookup(work: Path, rows: int, say) -> None:
@@ -196,14 +246,38 @@ def make_items(work: Path, size: int, say) -> Path:
     return path
 
 
+def measure_size(work: Path, count: int, model: Path, image: Path, args: argparse.Namespace, say) -> None:
+    """Step 4, its floor, recall and the query script at count vectors, in work/<count>."""
+    big, small = work / str(count) / "big", work / "small"
+    start = time.perf_counter()
+    vectors = make_collection(big, count, str(model)) if not args.skip_build else None
+    if vectors is None:
+        vectors = np.concatenate([np.load(p) for p in sorted((big / "visual_embeddings" / "embeddings").glob("*.npy"))])
+    say(f"\n{count:,} vectors (collection made in {time.perf_counter() - start:.0f} s), step 4:")
+    if not args.skip_build:
+        wall, gib, printed = run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={big}"], work)
+        say(f"  create_visual_knn_indices.py: {wall:.0f} s, peak {gib:.2f} GiB; it said: {printed.splitlines()[0]}")
+        floor = measure_floor(big, count, say)
+        if floor:
+            say(f"  step 4 / floor: {wall / floor:.1f}x (load average {os.getloadavg()[0]:.1f})")
+
+    say(f"recall@10 against exact search, {args.queries} queries of each kind, 1 thread:")
+    measure_recall(big, vectors, args.queries, say)
+    del vectors
+
+    say(f"the query script end to end, 1k and {count:,} vectors in {args.script_runs} interleaved pairs "
+        "(after the first use's export):")
+    measure_script(small, big, str(model), args.script_runs, image, say)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--vectors", default="10000,100000,200000,1000000", help="sizes, comma-separated")
     parser.add_argument("--lookup-rows", type=int, default=10_000_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--script-runs", type=int, default=3)
-    parser.add_argument("--skip-build", action="store_true", help="reuse the index a previous run built")
+    parser.add_argument("--script-runs", type=int, default=3, help="interleaved pairs of query script runs")
+    parser.add_argument("--skip-build", action="store_true", help="reuse the indices a previous run built")
     args = parser.parse_args()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -220,36 +294,16 @@ def main() -> None:
         save_random_clip(str(model), full_size=True)
     image = work / "query.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(image)
-    say(f"bench_scale: {args.vectors:,} vectors, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
+    say(f"bench_scale: {args.vectors} vectors, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}")
+    make_collection(work / "small", 1000, str(model), seed=5)
+    run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={work / 'small'}"], work)
+    for count in (int(size) for size in args.vectors.split(",")):
+        measure_size(work, count, model, image, args, say)
 
-    big, small = work / "big", work / "small"
-    start = time.perf_counter()
-    vectors = make_collection(big, args.vectors, str(model)) if not args.skip_build else None
-    if vectors is None:
-        vectors = np.concatenate([np.load(p) for p in sorted((big / "visual_embeddings" / "embeddings").glob("*.npy"))])
-    make_collection(small, 1000, str(model), seed=5)
-    say(f"collections made in {time.perf_counter() - start:.0f} s")
-
-    say(f"\nstep 4 at {args.vectors:,} vectors:")
-    if not args.skip_build:
-        wall, gib, _ = run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={big}"], work)
-        say(f"  create_visual_knn_indices.py: {wall:.0f} s, peak {gib:.2f} GiB")
-    run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={small}"], work)
-
-    say(f"\nrecall@10 against exact search, {args.queries} queries of each kind, 1 thread:")
-    measure_recall(big, vectors, args.queries, say)
-    del vectors
-
-    say(f"\nthe query script end to end ({args.script_runs} runs each, after the first use's export):")
-    times = {name: measure_script(out, str(model), args.script_runs, image) for name, out in (("1k", small),
-                                                                                           ("big", big))}
-    for name, runs in times.items():
-        say(f"  {name:>3}: median {statistics.median(runs):.2f} s ({', '.join(f'{t:.2f}' for t in runs)})")
-    say(f"  difference: {statistics.median(times['big']) - statistics.median(times['1k']):+.2f} s")
-
-    say("\nlooking up 20 hits in the item table:")
-    measure_lookup(work, args.lookup_rows, say)
+    if args.lookup_rows:
+        say("\nlooking up 20 hits in the item table:")
+        measure_lookup(work, args.lookup_rows, say)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def main() -> None:
     print(f"## bench_serve.py, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}\n")
     print(f"`{' '.join(sys.argv)}`: {args.rows:,} vectors (IVF-PQ64, nprobe {NPROBE}, re-ranked), full-size ViT-B/32, "
-          f"QUERY_THREADS=1; server start {startup:.1f} s\n")
+          f"QUERY_THREADS=1; server start {startup:.1f} s; load average {os.getloadavg()[0]:.1f}\n")
     print("| what | p50 / p99 ms | encode / search / lookup / whole request in the app ms (p50, server side) |\n"
           "|---|---|---|")
     print(f"| bare text encoder, same prompt, in process | {percentiles(bare)} | |")

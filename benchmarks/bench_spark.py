@@ -79,7 +79,8 @@ def main() -> None:
             if distributor == "local":
                 local4 = seconds
         same = same_files((work / "index-local").resolve(), (work / "index-pyspark").resolve())
-        print(f"step 4: Spark {seconds - local4:+.1f} s; same files (infos.json aside): {same}")
+        print(f"step 4: Spark {seconds - local4:+.1f} s; same files (infos.json aside): {same}; "
+              f"load average {os.getloadavg()[0]:.1f}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -80,6 +80,7 @@ ALLOWED: dict[str, Allowed] = {
     "MAX_INDEX_MEMORY": _MEMORY,
     "CURRENT_MEMORY_AVAILABLE": _MEMORY,
     "MAX_INDEX_QUERY_TIME_MS": more_than(0),
+    "INDEX_RECALL": Allowed(lambda v: _number(v) and 0 < v <= 1, "more than 0 and at most 1"),
     "INPUT_IMG_SHA256": _SHA256,
     "NUM_RESULTS": at_least(1),
     "DEDUPE_THRESHOLD": Allowed(lambda v: _number(v) and 0 < v <= 1, "more than 0 and at most 1"),

@@ -6,7 +6,7 @@ Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: s
   items.arrow   row i describes vector i: id, image path, prompt, link and metadata (see items.py)
   vectors.npy   float16 N x D, row i the stored vector i: to re-rank candidates and fold near-duplicates
   source.json   the model the vectors came from, their dimension and count, whether the index's codes are
-                lossy (then queries re-rank candidates against vectors.npy), and the embeddings' manifest
+                lossy (then queries re-rank that many candidates against vectors.npy), and the embeddings' manifest
 
 Alignment holds by construction: ids and vectors are read from the embeddings files in the order
 autofaiss's own reader lists them (embedding_reader.get_file_list), and the counts must agree. A
@@ -15,7 +15,6 @@ of the vector (exact under ties, and tolerant of lossy codes such as PQ).
 """
 
 import json
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -25,11 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+import config
 from prompt_search import storage
 from prompt_search.cli import UserError
 from prompt_search.embed import MANIFEST, save_batch
 from prompt_search.files import model_fingerprint
 from prompt_search.images import IMAGES_FILE
+from prompt_search.index_choice import RERANK_CANDIDATES, IndexChoice, choose_index, tune_search
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
 from prompt_search.sets import beside_set, local_copy, local_published_file, output_set, published_set
@@ -45,8 +46,6 @@ ALIGNMENT_SAMPLE = 1000  # stored positions checked against the source files aft
 LOSSY_MISSES = 0.02  # share of sampled positions a lossy code (PQ...) may reconstruct nearer another source vector
 PARTS_FOLDER = "parts"  # autofaiss's distributed parts, in the set (at a URL: beside it), then removed
 NEAR_DUPLICATE = 0.99  # source vectors this similar are the same picture to the alignment check
-PQ_SIZES = (256, 128, 64, 48, 32, 24, 16, 8, 4)  # bytes per vector a compressed index may take (autofaiss's list)
-ID_BYTES = 8  # an inverted list stores each vector's position beside its code
 
 
 @dataclass
@@ -79,12 +78,13 @@ def source_files(folder: str) -> list[SourceFile]:
 
 def build_index(embeddings: str, index_set: str, max_memory: str, memory_available: str, max_query_ms: float,
                 metadata_file: str = "", distributor: str = "local", spark_master: str = "",
-                index_key: str = "") -> dict:
+                index_key: str = "", recall_target: float = config.INDEX_RECALL) -> dict:
     """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned.
 
     Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one.
     distributor "pyspark": autofaiss adds the vectors in Spark tasks, in parts it merges (spark.py's session).
-    index_key: a faiss index_factory string, or "" for compressed_index_key's choice.
+    index_key: a faiss index_factory string (autofaiss tunes its search time), or "" for choose_index's
+    choice, whose nprobe is then tuned to recall_target (recall@10, tune_search).
     """
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
@@ -100,7 +100,10 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
     if index_key:
         _check_index_key(index_key, dimension)
-    index_key = index_key or compressed_index_key(total, dimension, max_memory)
+    chosen = None if index_key else choose_index(total, dimension, max_memory, max_query_ms)
+    index_key = index_key or chosen.key
+    # our own choice's nprobe is tuned to recall below: autofaiss's tuning to search time is skipped
+    index_param = "nprobe=1" if chosen and chosen.key else None
     with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
         # Spark tasks read the embeddings and write their parts where every machine reaches them: the embeddings set
         # itself, and the set being written; at a URL that one is a local build, so the parts go beside the set
@@ -117,6 +120,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
                 should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
                 verbose=40,
                 **({"index_key": index_key} if index_key else {}),
+                **({"index_param": index_param} if index_param else {}),
                 **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
             )
         finally:  # beside the set at a URL: a failed build must not leave them there
@@ -127,39 +131,35 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         write_items(os.path.join(out, ITEMS_FILE), ids,
                     [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
+        if index_param:
+            infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, recall_target, chosen))
+            _write_index(index, os.path.join(out, INDEX_FILE))
+            with open(os.path.join(out, INFOS_FILE), "w") as f:
+                json.dump(infos, f)
         source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "lossy": lossy,
-                  "embeddings": manifest}
+                  "candidates": infos.get("candidates", RERANK_CANDIDATES), "embeddings": manifest}
         with open(os.path.join(out, SOURCE_FILE), "w") as f:
             json.dump(source, f, indent=1)
         infos["size on disk"] = os.path.getsize(os.path.join(out, INDEX_FILE))
     return infos
 
 
-def compressed_index_key(count: int, dimension: int, max_memory: str) -> str:
-    """The index to build where autofaiss would compress the vectors; "" lets autofaiss choose.
+def _tuned(index, vectors_file: str, lossy: bool, recall_target: float, chosen: IndexChoice) -> dict:
+    """infos.json's account of the search: why this index, and nprobe and candidates tuned to recall_target."""
+    if chosen.exact:
+        return {"index_param": "nprobe=1", "candidates": RERANK_CANDIDATES, "recall@10": 1.0, "search": chosen.why}
+    tuned = tune_search(index, np.load(vectors_file, mmap_mode="r"), lossy, recall_target)
+    return {"index_param": f"nprobe={tuned.nprobe}", "candidates": tuned.candidates,
+            "recall@10": round(tuned.recall, 4),
+            "search": f"{chosen.why}; tuned to recall@10 {recall_target} on noisy and shifted copies of stored vectors"}
 
-    Queries re-rank a compressed index's candidates against the stored vectors, so its codes need only
-    find them: what matters is that each vector sits in the inverted list of its nearest centroid.
-    autofaiss's choice from 1M vectors on (OPQ256_768,IVF16384_HNSW32,PQ256x8 at 1M, 512-d) finds the
-    lists with an HNSW graph, which put a fifth of the vectors in another list than their nearest
-    (efSearch 16 while adding) and capped recall@10 near 0.93 whatever nprobe, and its 16,384 lists
-    took 16 minutes to train on 2 cores. Here: exact (flat) assignment to 4 sqrt(n) lists, rounded to
-    a power of two (autofaiss's own rule below 1M), and at most dimension/8 bytes a vector, within the
-    budget. OPQ without reduction (OPQ{m}_{d}) is the form autofaiss builds and tunes with a flat
-    quantiser under inner product. Measured in benchmarks/RESULTS.md (issue 17).
-    """
-    from autofaiss.external.optimize import get_optimal_index_keys_v2
-    from autofaiss.utils.cast import cast_memory_to_bytes
 
-    chosen = get_optimal_index_keys_v2(count, dimension, max_memory, should_be_memory_mappable=True)
-    if not chosen or not chosen[0].startswith("OPQ"):
-        return ""
-    budget = cast_memory_to_bytes(max_memory)
-    fitting = [m for m in PQ_SIZES if m <= dimension // 8 and dimension % m == 0 and (m + ID_BYTES) * count <= budget]
-    if not fitting:
-        return ""  # nothing smaller fits either: autofaiss says so
-    lists = 2 ** round(math.log2(4 * math.sqrt(count)))
-    return f"OPQ{fitting[0]}_{dimension},IVF{lists},PQ{fitting[0]}x8"
+def _write_index(index, path: str) -> None:
+    """The index as tuned, without the direct map the alignment check may have added (queries do not use it)."""
+    import faiss
+
+    faiss.extract_index_ivf(index).make_direct_map(False)
+    faiss.write_index(index, path)
 
 
 def _check_index_key(index_key: str, dimension: int) -> None:
@@ -257,11 +257,14 @@ def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], 
 
 
 def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float,
-                 distributor: str = "local", spark_master: str = "", index_key: str = "") -> None:
+                 distributor: str = "local", spark_master: str = "", index_key: str = "",
+                 recall_target: float = config.INDEX_RECALL) -> None:
     """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
     index_set = os.path.join(out_dir, "knn_indices", name)
     infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), index_set, max_memory, memory_available,
-                        max_query_ms, os.path.join(out_dir, METADATA_FILE), distributor, spark_master, index_key)
-    print(f"{index_set}: {infos['index_key']} index of {infos['nb vectors']} vectors of dimension "
-          f"{infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
+                        max_query_ms, os.path.join(out_dir, METADATA_FILE), distributor, spark_master, index_key,
+                        recall_target)
+    recall = f", recall@10 {infos['recall@10']}" if "recall@10" in infos else ""
+    print(f"{index_set}: {infos['index_key']} index ({infos['index_param']}{recall}) of {infos['nb vectors']} "
+          f"vectors of dimension {infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
           f"(memory budget {max_memory})")

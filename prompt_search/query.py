@@ -14,6 +14,7 @@ from prompt_search.cli import UserError
 from prompt_search.files import model_fingerprint
 from prompt_search.images import UNREADABLE, not_a_file, open_rgb, to_pixels
 from prompt_search.index import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
+from prompt_search.index_choice import RERANK_CANDIDATES
 from prompt_search.items import ItemTable
 from prompt_search.onnx_clip import (
     TEXTUAL_FILE,
@@ -28,9 +29,6 @@ from prompt_search.sets import local_set
 from prompt_search.tokenizer import tokenize
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
-# Candidates a lossy index gives for re-ranking: more than a dense region's near-equals, which PQ cannot order
-# (recall@10 at 4M vectors: 0.955 with 100, 0.999 with 200, 1.0 with 400; benchmarks/RESULTS.md, issue 17).
-RERANK_CANDIDATES = 400
 SIDES = {"images": "visual", "prompts": "textual"}  # what a query or request names -> its index set's folder
 
 
@@ -99,6 +97,7 @@ class SearchIndex:
     vectors: np.ndarray  # float16: row i is the index's vector i
     model: str  # fingerprint of the model whose vectors it holds
     rerank: bool  # the index's codes are lossy: its candidates are re-ranked against the stored vectors
+    candidates: int = RERANK_CANDIDATES  # how many, as step 4 tuned them to its recall target
 
 
 def open_index(index_set: str) -> SearchIndex | None:
@@ -114,7 +113,8 @@ def open_index(index_set: str) -> SearchIndex | None:
     if not len(items) == len(vectors) == index.ntotal:
         raise UserError(f"{index_set} has {len(items)} items and {len(vectors)} vectors for {index.ntotal} indexed: "
                         "rebuild the index")
-    return SearchIndex(index_set, index, items, vectors, source["model"], source.get("lossy", False))
+    return SearchIndex(index_set, index, items, vectors, source["model"], source.get("lossy", False),
+                       source.get("candidates", RERANK_CANDIDATES))
 
 
 def _scattered_rows(path: str) -> np.ndarray:
@@ -166,12 +166,12 @@ def find_hits(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshol
 
     Near-identical images (the black pictures of Stable Diffusion's safety filter, re-uploads) would
     otherwise fill a top-k, and a filter drops candidates: more are searched until k distinct kept ones
-    are found, or MAX_CANDIDATES. A lossy index's candidates (at least RERANK_CANDIDATES) are re-ranked
+    are found, or MAX_CANDIDATES. A lossy index's candidates (at least searched.candidates) are re-ranked
     by their stored vectors.
     """
     wanted = k if dedupe_threshold >= 1 and keep is None else 4 * k
     while True:
-        searched_k = min(max(wanted, RERANK_CANDIDATES) if searched.rerank else wanted, searched.index.ntotal)
+        searched_k = min(max(wanted, searched.candidates) if searched.rerank else wanted, searched.index.ntotal)
         scores, labels = searched.index.search(vector[None].astype(np.float32), searched_k)
         scores, labels = scores[0], labels[0]
         if searched.rerank:
