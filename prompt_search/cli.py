@@ -197,6 +197,11 @@ def _stop_resource_tracker() -> None:
     Pools are shut down (their workers joined) where they are used, but the tracker they start lives on until it
     sees the script's end, and would end after the script: stopped here, once every pool is done.
     """
-    from multiprocessing import resource_tracker
+    from multiprocessing import resource_tracker, synchronize, util
 
+    # A stopping tracker unlinks the semaphores still registered with it (a spawn pool's locks the script still
+    # holds); their own finalizers would then fail at exit, a traceback each. Run those finalizers first, as exit does.
+    for finalizer in list(util._finalizer_registry.values()):
+        if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+            finalizer()
     resource_tracker._resource_tracker._stop()

@@ -801,6 +801,16 @@ def test_no_process_outlives_the_script(tmp_path, outcome):
         assert "ZeroDivisionError" in stderr
 
 
+def test_stopping_the_resource_tracker_leaves_no_traceback_at_exit():
+    """cli.run stops multiprocessing's resource tracker when the script ends; spawn semaphores the script still holds
+    (a pool's locks) are released first, or their finalizers fail at exit with a traceback each."""
+    code = ("import multiprocessing\nfrom prompt_search.cli import run\nheld = []\n"
+            "run(lambda argv: held.append(multiprocessing.get_context('spawn').Lock()))")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 # pyarrow (19 to 23 at least: apache/arrow#33975, #50482) may abort a script at its exit, "terminate called
 # without an active exception", after it read a Parquet file through a Python file object, as
 # pandas.read_parquet(path) does: its threads finish with the file after the read returned and take the
