@@ -51,6 +51,15 @@ def tiny_open_clip(tmp_path_factory) -> str:
     return write_open_clip(tmp_path_factory.mktemp("open_clip"), "tiny-open-clip", TINY_OPEN_CLIP)
 
 
+def readable_by_everyone(path: Path) -> Path:
+    """path, with every folder from it up to / readable and searchable by other users where it was not (pytest's
+    folders, and a clone in a folder mktemp made, are root's alone): for steps run as an unprivileged user."""
+    for folder in (path, *path.parents):
+        if not folder.stat().st_mode & 0o005:
+            folder.chmod(folder.stat().st_mode | 0o005)
+    return path
+
+
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a top-level script as a user would, from cwd, with --NAME=value overrides."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}

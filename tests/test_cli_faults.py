@@ -14,7 +14,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import children_of, is_running, make_image, run_script, serve, write_open_prompts_csv
+from conftest import (
+    children_of,
+    is_running,
+    make_image,
+    readable_by_everyone,
+    run_script,
+    serve,
+    write_open_prompts_csv,
+)
 
 from prompt_search.cli import UserError, load_config
 from prompt_search.clip_models import load
@@ -181,8 +189,9 @@ def test_out_dir_of_another_user_is_one_line(built, tmp_path):
     shutil.copy(built.root / "p.csv", shared / "p.csv")
     (shared / "outputs").mkdir(mode=0o755)
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "HOME": str(shared)}
+    script = readable_by_everyone(REPO) / STEPS["1"][0]
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                             str(REPO / STEPS["1"][0]), "--CSV_FILE=p.csv", "--OUT_DIR=outputs"], cwd=shared, env=env,
+                             str(script), "--CSV_FILE=p.csv", "--OUT_DIR=outputs"], cwd=shared, env=env,
                             capture_output=True, text=True, timeout=300)
     assert_one_line(result, "outputs/.metadata-claim", "Permission denied")  # the claim: the first thing it writes
     assert list((shared / "outputs").iterdir()) == []
@@ -192,10 +201,7 @@ def tempfile_folder(tmp_path: Path) -> str:
     """A folder every user may read (pytest's own is root's alone), removed with tmp_path's."""
     folder = tmp_path / "shared"
     folder.mkdir()
-    for path in (folder, *folder.parents):
-        if not path.stat().st_mode & 0o005:
-            path.chmod(path.stat().st_mode | 0o005)
-    return str(folder)
+    return str(readable_by_everyone(folder))
 
 
 def test_out_dir_naming_a_file_is_one_line(tmp_path):

@@ -21,7 +21,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 import requests
-from conftest import REPO, make_image, run_script, serve, write_open_prompts_csv
+from conftest import REPO, make_image, readable_by_everyone, run_script, serve, write_open_prompts_csv
 from PIL import Image
 from test_server import running_server
 
@@ -167,7 +167,7 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_its_id_leads_back_to_it(tmp
 
 def run_as_unprivileged(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """A script run by a user who cannot read a chmod-000 folder: root can, so as root it runs as nobody."""
-    command = [sys.executable, str(REPO / script), *args]
+    command = [sys.executable, str(readable_by_everyone(REPO) / script), *args]
     if os.geteuid() == 0:
         command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(cwd), "NO_ALBUMENTATIONS_UPDATE": "1"}
