@@ -454,7 +454,7 @@ def test_a_step_that_published_says_so_and_ends_well_when_an_old_set_cannot_be_r
     create_index(memory_url, "visual", "1G", "2G", 10.0)  # publishes .visual.3; .visual.1 should go
     assert current_set(f"{memory_url}/knn_indices/visual") == f"{memory_url}/knn_indices/.visual.3"
     printed = capsys.readouterr()
-    assert "index of 35 vectors" in printed.out
+    assert "of 35 vectors of dimension 16" in printed.out  # step 4 says what it published
     assert (f"warning: {memory_url}/knn_indices/visual: published {memory_url}/knn_indices/.visual.3, but an older "
             f"set is left behind, removed by the next publish: {memory_url}/knn_indices/.visual.1/PUBLISHED: access "
             "denied") in printed.err
