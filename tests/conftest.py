@@ -60,6 +60,24 @@ def readable_by_everyone(path: Path) -> Path:
     return path
 
 
+def killed_after_batches(monkeypatch, count: int) -> tuple[list, object]:
+    """Make step 3's batch writer (embed.save_batch) raise KeyboardInterrupt, as a kill would, once count batches
+    are saved; returns the list of the batches it saved and the writer as it was, to put back for the run that
+    resumes."""
+    from prompt_search import embed
+
+    saved, original = [], embed.save_batch
+
+    def killed(*args, **kwargs):
+        if len(saved) == count:
+            raise KeyboardInterrupt
+        saved.append(args[1])
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(embed, "save_batch", killed)
+    return saved, original
+
+
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a top-level script as a user would, from cwd, with --NAME=value overrides."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, make_image, run_script, write_open_prompts_csv
+from conftest import REPO, killed_after_batches, make_image, run_script, write_open_prompts_csv
 
 from prompt_search.cli import UserError
 from prompt_search.sets import current_set, output_set
@@ -108,15 +108,7 @@ def test_a_resumed_folder_holding_batches_of_other_inputs_is_not_published(tmp_p
     from prompt_search.textual import embed_prompts
 
     write_metadata(tmp_path / "metadata.parquet", variants(random.Random(3), 12))
-    saved, original = [], embed.save_batch
-
-    def killed_after_two(*args, **kwargs):
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-        saved.append(args[1])
-        original(*args, **kwargs)
-
-    monkeypatch.setattr(embed, "save_batch", killed_after_two)
+    _, original = killed_after_batches(monkeypatch, 2)
     folder = tmp_path / "out" / "textual_embeddings"
     with pytest.raises(KeyboardInterrupt):
         embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), tiny_clip, "", "cpu", 2)

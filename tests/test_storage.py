@@ -19,7 +19,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from conftest import REPO, write_open_prompts_csv
+from conftest import REPO, killed_after_batches, write_open_prompts_csv
 from fsspec import AbstractFileSystem
 from test_index import fake_embeddings
 
@@ -179,15 +179,7 @@ def test_a_killed_embedding_run_at_a_url_resumes_from_its_complete_batches(tmp_p
     from prompt_search import embed
 
     write_metadata(tmp_path / "metadata.parquet", variants(random.Random(9), 30))
-    saved, original = [], embed.save_batch
-
-    def killed_after_two(*args, **kwargs):
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-        saved.append(args[1])
-        original(*args, **kwargs)
-
-    monkeypatch.setattr(embed, "save_batch", killed_after_two)
+    saved, original = killed_after_batches(monkeypatch, 2)
     folder = f"{memory_url}/textual_embeddings"
     with pytest.raises(KeyboardInterrupt):
         embed_prompts(str(tmp_path / "metadata.parquet"), folder, tiny_clip, "", "cpu", 4)
