@@ -129,6 +129,13 @@ def serve(folder: Path):
         server.server_close()
 
 
+def index_prompts(work: Path, csv_file: str, *common: str) -> None:
+    """Steps 1, 3' and 4' as a user runs them from work: the prompts index of csv_file, with the settings common."""
+    run_script("extract_img_links_from_csv.py", f"--CSV_FILE={csv_file}", *common, cwd=work)
+    run_script("extract_textual_clip_embeddings.py", *common, cwd=work)
+    run_script("create_textual_knn_indices.py", *common, cwd=work)
+
+
 def write_open_prompts_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     """An open-prompts CSV (prompt, raw_data) whose rows point at the given (prompt, url)s, as Discord rows do."""
     import csv

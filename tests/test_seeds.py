@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_image, run_script
+from conftest import index_prompts, make_image, run_script
 from generations import a1111_text, png
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -94,9 +94,7 @@ def indexed(tmp_path_factory, tiny_clip) -> tuple[Path, list[str], str]:
     work = tmp_path_factory.mktemp("seeds")
     write_csv(work / "prompts.csv", SEEDS)
     common = ["--OUT_DIR=out", f"--MODEL={tiny_clip}", "--BATCH_SIZE=4"]
-    run_script("extract_img_links_from_csv.py", "--CSV_FILE=prompts.csv", *common, cwd=work)
-    run_script("extract_textual_clip_embeddings.py", *common, cwd=work)
-    run_script("create_textual_knn_indices.py", *common, cwd=work)
+    index_prompts(work, "prompts.csv", *common)
     make_image(work / "query.png", (224, 224))
     query = run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=query.png", f"--INPUT_PROMPT={TOP}",
                        "--COMPARE_WITH_TORCH=False", f"--NUM_RESULTS={len(SEEDS)}", cwd=work)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, make_image, run_script, serve, write_open_prompts_csv
+from conftest import REPO, index_prompts, make_image, run_script, serve, write_open_prompts_csv
 from PIL import Image
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -305,9 +305,7 @@ def test_server_with_an_open_clip_model(tmp_path, tiny_open_clip):
     rows = [(prompt, f"http://127.0.0.1:9/{i}.png") for i, prompt in enumerate(PROMPTS)]  # never fetched
     write_open_prompts_csv(tmp_path / "prompts.csv", rows)
     common = ["--OUT_DIR=out", f"--MODEL={tiny_open_clip}", "--BATCH_SIZE=4"]
-    run_script("extract_img_links_from_csv.py", "--CSV_FILE=prompts.csv", *common, cwd=tmp_path)
-    run_script("extract_textual_clip_embeddings.py", *common, cwd=tmp_path)
-    run_script("create_textual_knn_indices.py", *common, cwd=tmp_path)
+    index_prompts(tmp_path, "prompts.csv", *common)
     make_image(tmp_path / "query.png", (256, 256))
     run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=query.png", "--COMPARE_WITH_TORCH=False",
                cwd=tmp_path)  # exports the ONNX models, with the model's text and pixel specs
