@@ -7,7 +7,7 @@ with its vectors is refused and the previous index stays.
 """
 
 from prompt_search.cli import load_config, run
-from prompt_search.index import create_index
+from prompt_search.index.build import create_index
 
 
 def main(argv: list[str]) -> None:

@@ -11,8 +11,8 @@ import os
 
 from prompt_search.children import die_with_spawner
 from prompt_search.cli import load_config, run
-from prompt_search.download import download_images, print_summary
-from prompt_search.links import METADATA_FILE
+from prompt_search.sources.download import download_images, print_summary
+from prompt_search.sources.open_prompts import METADATA_FILE
 
 if __name__ == "__mp_main__":  # in each process img2dataset spawns, which imports this script first
     die_with_spawner()

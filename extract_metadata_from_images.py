@@ -7,7 +7,7 @@ generations). Then run steps 3 to 5 with the same --IMG_DIR; no CSV and no downl
 """
 
 from prompt_search.cli import UserError, load_config, run
-from prompt_search.folder_metadata import extract_folder_metadata, print_summary
+from prompt_search.sources.folder_metadata import extract_folder_metadata, print_summary
 
 
 def main(argv: list[str]) -> None:

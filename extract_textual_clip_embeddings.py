@@ -9,9 +9,9 @@ Needs no downloaded image: the prompt search works even when no link answers.
 import os
 
 from prompt_search.cli import UserError, load_config, run
-from prompt_search.links import METADATA_FILE
-from prompt_search.sets import withdraw_set
-from prompt_search.textual import embed_prompts
+from prompt_search.embedding.textual import embed_prompts
+from prompt_search.output_sets import withdraw_set
+from prompt_search.sources.open_prompts import METADATA_FILE
 
 
 def main(argv: list[str]) -> None:

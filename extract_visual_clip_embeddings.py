@@ -10,7 +10,7 @@ the new or changed contents and takes the other vectors from the set already pub
 import os
 
 from prompt_search.cli import load_config, run
-from prompt_search.visual import embed_images, print_summary
+from prompt_search.embedding.visual import embed_images, print_summary
 
 
 def main(argv: list[str]) -> None:

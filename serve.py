@@ -11,13 +11,13 @@ import socket
 
 import uvicorn
 
-from prompt_search.access import check_exposure
-from prompt_search.answers import ServerSettings
 from prompt_search.cli import load_config, run
-from prompt_search.onnx_clip import is_current
-from prompt_search.query import open_sides
-from prompt_search.server import create_app, listening_socket
-from prompt_search.service import DecodeLimits, Searcher
+from prompt_search.models.onnx_clip import is_current
+from prompt_search.search.access import check_exposure
+from prompt_search.search.answers import ServerSettings
+from prompt_search.search.core import open_sides
+from prompt_search.search.server import create_app, listening_socket
+from prompt_search.search.service import DecodeLimits, Searcher
 from prompt_search.storage import local_dir
 
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     listening_url = f"http://{host}:{sock.getsockname()[1]}"
     onnx_dir = os.path.join(local_dir(cfg.OUT_DIR), "onnx")
     if not is_current(onnx_dir, cfg.MODEL):
-        from prompt_search.onnx_export import export_onnx  # torch, only to export
+        from prompt_search.models.onnx_export import export_onnx  # torch, only to export
 
         export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
     searcher = Searcher(sides, cfg.MODEL, onnx_dir, cfg.QUANTIZE_INT8, cfg.QUERY_THREADS,

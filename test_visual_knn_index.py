@@ -9,10 +9,10 @@ import os
 
 import config
 from prompt_search.cli import load_config, run
-from prompt_search.files import ensure_data_file
-from prompt_search.gallery import write_gallery
-from prompt_search.onnx_clip import is_current
-from prompt_search.query import compare_with_torch, encode_queries, open_sides, print_results, read_image, search
+from prompt_search.data_files import ensure_data_file
+from prompt_search.models.onnx_clip import is_current
+from prompt_search.search.core import compare_with_torch, encode_queries, open_sides, print_results, read_image, search
+from prompt_search.search.gallery import write_gallery
 from prompt_search.storage import local_dir
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     sides = open_sides(cfg.OUT_DIR, cfg.MODEL)
     onnx_dir = os.path.join(local_dir(cfg.OUT_DIR), "onnx")
     if not is_current(onnx_dir, cfg.MODEL):
-        from prompt_search.onnx_export import export_onnx  # torch, only to export
+        from prompt_search.models.onnx_export import export_onnx  # torch, only to export
 
         export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
     queries = encode_queries(onnx_dir, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH, cfg.QUANTIZE_INT8,

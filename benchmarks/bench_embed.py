@@ -8,7 +8,7 @@ A full-size ViT-B/32 with random weights (save_random_clip; speed does not depen
 mixed aspect ratios, .json sidecars with an id for 3 images in 4), in a temporary folder.
   reference: krea-ai/prompt-search's extract_visual_clip_embeddings.py on the CPU: a plain DataLoader over
              glob(*.jpg), clip's preprocess, model.encode_image in fp32 under no_grad, np.save per batch.
-  ours:      prompt_search.visual.embed_images (list_images with sidecars, DataLoader, atomic batch files).
+  ours:      prompt_search.embedding.visual.embed_images (list_images with sidecars, DataLoader, atomic batch files).
 Both run in this process with the same model already loaded (clip.load's time is printed once, not counted),
 with torch's default thread count, alternately (reference, ours, per worker count, order flipped each round);
 the table shows medians, and the median of the paired runs' ratios (the machine's load drifts between pairs).
@@ -36,10 +36,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-import prompt_search.model  # noqa: E402
-import prompt_search.visual as visual  # noqa: E402
-from prompt_search.images import crop_rgb, list_images, open_rgb  # noqa: E402
-from prompt_search.model import load_clip, save_random_clip  # noqa: E402
+import prompt_search.models.openai_clip  # noqa: E402
+from prompt_search.embedding import visual  # noqa: E402
+from prompt_search.models.openai_clip import load_clip, save_random_clip  # noqa: E402
+from prompt_search.sources.image_files import crop_rgb, list_images, open_rgb  # noqa: E402
 
 SIZES = [(224, 224), (224, 336), (336, 224), (448, 224), (224, 298), (298, 224), (224, 280)]  # width x height
 
@@ -222,10 +222,10 @@ def main() -> None:
               f"{model.dtype}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
         with torch.inference_mode():  # first-call costs paid here, by neither pipeline
             model.encode_image(torch.zeros(args.batch_size, 3, 224, 224))
-        # ours reuses the loaded model, like the reference: clip_models.load reads prompt_search.model.load_clip
-        # when called (patching visual's name did nothing once step 3 loaded through clip_models, so each run of
-        # ours paid clip.load's 1.2 s: ratios of 0.85-0.92 before this line)
-        prompt_search.model.load_clip = lambda *_: (model, preprocess)
+        # ours reuses the loaded model, like the reference: models.clip.load reads
+        # prompt_search.models.openai_clip.load_clip when called (patching visual's name did nothing once step 3
+        # loaded through models.clip, so each run of ours paid clip.load's 1.2 s: ratios of 0.85-0.92 before this line)
+        prompt_search.models.openai_clip.load_clip = lambda *_: (model, preprocess)
 
         out, shard = str(work / "runs" / "out"), str(img_dir / "00000")
         pipelines = {

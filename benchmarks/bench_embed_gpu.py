@@ -38,11 +38,11 @@ from bench_embed import SIZES, ReferenceDataset, fake_image  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import prompt_search.embed as embed  # noqa: E402
-import prompt_search.visual as visual  # noqa: E402
-from prompt_search.gpu_input import Counts  # noqa: E402
-from prompt_search.images import CLIP_PIXELS  # noqa: E402
-from prompt_search.model import load_clip, save_random_clip  # noqa: E402
+from prompt_search.embedding import set_writer as embed  # noqa: E402
+from prompt_search.embedding import visual  # noqa: E402
+from prompt_search.embedding.gpu_input import Counts  # noqa: E402
+from prompt_search.models.openai_clip import load_clip, save_random_clip  # noqa: E402
+from prompt_search.sources.image_files import CLIP_PIXELS  # noqa: E402
 
 SHARD = 10_000  # img2dataset's default number of images per folder
 REFERENCE = {"num_workers": 14, "prefetch_factor": 14}  # the reference's settings, with its batch size 128

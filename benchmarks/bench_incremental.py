@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from bench_embed import fake_image  # noqa: E402
 
-from prompt_search.folder_metadata import extract_folder_metadata  # noqa: E402
-from prompt_search.images import list_images  # noqa: E402
-from prompt_search.model import save_random_clip  # noqa: E402
-from prompt_search.reuse import content_hash  # noqa: E402
-from prompt_search.visual import embed_images  # noqa: E402
+from prompt_search.embedding.reuse import content_hash  # noqa: E402
+from prompt_search.embedding.visual import embed_images  # noqa: E402
+from prompt_search.models.openai_clip import save_random_clip  # noqa: E402
+from prompt_search.sources.folder_metadata import extract_folder_metadata  # noqa: E402
+from prompt_search.sources.image_files import list_images  # noqa: E402
 
 
 def make_jpegs(folder: Path, first: int, count: int, size: int) -> None:

@@ -26,13 +26,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prompt_search import url_keys  # noqa: E402
+from prompt_search.sources import url_keys  # noqa: E402
 
 CHILD = """
 import json, os, resource, sys, time
-from prompt_search.csv_pieces import worker_count
-from prompt_search import url_keys
-from prompt_search.links import extract_links
+from prompt_search.sources.csv_pieces import worker_count
+from prompt_search.sources import url_keys
+from prompt_search.sources.open_prompts import extract_links
 url_keys.MEMORY_KEYS = int(sys.argv[4])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start, cpu_start = time.perf_counter(), time.process_time()
@@ -51,7 +51,7 @@ print(json.dumps({"rows": summary.rows, "kept": summary.kept, "seconds": seconds
 def source_csv(work: Path) -> str:
     """The real 1k.csv from $PROMPT_SEARCH_DATA, copied into work and checked against its sha256."""
     import config
-    from prompt_search.files import data_file_from_env
+    from prompt_search.data_files import data_file_from_env
 
     return data_file_from_env("1k.csv", config.CSV_SHA256, str(work))
 

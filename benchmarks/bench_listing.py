@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prompt_search.links import PARQUET_OPTIONS, ROW_GROUP_ROWS, SCHEMA  # noqa: E402
+from prompt_search.sources.open_prompts import PARQUET_OPTIONS, ROW_GROUP_ROWS, SCHEMA  # noqa: E402
 
 WORDS = ("a an the of in on with by at from portrait landscape city forest castle dragon robot cat dog girl man "
          "woman knight wizard ship ocean mountain river sunset sunrise night storm rain snow fog light shadow fire "
@@ -53,7 +53,7 @@ CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import bench_listing
-from prompt_search import embed, listing
+from prompt_search.embedding import listing, set_writer as embed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 which, metadata, out = sys.argv[2:5]
 start = time.perf_counter()

@@ -20,7 +20,7 @@ from PIL import Image
 
 if not any(Path(p, "prompt_search").is_dir() for p in sys.path if p):  # PYTHONPATH names the checkout measured
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prompt_search.folder_metadata import read_texts  # noqa: E402
+from prompt_search.sources.folder_metadata import read_texts  # noqa: E402
 
 
 def bytes_read() -> int:

@@ -39,11 +39,9 @@ from PIL import Image, ImageOps  # noqa: E402
 
 import config  # noqa: E402
 from prompt_search.cli import UserError  # noqa: E402
-from prompt_search.files import data_file_from_env  # noqa: E402
-from prompt_search.images import open_rgb, to_pixels  # noqa: E402
-from prompt_search.index import index_vectors  # noqa: E402
-from prompt_search.model import load_clip, save_random_clip  # noqa: E402
-from prompt_search.onnx_clip import (  # noqa: E402
+from prompt_search.data_files import data_file_from_env  # noqa: E402
+from prompt_search.index.build import index_vectors  # noqa: E402
+from prompt_search.models.onnx_clip import (  # noqa: E402
     PROVIDERS,
     TEXTUAL_FILE,
     VISUAL_FILE,
@@ -52,8 +50,10 @@ from prompt_search.onnx_clip import (  # noqa: E402
     int8_model,
     start_session,
 )
-from prompt_search.onnx_export import export_onnx  # noqa: E402
-from prompt_search.tokenizer import tokenize  # noqa: E402
+from prompt_search.models.onnx_export import export_onnx  # noqa: E402
+from prompt_search.models.openai_clip import load_clip, save_random_clip  # noqa: E402
+from prompt_search.models.tokenizer import tokenize  # noqa: E402
+from prompt_search.sources.image_files import open_rgb, to_pixels  # noqa: E402
 
 BASELINE_FILE = "textual77.onnx"  # the reference's ONNX CLIP text model: 77 tokens, always
 TRACED_FILE = "textual_traced.onnx"  # the cut text encoder as torch.onnx.export made it, before text_graph

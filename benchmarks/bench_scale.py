@@ -40,9 +40,9 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prompt_search.embed import MANIFEST  # noqa: E402
-from prompt_search.files import model_fingerprint  # noqa: E402
-from prompt_search.links import METADATA_FILE, PARQUET_OPTIONS, SCHEMA  # noqa: E402
+from prompt_search.data_files import model_fingerprint  # noqa: E402
+from prompt_search.embedding.set_writer import MANIFEST  # noqa: E402
+from prompt_search.sources.open_prompts import METADATA_FILE, PARQUET_OPTIONS, SCHEMA  # noqa: E402
 
 DIM = 512
 BATCH = 128
@@ -117,7 +117,7 @@ def recall_at_10(found: list[list[int]], exact: np.ndarray) -> float:
 def measure_recall(out: Path, vectors: np.ndarray, queries: int, say) -> None:
     import faiss
 
-    from prompt_search.query import find_hits, open_index, search
+    from prompt_search.search.core import find_hits, open_index, search
 
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(1)
@@ -287,7 +287,7 @@ def main() -> None:
 
     from PIL import Image
 
-    from prompt_search.model import save_random_clip
+    from prompt_search.models.openai_clip import save_random_clip
 
     model = work / "vit-b-32-random.pt"
     if not model.exists():

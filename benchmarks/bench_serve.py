@@ -32,9 +32,9 @@ import pyarrow.ipc as ipc  # noqa: E402
 import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from prompt_search.files import model_fingerprint  # noqa: E402
-from prompt_search.onnx_clip import TEXTUAL_FILE, encode_text, start_session  # noqa: E402
-from prompt_search.tokenizer import tokenize  # noqa: E402
+from prompt_search.data_files import model_fingerprint  # noqa: E402
+from prompt_search.models.onnx_clip import TEXTUAL_FILE, encode_text, start_session  # noqa: E402
+from prompt_search.models.tokenizer import tokenize  # noqa: E402
 
 PROMPT = "image of a blue robot with red background"
 DIM = 512
@@ -46,8 +46,8 @@ def build(work: Path, rows: int) -> str:
     checkpoint = work / "vit-b-32-random.pt"
     onnx_dir = work / "out" / "onnx"
     if not (onnx_dir / TEXTUAL_FILE).exists():
-        from prompt_search.model import save_random_clip
-        from prompt_search.onnx_export import export_onnx
+        from prompt_search.models.onnx_export import export_onnx
+        from prompt_search.models.openai_clip import save_random_clip
 
         save_random_clip(str(checkpoint), full_size=True)
         export_onnx(str(checkpoint), str(work), str(onnx_dir))

@@ -26,11 +26,11 @@ import numpy as np  # noqa: E402
 from bench_incremental import timed  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from prompt_search.embed import save_batch  # noqa: E402
-from prompt_search.index import build_index  # noqa: E402
-from prompt_search.model import save_random_clip  # noqa: E402
+from prompt_search.embedding.set_writer import save_batch  # noqa: E402
+from prompt_search.embedding.visual import embed_images  # noqa: E402
+from prompt_search.index.build import build_index  # noqa: E402
+from prompt_search.models.openai_clip import save_random_clip  # noqa: E402
 from prompt_search.spark import local_master, spark_session  # noqa: E402
-from prompt_search.visual import embed_images  # noqa: E402
 
 
 def same_files(a: Path, b: Path, skip: str = "infos.json") -> bool:

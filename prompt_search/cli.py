@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
 
 import config
-from prompt_search.image_metadata import TOOLS
+from prompt_search.sources.image_metadata import TOOLS
 
 
 class UserError(Exception):

@@ -78,7 +78,7 @@ def _download(url: str, tmp: str, path: str) -> None:
 def model_fingerprint(model: str) -> str:
     """What identifies a model's weights: its name, or its checkpoint's path, size and mtime; for an OpenCLIP
     model, open_clip: and the same of its architecture (name or config file) and pretrained tag (or checkpoint)."""
-    from prompt_search.clip_models import OPEN_CLIP, split_open_clip  # lazily: it imports images -> links -> files
+    from prompt_search.models.clip import OPEN_CLIP, split_open_clip  # lazily: it imports images -> links -> files
 
     found = split_open_clip(model)
     if found:

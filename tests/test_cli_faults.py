@@ -25,11 +25,11 @@ from conftest import (
 )
 
 from prompt_search.cli import UserError, load_config
-from prompt_search.clip_models import load
-from prompt_search.index import create_index
-from prompt_search.links import METADATA_FILE, extract_links
-from prompt_search.model import choose_device
-from prompt_search.textual import embed_prompts
+from prompt_search.embedding.textual import embed_prompts
+from prompt_search.index.build import create_index
+from prompt_search.models.clip import load
+from prompt_search.models.openai_clip import choose_device
+from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
 
 REPO = Path(__file__).resolve().parents[1]
 

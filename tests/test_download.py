@@ -4,8 +4,8 @@ import json
 
 from conftest import make_image, serve, write_open_prompts_csv
 
-from prompt_search.download import download_images, in_words, print_summary, read_stats
-from prompt_search.links import METADATA_FILE, extract_links
+from prompt_search.sources.download import download_images, in_words, print_summary, read_stats
+from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
 
 EMPTY = "empty file, 0 bytes (OpenCV("
 NOT_AN_IMAGE = "not an image, a truncated one, or a format OpenCV cannot read (Image decoding error)"

@@ -12,10 +12,10 @@ import pytest
 from conftest import REPO, make_image, run_script
 from PIL import Image
 
-from prompt_search import embed
 from prompt_search.cli import UserError
-from prompt_search.embed import save_batch
-from prompt_search.visual import embed_images
+from prompt_search.embedding import set_writer as embed
+from prompt_search.embedding.set_writer import save_batch
+from prompt_search.embedding.visual import embed_images
 
 MODES = ["RGB", "RGBA", "P", "L", "CMYK", "I;16"]
 
@@ -52,7 +52,7 @@ def test_plain_folder_every_mode_nested_and_bad_files(tmp_path, tiny_clip):
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
-    from prompt_search.images import open_rgb
+    from prompt_search.sources.image_files import open_rgb
 
     path = make_image(tmp_path / "deep.png", (64, 64), "I;16", 3)
     as_8bit = np.asarray(Image.open(path)) // 257

@@ -25,9 +25,9 @@ from conftest import REPO, make_image, readable_by_everyone, run_script, serve, 
 from PIL import Image
 from test_server import running_server
 
-from prompt_search.download import download_images
-from prompt_search.images import MAX_PIXELS, path_as_text, path_from_text
-from prompt_search.links import METADATA_FILE, extract_links
+from prompt_search.sources.download import download_images
+from prompt_search.sources.image_files import MAX_PIXELS, path_as_text, path_from_text
+from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
 
 NOBODY = 65534  # the unprivileged user an unreadable folder is tested as when the tests run as root
 

@@ -16,8 +16,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from prompt_search.gallery import write_gallery
-from prompt_search.query import Hit, Query
+from prompt_search.search.core import Hit, Query
+from prompt_search.search.gallery import write_gallery
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

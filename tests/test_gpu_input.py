@@ -10,11 +10,12 @@ from conftest import make_image
 from PIL import Image
 from test_embeddings import read_folder
 
-from prompt_search import embed, gpu_input
-from prompt_search.embed import save_batch
-from prompt_search.gpu_input import Counts, JpegBytes, crop_on_device, device_batch, prefetched
-from prompt_search.images import CLIP_PIXELS, crop_rgb, open_rgb
-from prompt_search.visual import embed_images, workers
+from prompt_search.embedding import gpu_input
+from prompt_search.embedding import set_writer as embed
+from prompt_search.embedding.gpu_input import Counts, JpegBytes, crop_on_device, device_batch, prefetched
+from prompt_search.embedding.set_writer import save_batch
+from prompt_search.embedding.visual import embed_images, workers
+from prompt_search.sources.image_files import CLIP_PIXELS, crop_rgb, open_rgb
 
 SIZES = [(224, 224), (224, 336), (336, 224), (448, 224), (224, 298), (512, 768), (1000, 700), (150, 90)]
 

@@ -24,11 +24,11 @@ from generations import (
     write_folder,
 )
 
-from prompt_search import folder_metadata
 from prompt_search.cli import UserError, load_config
-from prompt_search.comfyui import MAX_RANKED, parse_comfyui
-from prompt_search.folder_metadata import SCHEMA, extract_folder_metadata, read_texts
-from prompt_search.image_metadata import (
+from prompt_search.sources import folder_metadata
+from prompt_search.sources.comfyui import MAX_RANKED, parse_comfyui
+from prompt_search.sources.folder_metadata import SCHEMA, extract_folder_metadata, read_texts
+from prompt_search.sources.image_metadata import (
     KINDS,
     Malformed,
     decode_user_comment,
@@ -38,7 +38,7 @@ from prompt_search.image_metadata import (
     parse_novelai,
     parse_sd_metadata,
 )
-from prompt_search.links import METADATA_FILE, REJECTS_FILE
+from prompt_search.sources.open_prompts import METADATA_FILE, REJECTS_FILE
 
 
 def test_a1111_is_parsed_by_key_with_quoted_values_and_lines():

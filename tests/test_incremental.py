@@ -7,9 +7,10 @@ import pytest
 from conftest import make_image
 from test_embeddings import read_folder, stop_after_one_batch
 
-from prompt_search import embed, visual
-from prompt_search.embed import save_batch
-from prompt_search.visual import embed_images
+from prompt_search.embedding import set_writer as embed
+from prompt_search.embedding import visual
+from prompt_search.embedding.set_writer import save_batch
+from prompt_search.embedding.visual import embed_images
 
 
 def watch_the_model(monkeypatch) -> list[str]:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import config
-from prompt_search import index as index_module
 from prompt_search.cli import UserError
-from prompt_search.embed import save_batch
-from prompt_search.index import (
+from prompt_search.embedding.set_writer import save_batch
+from prompt_search.index.build import (
     INDEX_FILE,
     INFOS_FILE,
     ITEMS_FILE,
@@ -22,7 +21,8 @@ from prompt_search.index import (
     check_alignment,
     source_files,
 )
-from prompt_search.index_choice import choose_index, exact_top, recall_at_10, tune_search, tuning_queries
+from prompt_search.index.build import build as index_module
+from prompt_search.index.choice import choose_index, exact_top, recall_at_10, tune_search, tuning_queries
 from prompt_search.items import ItemTable
 
 SET_FILES = (INDEX_FILE, INFOS_FILE, ITEMS_FILE, VECTORS_FILE, SOURCE_FILE)
@@ -160,7 +160,7 @@ def test_empty_or_incomplete_folder_is_a_clear_error(tmp_path):
 
 def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path):
     """12k clustered vectors, a memory budget that forces a compressed index (IVF-PQ, flat quantiser), as from 1M on."""
-    from prompt_search.query import open_index, search
+    from prompt_search.search.core import open_index, search
 
     rng = np.random.default_rng(6)
     centers = rng.normal(size=(300, 32))
@@ -237,7 +237,7 @@ def test_nprobe_is_the_smallest_that_reaches_the_recall_target():
 
 
 def recall_of_our_search(index_set, vectors, kinds):
-    from prompt_search.query import open_index, search
+    from prompt_search.search.core import open_index, search
 
     searched = open_index(str(index_set))
     recalls = {}

@@ -19,10 +19,11 @@ import pytest
 from conftest import children_of, is_running, serve, write_open_prompts_csv
 
 import config
-from prompt_search import csv_pieces, links, url_keys
 from prompt_search.cli import UserError
-from prompt_search.files import is_http_url
-from prompt_search.links import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
+from prompt_search.data_files import is_http_url
+from prompt_search.sources import csv_pieces, url_keys
+from prompt_search.sources import open_prompts as links
+from prompt_search.sources.open_prompts import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "extract_img_links_from_csv.py"
@@ -735,7 +736,7 @@ def test_garbage_collector_left_as_it_was(tmp_path, monkeypatch, enabled):
 # 4 * CHUNK_BYTES is parsed in the script's own process).
 SMALL_PIECES = """
 import runpy, sys
-from prompt_search import csv_pieces
+from prompt_search.sources import csv_pieces
 csv_pieces.CHUNK_BYTES = 50_000
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -771,7 +772,7 @@ def test_killed_script_leaves_no_worker_or_helper_process(tmp_path):
 SUBREAPER = """
 import ctypes, os, subprocess, sys
 ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-setup = "from prompt_search import csv_pieces, links; csv_pieces.CHUNK_BYTES = 50_000"
+setup = "from prompt_search.sources import csv_pieces, open_prompts as links; csv_pieces.CHUNK_BYTES = 50_000"
 if sys.argv[1] == "fail":
     setup += "; links.pq.ParquetWriter.write_table = lambda *args, **kwargs: 1 / 0"
 run = "\\nimport runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"

@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_script
 
-from prompt_search import embed, listing
-from prompt_search.embed import items_digest, save_batch
-from prompt_search.links import METADATA_FILE, PARQUET_OPTIONS, SCHEMA
-from prompt_search.listing import Listing, prompt_keys, write_listing
-from prompt_search.textual import embed_prompts, listing_file
+from prompt_search.embedding import listing
+from prompt_search.embedding import set_writer as embed
+from prompt_search.embedding.listing import Listing, prompt_keys, write_listing
+from prompt_search.embedding.set_writer import items_digest, save_batch
+from prompt_search.embedding.textual import embed_prompts, listing_file
+from prompt_search.sources.open_prompts import METADATA_FILE, PARQUET_OPTIONS, SCHEMA
 
 TRICKY = ["Straße", "STRASSE", "strasse", "ſtraße", "İstanbul", "i̇stanbul", "istanbul", "ISTANBUL", "ıstanbul",
           "ὈΔΥΣΣΕΎΣ", "ὀδυσσεύς", "ὀδυσσεύσ", "ﬁre", "FIRE", "Ꭰꭰ", "ꭰꭰ", "µ", "μ", "ǅ", "ǆ",

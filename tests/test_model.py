@@ -9,7 +9,7 @@ import torch
 from conftest import make_image, run_script
 
 from prompt_search.cli import UserError
-from prompt_search.model import load_clip
+from prompt_search.models.openai_clip import load_clip
 
 
 class RunsCode:

@@ -15,12 +15,19 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from test_fast_query import IMAGES, cosines, first_hit, generated_prompts, query_without_torch
 
 from prompt_search.cli import UserError
-from prompt_search.clip_models import load
-from prompt_search.files import model_fingerprint
-from prompt_search.images import PixelSpec, open_rgb, to_pixels
-from prompt_search.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, int8_model, start_session
-from prompt_search.onnx_export import MIN_COSINE, export_onnx
-from prompt_search.tokenizer import OPEN_CLIP_SPECIAL_TOKENS, TextSpec, tokenize
+from prompt_search.data_files import model_fingerprint
+from prompt_search.models.clip import load
+from prompt_search.models.onnx_clip import (
+    TEXTUAL_FILE,
+    VISUAL_FILE,
+    encode_image,
+    encode_text,
+    int8_model,
+    start_session,
+)
+from prompt_search.models.onnx_export import MIN_COSINE, export_onnx
+from prompt_search.models.tokenizer import OPEN_CLIP_SPECIAL_TOKENS, TextSpec, tokenize
+from prompt_search.sources.image_files import PixelSpec, open_rgb, to_pixels
 
 OPEN_CLIP_SPEC = TextSpec(OPEN_CLIP_SPECIAL_TOKENS)
 # OpenCLIP's spelling of the special tokens, which OpenAI's tokenizer reads as plain text, and the other way round

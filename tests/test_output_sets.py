@@ -14,7 +14,7 @@ import numpy as np
 from conftest import make_image, run_script, write_open_prompts_csv
 from test_index import fake_embeddings
 
-from prompt_search.sets import current_set, new_set, publish_set
+from prompt_search.output_sets import current_set, new_set, publish_set
 
 
 def set_contents(path: Path) -> dict[str, bytes] | None:

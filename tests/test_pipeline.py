@@ -10,7 +10,7 @@ import torch
 from conftest import make_image, run_script, serve, write_open_prompts_csv
 from PIL import Image
 
-from prompt_search.links import METADATA_FILE
+from prompt_search.sources.open_prompts import METADATA_FILE
 
 # (size, mode, file name): generated images are rarely square, and come in every mode
 SERVED = [((512, 768), "RGB", "a.png"), ((768, 512), "RGBA", "b.png"), ((512, 512), "P", "c.png"),
@@ -152,7 +152,7 @@ def test_every_step_with_out_dir_at_a_url_gives_the_local_outputs(tmp_path, tiny
     tables, images, embeddings, indices and results as with local paths; the sets published by pointer objects."""
     from test_storage import files_at, local_files
 
-    from prompt_search.sets import current_set
+    from prompt_search.output_sets import current_set
 
     monkeypatch.setenv("PROMPT_SEARCH_CACHE", str(tmp_path / "cache"))
     served = tmp_path / "served"

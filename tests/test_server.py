@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_fast_query import WITHOUT_TORCH
 from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
 
-from prompt_search.index import ITEMS_FILE
+from prompt_search.index.build import ITEMS_FILE
 from prompt_search.items import ItemTable
 
 SCRIPT_PROMPT = "<script>window.__pwned=1</script> a planted prompt"
@@ -322,7 +322,7 @@ def test_connections_to_the_listening_socket_send_without_delay():
     import asyncio
     import socket
 
-    from prompt_search.server import listening_socket
+    from prompt_search.search.server import listening_socket
 
     async def accepted_nodelay() -> int:
         found = asyncio.get_running_loop().create_future()

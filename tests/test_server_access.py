@@ -20,7 +20,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
 from test_server import LOADED, running_server
 
-from prompt_search.access import is_loopback
+from prompt_search.search.access import is_loopback
 
 PROMPTS = ["a blue robot on a red background", "a corgi astronaut on the moon", "portrait of a kangaroo",
            "a castle in the clouds", "neon city at night", "a bowl of fruit"]  # under 50 characters: shown whole

@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, killed_after_batches, make_image, run_script, write_open_prompts_csv
 
 from prompt_search.cli import UserError
-from prompt_search.sets import current_set, output_set
+from prompt_search.output_sets import current_set, output_set
 
 REFUSED = "is writing this set; run again when it has ended"
 
@@ -104,8 +104,8 @@ def test_a_resumed_folder_holding_batches_of_other_inputs_is_not_published(tmp_p
     inputs in the unpublished folder: the run that resumes there refuses to publish it."""
     from test_listing import variants, write_metadata
 
-    from prompt_search import embed
-    from prompt_search.textual import embed_prompts
+    from prompt_search.embedding import set_writer as embed
+    from prompt_search.embedding.textual import embed_prompts
 
     write_metadata(tmp_path / "metadata.parquet", variants(random.Random(3), 12))
     _, original = killed_after_batches(monkeypatch, 2)
@@ -125,7 +125,7 @@ def test_the_children_of_a_killed_writer_do_not_keep_its_claim(tmp_path):
     though its children still run."""
     writer = """if True:
         import multiprocessing, os, signal, sys, time
-        from prompt_search.sets import output_set
+        from prompt_search.output_sets import output_set
         with output_set(sys.argv[1]):
             child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,))
             child.start()

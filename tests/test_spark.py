@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_image, run_script, serve, write_open_prompts_csv
 
-from prompt_search.download import download_images
-from prompt_search.index import INDEX_FILE, INFOS_FILE, build_index
-from prompt_search.links import METADATA_FILE, extract_links
-from prompt_search.textual import embed_prompts
-from prompt_search.visual import embed_images
+from prompt_search.embedding.textual import embed_prompts
+from prompt_search.embedding.visual import embed_images
+from prompt_search.index.build import INDEX_FILE, INFOS_FILE, build_index
+from prompt_search.sources.download import download_images
+from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
 
 pytest.importorskip("pyspark")
 
@@ -188,7 +188,7 @@ def test_steps_2_to_4_on_spark_at_a_url_write_the_local_distributors_files(tmp_p
     processes), as the local distributor does at the same URL; the index is built from the set at the URL."""
     from test_storage import files_at
 
-    from prompt_search.sets import current_set
+    from prompt_search.output_sets import current_set
 
     monkeypatch.setattr("prompt_search.storage.CACHE_DIR", str(tmp_path / "cache"))
     served = tmp_path / "served"

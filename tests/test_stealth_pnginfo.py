@@ -10,10 +10,10 @@ import pytest
 from generations import NEGATIVE, a1111_text, novelai_comment, unicode_comment
 from PIL import Image, PngImagePlugin
 
-from prompt_search import folder_metadata
-from prompt_search.folder_metadata import read_texts
-from prompt_search.image_metadata import decode_user_comment, parse_metadata
-from prompt_search.stealth_pnginfo import read_stealth
+from prompt_search.sources import folder_metadata
+from prompt_search.sources.folder_metadata import read_texts
+from prompt_search.sources.image_metadata import decode_user_comment, parse_metadata
+from prompt_search.sources.stealth_pnginfo import read_stealth
 
 
 def stealth_png(path: Path, text: str, mode: str = "alpha", compressed: bool = True) -> Path:

@@ -26,9 +26,9 @@ from test_index import fake_embeddings
 from prompt_search import storage
 from prompt_search.claims import LEASE_S, overwrite
 from prompt_search.cli import UserError
-from prompt_search.index import build_index, create_index
-from prompt_search.query import open_index
-from prompt_search.sets import (
+from prompt_search.embedding.textual import embed_prompts
+from prompt_search.index.build import build_index, create_index
+from prompt_search.output_sets import (
     MARKER,
     TOMBSTONE,
     current_set,
@@ -40,7 +40,7 @@ from prompt_search.sets import (
     published_set,
     withdraw_set,
 )
-from prompt_search.textual import embed_prompts
+from prompt_search.search.core import open_index
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_a_killed_embedding_run_at_a_url_resumes_from_its_complete_batches(tmp_p
                                                                            monkeypatch):
     from test_listing import variants, write_metadata
 
-    from prompt_search import embed
+    from prompt_search.embedding import set_writer as embed
 
     write_metadata(tmp_path / "metadata.parquet", variants(random.Random(9), 30))
     saved, original = killed_after_batches(monkeypatch, 2)

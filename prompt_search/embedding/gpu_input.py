@@ -25,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from prompt_search import storage
-from prompt_search.images import (
+from prompt_search.sources.image_files import (
     UNREADABLE,
     PixelSpec,
     crop_offsets,

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.files import model_fingerprint
-from prompt_search.reuse import HASHES, Encoder, Previous, reusing
-from prompt_search.sets import local_copy, output_set, published_set
+from prompt_search.data_files import model_fingerprint
+from prompt_search.embedding.reuse import HASHES, Encoder, Previous, reusing
+from prompt_search.output_sets import local_copy, output_set, published_set
 
 MANIFEST = "manifest.json"
 

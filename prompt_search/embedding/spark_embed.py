@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from prompt_search.embed import resume_folder, row_hashes, save_batch
-from prompt_search.reuse import Batch
+from prompt_search.embedding.reuse import Batch
+from prompt_search.embedding.set_writer import resume_folder, row_hashes, save_batch
 from prompt_search.spark import ship_code
 
 # encode(items, ranges, device=): a functools.partial of visual.encode_images or textual.encode_prompts, its other

@@ -13,14 +13,14 @@ from functools import partial
 import numpy as np
 import torch
 
-from prompt_search.clip_models import load
-from prompt_search.embed import embed_items
-from prompt_search.listing import Listing, write_listing
-from prompt_search.model import choose_device
-from prompt_search.reuse import Batch
-from prompt_search.sets import beside_set, claim_set, local_published_file
+from prompt_search.embedding.listing import Listing, write_listing
+from prompt_search.embedding.reuse import Batch
+from prompt_search.embedding.set_writer import embed_items
+from prompt_search.embedding.spark_embed import embed_on_spark
+from prompt_search.models.clip import load
+from prompt_search.models.openai_clip import choose_device
+from prompt_search.output_sets import beside_set, claim_set, local_published_file
 from prompt_search.spark import session_for
-from prompt_search.spark_embed import embed_on_spark
 from prompt_search.storage import local_dir
 
 

@@ -18,9 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.clip_models import load
-from prompt_search.embed import embed_items
-from prompt_search.gpu_input import (
+from prompt_search.embedding.gpu_input import (
     Counts,
     DeviceBatch,
     ItemImages,
@@ -32,11 +30,19 @@ from prompt_search.gpu_input import (
     normalise,
     prefetched,
 )
-from prompt_search.images import IMAGES_FILE, PixelSpec, list_images, path_from_text, print_unreadable_folders
-from prompt_search.model import choose_device
-from prompt_search.reuse import Batch, Ranges, content_hash
+from prompt_search.embedding.reuse import Batch, Ranges, content_hash
+from prompt_search.embedding.set_writer import embed_items
+from prompt_search.embedding.spark_embed import embed_on_spark
+from prompt_search.models.clip import load
+from prompt_search.models.openai_clip import choose_device
+from prompt_search.sources.image_files import (
+    IMAGES_FILE,
+    PixelSpec,
+    list_images,
+    path_from_text,
+    print_unreadable_folders,
+)
 from prompt_search.spark import session_for
-from prompt_search.spark_embed import embed_on_spark
 
 LOADER_PREFETCH = 4  # batches each loader process keeps ready (DataLoader's default 2 can leave a GPU waiting)
 DEVICE_PREFETCH = 3  # batches the GPU path decodes ahead of the model

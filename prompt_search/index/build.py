@@ -27,13 +27,13 @@ import pyarrow as pa
 import config
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.embed import MANIFEST, save_batch
-from prompt_search.files import model_fingerprint
-from prompt_search.images import IMAGES_FILE
-from prompt_search.index_choice import RERANK_CANDIDATES, IndexChoice, choose_index, tune_search
+from prompt_search.data_files import model_fingerprint
+from prompt_search.embedding.set_writer import MANIFEST, save_batch
+from prompt_search.index.choice import RERANK_CANDIDATES, IndexChoice, choose_index, tune_search
 from prompt_search.items import ItemTable, write_items
-from prompt_search.links import METADATA_FILE
-from prompt_search.sets import beside_set, local_copy, local_published_file, output_set, published_set
+from prompt_search.output_sets import beside_set, local_copy, local_published_file, output_set, published_set
+from prompt_search.sources.image_files import IMAGES_FILE
+from prompt_search.sources.open_prompts import METADATA_FILE
 from prompt_search.spark import session_for
 from prompt_search.storage import is_url
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prompt_search.cli import UserError
-from prompt_search.images import PixelSpec
-from prompt_search.tokenizer import OPEN_CLIP_SPECIAL_TOKENS, TextSpec
+from prompt_search.models.tokenizer import OPEN_CLIP_SPECIAL_TOKENS, TextSpec
+from prompt_search.sources.image_files import PixelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,7 @@ def load(name: str, device: str, model_dir: str) -> Clip:
 
     import clip
 
-    from prompt_search.model import load_clip
+    from prompt_search.models.openai_clip import load_clip
 
     model, preprocess = load_clip(name, device, model_dir)
     return Clip(model, preprocess, partial(clip.tokenize, truncate=True), TextSpec(),
@@ -84,7 +84,7 @@ def load(name: str, device: str, model_dir: str) -> Clip:
 def _load_open_clip(name: str, arch: str, pretrained: str, device: str, model_dir: str) -> Clip:
     import open_clip
 
-    from prompt_search.model import error_line
+    from prompt_search.models.openai_clip import error_line
 
     if arch.endswith(CONFIG_SUFFIX):
         arch = _register_config(name, arch)
@@ -173,7 +173,7 @@ def _download(name: str, arch: str, tag: str, model_dir: str) -> None:
     """Fetch the tagged weights into model_dir as open_clip does (or find them there), or say what to get by hand."""
     import open_clip
 
-    from prompt_search.model import error_line
+    from prompt_search.models.openai_clip import error_line
 
     config = open_clip.get_pretrained_cfg(arch, tag)
     hub_logger = logging.getLogger("huggingface_hub")

@@ -17,10 +17,10 @@ import platform
 import numpy as np
 import onnxruntime as ort
 
-from prompt_search.files import model_fingerprint
-from prompt_search.images import PixelSpec
+from prompt_search.data_files import model_fingerprint
+from prompt_search.models.tokenizer import TextSpec
+from prompt_search.sources.image_files import PixelSpec
 from prompt_search.storage import atomic_path
-from prompt_search.tokenizer import TextSpec
 
 VISUAL_FILE = "visual.onnx"
 TEXTUAL_FILE = "textual.onnx"

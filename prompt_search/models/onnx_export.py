@@ -21,9 +21,9 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
-from prompt_search.clip_models import load
-from prompt_search.files import model_fingerprint
-from prompt_search.onnx_clip import MODEL_RECORD, PROVIDERS, TEXTUAL_FILE, VISUAL_FILE
+from prompt_search.data_files import model_fingerprint
+from prompt_search.models.clip import load
+from prompt_search.models.onnx_clip import MODEL_RECORD, PROVIDERS, TEXTUAL_FILE, VISUAL_FILE
 from prompt_search.storage import atomic_path
 
 MIN_COSINE = 0.9999  # onnxruntime against torch on random inputs, or the export is refused

@@ -110,7 +110,7 @@ def error_line(error: Exception) -> str:
 
 def torch_vectors(model_name: str, model_dir: str, prompt: str, image) -> tuple[np.ndarray, np.ndarray]:
     """The query embeddings as plain torch CLIP computes them (the reference's "regular CLIP")."""
-    from prompt_search.clip_models import load  # it imports this module
+    from prompt_search.models.clip import load  # it imports this module
 
     loaded = load(model_name, "cpu", model_dir)
     with torch.inference_mode():

@@ -7,10 +7,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from prompt_search.answers import check_count, described, link, state
-from prompt_search.api_input import INDICE_NAME, KnnRequest, decode_base64, read_json, validated
-from prompt_search.query import combine
-from prompt_search.service import Answer, BadInput
+from prompt_search.search.answers import check_count, described, link, state
+from prompt_search.search.api_input import INDICE_NAME, KnnRequest, decode_base64, read_json, validated
+from prompt_search.search.core import combine
+from prompt_search.search.service import Answer, BadInput
 
 MAX_METADATA_IDS = 1000  # ids one /metadata request may name (the front asks 40 at a time)
 

@@ -11,12 +11,11 @@ import numpy as np
 from PIL import Image
 
 from prompt_search.cli import UserError
-from prompt_search.files import model_fingerprint
-from prompt_search.images import UNREADABLE, not_a_file, open_rgb, to_pixels
-from prompt_search.index import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
-from prompt_search.index_choice import RERANK_CANDIDATES
+from prompt_search.data_files import model_fingerprint
+from prompt_search.index.build import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
+from prompt_search.index.choice import RERANK_CANDIDATES
 from prompt_search.items import ItemTable
-from prompt_search.onnx_clip import (
+from prompt_search.models.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
     encode_image,
@@ -25,8 +24,9 @@ from prompt_search.onnx_clip import (
     query_specs,
     start_session,
 )
-from prompt_search.sets import local_set
-from prompt_search.tokenizer import tokenize
+from prompt_search.models.tokenizer import tokenize
+from prompt_search.output_sets import local_set
+from prompt_search.sources.image_files import UNREADABLE, not_a_file, open_rgb, to_pixels
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
 SIDES = {"images": "visual", "prompts": "textual"}  # what a query or request names -> its index set's folder
@@ -258,7 +258,7 @@ def compare_with_torch(queries: list[Query], sides: dict[str, SearchIndex], mode
                        image: Image.Image, k: int, dedupe_threshold: float) -> bool:
     """Run torch CLIP on the same queries and say whether its top k equal the ONNX ones; True if all do."""
     try:
-        from prompt_search.model import torch_vectors  # torch only when asked for
+        from prompt_search.models.openai_clip import torch_vectors  # torch only when asked for
     except ImportError as error:  # the torch-free install (requirements-query.txt)
         print(f"\nno comparison with torch CLIP: {error}; set --COMPARE_WITH_TORCH=False for this install")
         return False

@@ -4,9 +4,9 @@ import html
 import os
 import urllib.parse
 
-from prompt_search.files import is_http_url
-from prompt_search.images import path_from_text
-from prompt_search.query import Hit, Query, details
+from prompt_search.data_files import is_http_url
+from prompt_search.search.core import Hit, Query, details
+from prompt_search.sources.image_files import path_from_text
 from prompt_search.storage import atomic_path
 
 # The page runs nothing: prompts are arbitrary user text, so even if escaping ever missed, no script may execute.

@@ -16,13 +16,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from prompt_search import clip_protocol, gallery
-from prompt_search.access import cors_headers, host_refusal, login_page, preflight
-from prompt_search.answers import ServerSettings, check_count, picture, result, state
-from prompt_search.api_input import SearchRequest, decode_base64, filter_ranges, read_body, read_json, validated
 from prompt_search.cli import UserError
-from prompt_search.query import Hit, combine
-from prompt_search.service import Answer, BadInput, Searcher, split_negatives
+from prompt_search.search import clip_protocol, gallery
+from prompt_search.search.access import cors_headers, host_refusal, login_page, preflight
+from prompt_search.search.answers import ServerSettings, check_count, picture, result, state
+from prompt_search.search.api_input import SearchRequest, decode_base64, filter_ranges, read_body, read_json, validated
+from prompt_search.search.core import Hit, combine
+from prompt_search.search.service import Answer, BadInput, Searcher, split_negatives
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 MAX_FORM_BYTES = 4096  # the login form: one token

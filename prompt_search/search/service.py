@@ -20,9 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from prompt_search import storage
 from prompt_search.cli import UserError
-from prompt_search.images import UNREADABLE, open_rgb, path_from_text, to_pixels
 from prompt_search.item_ids import IdPositions
-from prompt_search.onnx_clip import (
+from prompt_search.models.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
     encode_image,
@@ -31,8 +30,9 @@ from prompt_search.onnx_clip import (
     query_specs,
     start_session,
 )
-from prompt_search.query import Hit, SearchIndex, describe, find_hits
-from prompt_search.tokenizer import tokenize
+from prompt_search.models.tokenizer import tokenize
+from prompt_search.search.core import Hit, SearchIndex, describe, find_hits
+from prompt_search.sources.image_files import UNREADABLE, open_rgb, path_from_text, to_pixels
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
 # A filter's name -> the item table's column. Loaded whole at start (at most 9 bytes a row each: 54 MB at 1M rows) so

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from prompt_search import storage
 from prompt_search.children import spawned_children_die_with_me
 from prompt_search.cli import UserError
-from prompt_search.images import MAX_PIXELS
-from prompt_search.sets import published_file
+from prompt_search.output_sets import published_file
+from prompt_search.sources.image_files import MAX_PIXELS
 from prompt_search.spark import session_for
 
 OPENCV_PIXELS = "OPENCV_IO_MAX_IMAGE_PIXELS"  # OpenCV refuses to decode an image over this many pixels (default 2^30)

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from prompt_search import png_chunks
 from prompt_search.cli import UserError
-from prompt_search.image_metadata import FOOOCUS_SCHEMES, FORMAT_TEXTS, parse_metadata
-from prompt_search.images import (
+from prompt_search.output_sets import local_set, output_set
+from prompt_search.sources import png_chunks
+from prompt_search.sources.image_files import (
     UNREADABLE,
     ImageTooLarge,
     list_images,
@@ -33,10 +33,10 @@ from prompt_search.images import (
     path_from_text,
     print_unreadable_folders,
 )
-from prompt_search.links import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
-from prompt_search.links import SCHEMA as CSV_SCHEMA
-from prompt_search.sets import local_set, output_set
-from prompt_search.stealth_pnginfo import read_stealth
+from prompt_search.sources.image_metadata import FOOOCUS_SCHEMES, FORMAT_TEXTS, parse_metadata
+from prompt_search.sources.open_prompts import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
+from prompt_search.sources.open_prompts import SCHEMA as CSV_SCHEMA
+from prompt_search.sources.stealth_pnginfo import read_stealth
 from prompt_search.storage import is_url
 
 # Step 1's columns where they mean the same (id, prompt, width, height, seed, cfg_scale, num_steps), so that

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from prompt_search import storage
-from prompt_search.links import url_id
+from prompt_search.sources.open_prompts import url_id
 
 IMAGES_FILE = "images.parquet"  # written beside the embeddings: id and path of every image, to show results
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -16,8 +16,8 @@ import math
 import zlib
 from collections.abc import Callable
 
-from prompt_search.comfyui import parse_comfyui
-from prompt_search.metadata_formats import (
+from prompt_search.sources.comfyui import parse_comfyui
+from prompt_search.sources.metadata_formats import (
     Fields,
     Malformed,
     json_object_or_none,
@@ -28,7 +28,7 @@ from prompt_search.metadata_formats import (
     parse_novelai,
     parse_sd_metadata,
 )
-from prompt_search.stealth_pnginfo import SIGNATURES, decode_payload
+from prompt_search.sources.stealth_pnginfo import SIGNATURES, decode_payload
 
 TOOLS = ("a1111", "comfyui", "invokeai", "novelai", "fooocus")  # the formats, in the order they fill missing fields
 INT32 = 1 << 31

@@ -26,12 +26,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from prompt_search import url_keys
 from prompt_search.cli import UserError
-from prompt_search.csv_pieces import parse_in_order, pieces, worker_count
-from prompt_search.files import is_http_url
-from prompt_search.sets import output_set
-from prompt_search.url_keys import KeptUrls, LateRows, Reject, without_duplicates
+from prompt_search.data_files import is_http_url
+from prompt_search.output_sets import output_set
+from prompt_search.sources import url_keys
+from prompt_search.sources.csv_pieces import parse_in_order, pieces, worker_count
+from prompt_search.sources.url_keys import KeptUrls, LateRows, Reject, without_duplicates
 
 METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see sets.py)
 LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")

@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from prompt_search.png_chunks import walk
+from prompt_search.sources.png_chunks import walk
 
 SIGNATURES = {b"stealth_pnginfo": "alpha", b"stealth_pngcomp": "alpha",
               b"stealth_rgbinfo": "rgb", b"stealth_rgbcomp": "rgb"}
