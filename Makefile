@@ -2,6 +2,7 @@
 # make serve: after make run, the search server and its page (prints the URL).
 # make own IMG_DIR=path: index a folder of one's own generations, prompts read from the files (README, "Your own generations").
 # make test: set up .venv and run the tests (those on the real 1k.csv need PROMPT_SEARCH_DATA: see README).
+# make lint: ruff, and the import-linter contracts that keep the package's wings in order (README: How the code is laid out).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -55,5 +56,7 @@ java:
 test: setup browser java
 	$(PY) -m pytest -q -rs tests
 
+# ruff, and the import-linter contracts of pyproject.toml: the package's wings import only downwards.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports

@@ -6,14 +6,15 @@ Always rebuilt from the current embeddings, ids included; a build whose ids do n
 with its vectors is refused and the previous index stays.
 """
 
-from prompt_search.cli import load_config, run
+from config_reader import load_config
+from prompt_search.cli import run
 from prompt_search.index.build import create_index
+from prompt_search.settings import IndexSettings
 
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
-    create_index(cfg.OUT_DIR, "visual", cfg.MAX_INDEX_MEMORY, cfg.CURRENT_MEMORY_AVAILABLE,
-                 cfg.MAX_INDEX_QUERY_TIME_MS, cfg.DISTRIBUTOR, cfg.SPARK_MASTER, cfg.INDEX_KEY, cfg.INDEX_RECALL)
+    create_index(cfg.OUT_DIR, "visual", IndexSettings.of(cfg))
     print("next: python test_visual_knn_index.py")
 
 

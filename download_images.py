@@ -9,10 +9,12 @@ The reference's plain command still works too (ids are then recomputed from each
 
 import os
 
+from config_reader import load_config
 from prompt_search.children import die_with_spawner
-from prompt_search.cli import load_config, run
+from prompt_search.cli import run
+from prompt_search.layout import METADATA_FILE, images_folder
+from prompt_search.settings import DownloadSettings
 from prompt_search.sources.download import download_images, print_summary
-from prompt_search.sources.open_prompts import METADATA_FILE
 
 if __name__ == "__mp_main__":  # in each process img2dataset spawns, which imports this script first
     die_with_spawner()
@@ -20,20 +22,8 @@ if __name__ == "__mp_main__":  # in each process img2dataset spawns, which impor
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
-    images_dir = os.path.join(cfg.OUT_DIR, "images")
-    summary = download_images(
-        os.path.join(cfg.OUT_DIR, METADATA_FILE),
-        images_dir,
-        image_size=cfg.IMAGE_SIZE,
-        resize_mode=cfg.RESIZE_MODE,
-        threads=cfg.DOWNLOAD_THREADS,
-        processes=cfg.DOWNLOAD_PROCESSES,
-        timeout=cfg.DOWNLOAD_TIMEOUT,
-        retries=cfg.DOWNLOAD_RETRIES,
-        output_format=cfg.OUTPUT_FORMAT,
-        distributor=cfg.DISTRIBUTOR,
-        spark_master=cfg.SPARK_MASTER,
-    )
+    images_dir = images_folder(cfg.OUT_DIR)
+    summary = download_images(os.path.join(cfg.OUT_DIR, METADATA_FILE), images_dir, DownloadSettings.of(cfg))
     print_summary(summary, images_dir)
     print("next: python extract_visual_clip_embeddings.py")
 

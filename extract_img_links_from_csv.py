@@ -4,7 +4,8 @@
 """
 
 import config
-from prompt_search.cli import load_config, run
+from config_reader import load_config
+from prompt_search.cli import run
 from prompt_search.data_files import ensure_data_file
 from prompt_search.sources.open_prompts import extract_links, print_summary
 from prompt_search.storage import local_file

@@ -6,7 +6,9 @@ Reads what A1111/Forge, ComfyUI, InvokeAI, NovelAI and Fooocus write into their 
 generations). Then run steps 3 to 5 with the same --IMG_DIR; no CSV and no download are needed.
 """
 
-from prompt_search.cli import UserError, load_config, run
+from config_reader import load_config
+from prompt_search.cli import run
+from prompt_search.errors import UserError
 from prompt_search.sources.folder_metadata import extract_folder_metadata, print_summary
 
 

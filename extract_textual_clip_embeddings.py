@@ -8,20 +8,22 @@ Needs no downloaded image: the prompt search works even when no link answers.
 
 import os
 
-from prompt_search.cli import UserError, load_config, run
+from config_reader import load_config
+from prompt_search.cli import run
 from prompt_search.embedding.textual import embed_prompts
+from prompt_search.errors import UserError
+from prompt_search.layout import METADATA_FILE, embeddings_set, index_set
 from prompt_search.output_sets import withdraw_set
-from prompt_search.sources.open_prompts import METADATA_FILE
+from prompt_search.settings import EmbedSettings
 
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
-    folder = os.path.join(cfg.OUT_DIR, "textual_embeddings")
+    folder = embeddings_set(cfg.OUT_DIR, "textual")
     metadata_file = os.path.join(cfg.OUT_DIR, METADATA_FILE)
-    embedded, empty = embed_prompts(metadata_file, folder, cfg.MODEL, cfg.MODEL_DIR, cfg.DEVICE, cfg.BATCH_SIZE,
-                                    cfg.DISTRIBUTOR, cfg.SPARK_MASTER)
+    embedded, empty = embed_prompts(metadata_file, folder, EmbedSettings.of(cfg))
     if not embedded:  # a prompt side left from an earlier table would show that table's prompts
-        withdrawn = [path for path in (folder, os.path.join(cfg.OUT_DIR, "knn_indices", "textual"))
+        withdrawn = [path for path in (folder, index_set(cfg.OUT_DIR, "textual"))
                      if withdraw_set(path)]
         raise UserError(f"no prompts in {metadata_file}: nothing to embed"
                         + (f"; removed the prompt side made from an earlier table: {', '.join(withdrawn)}"

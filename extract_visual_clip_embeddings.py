@@ -7,18 +7,18 @@ Rerunning resumes where a run stopped; after images were added, renamed, changed
 the new or changed contents and takes the other vectors from the set already published.
 """
 
-import os
 
-from prompt_search.cli import load_config, run
+from config_reader import load_config
+from prompt_search.cli import run
 from prompt_search.embedding.visual import embed_images, print_summary
+from prompt_search.layout import embeddings_set, images_folder
+from prompt_search.settings import EmbedSettings
 
 
 def main(argv: list[str]) -> None:
     cfg = load_config(argv)
-    img_dir = cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images")
-    folder = os.path.join(cfg.OUT_DIR, "visual_embeddings")
-    written, skipped = embed_images(img_dir, folder, cfg.MODEL, cfg.MODEL_DIR, cfg.DEVICE, cfg.BATCH_SIZE,
-                                    cfg.NUM_WORKERS, cfg.DECODE, cfg.DISTRIBUTOR, cfg.SPARK_MASTER)
+    folder = embeddings_set(cfg.OUT_DIR, "visual")
+    written, skipped = embed_images(images_folder(cfg.OUT_DIR, cfg.IMG_DIR), folder, EmbedSettings.of(cfg))
     print_summary(folder, written, skipped)
     print("next: python create_visual_knn_indices.py")
 

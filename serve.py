@@ -6,19 +6,20 @@ Opens the indices (memory-mapped), their item tables and the ONNX sessions once,
 Needs no torch when OUT_DIR/onnx holds the current export (step 5 makes it).
 """
 
-import os
 import socket
 
 import uvicorn
 
-from prompt_search.cli import load_config, run
-from prompt_search.models.onnx_clip import is_current
+from config_reader import load_config
+from prompt_search.cli import run
+from prompt_search.layout import images_folder, onnx_folder
 from prompt_search.search.access import check_exposure
 from prompt_search.search.answers import ServerSettings
 from prompt_search.search.core import open_sides
+from prompt_search.search.encoder import ensure_export, open_encoder
 from prompt_search.search.server import create_app, listening_socket
 from prompt_search.search.service import DecodeLimits, Searcher
-from prompt_search.storage import local_dir
+from prompt_search.settings import QuerySettings
 
 
 def main(argv: list[str]) -> None:
@@ -28,13 +29,10 @@ def main(argv: list[str]) -> None:
     sock = listening_socket(cfg.SERVE_HOST, cfg.SERVE_PORT)  # port 0 is a known free port before the URL is printed
     host = f"[{cfg.SERVE_HOST}]" if sock.family == socket.AF_INET6 else cfg.SERVE_HOST
     listening_url = f"http://{host}:{sock.getsockname()[1]}"
-    onnx_dir = os.path.join(local_dir(cfg.OUT_DIR), "onnx")
-    if not is_current(onnx_dir, cfg.MODEL):
-        from prompt_search.models.onnx_export import export_onnx  # torch, only to export
-
-        export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
-    searcher = Searcher(sides, cfg.MODEL, onnx_dir, cfg.QUANTIZE_INT8, cfg.QUERY_THREADS,
-                        cfg.IMG_DIR or os.path.join(cfg.OUT_DIR, "images"),
+    onnx_dir, settings = onnx_folder(cfg.OUT_DIR), QuerySettings.of(cfg)
+    ensure_export(onnx_dir, settings)
+    encoder = open_encoder(onnx_dir, settings)
+    searcher = Searcher(sides, cfg.MODEL, encoder, images_folder(cfg.OUT_DIR, cfg.IMG_DIR),
                         DecodeLimits.of(cfg.MAX_DECODE_PIXELS, cfg.DECODE_SLOTS))
     app = create_app(searcher, ServerSettings.of(cfg, listening_url))
     print(f"search page: {listening_url}/  (Ctrl-C stops)", flush=True)

@@ -5,15 +5,16 @@
 The ONNX models are exported from MODEL into OUT_DIR/onnx on first use (that step needs torch).
 """
 
-import os
-
 import config
-from prompt_search.cli import load_config, run
+from config_reader import load_config
+from prompt_search.cli import run
 from prompt_search.data_files import ensure_data_file
-from prompt_search.models.onnx_clip import is_current
-from prompt_search.search.core import compare_with_torch, encode_queries, open_sides, print_results, read_image, search
+from prompt_search.layout import onnx_folder, results_page
+from prompt_search.search.console import check_prompt, compare_with_torch, encode_queries, print_results, read_image
+from prompt_search.search.core import open_sides, search
+from prompt_search.search.encoder import ensure_export, open_encoder
 from prompt_search.search.gallery import write_gallery
-from prompt_search.storage import local_dir
+from prompt_search.settings import QuerySettings
 
 
 def main(argv: list[str]) -> None:
@@ -22,18 +23,16 @@ def main(argv: list[str]) -> None:
         ensure_data_file(cfg.INPUT_IMG_PATH, cfg.INPUT_IMG_URL, cfg.INPUT_IMG_SHA256)
     image = read_image(cfg.INPUT_IMG_PATH)
     sides = open_sides(cfg.OUT_DIR, cfg.MODEL)
-    onnx_dir = os.path.join(local_dir(cfg.OUT_DIR), "onnx")
-    if not is_current(onnx_dir, cfg.MODEL):
-        from prompt_search.models.onnx_export import export_onnx  # torch, only to export
-
-        export_onnx(cfg.MODEL, cfg.MODEL_DIR, onnx_dir)
-    queries = encode_queries(onnx_dir, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH, cfg.QUANTIZE_INT8,
-                             cfg.QUERY_THREADS)
+    onnx_dir, settings = onnx_folder(cfg.OUT_DIR), QuerySettings.of(cfg)
+    ensure_export(onnx_dir, settings)
+    check_prompt(cfg.INPUT_PROMPT)
+    encoder = open_encoder(onnx_dir, settings)
+    queries = encode_queries(encoder, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH)
     for query in queries:
         for side, searched in sides.items():
             query.hits[side] = search(searched, query.vector, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
     print_results(queries)
-    gallery = os.path.join(local_dir(cfg.OUT_DIR), "results.html")
+    gallery = results_page(cfg.OUT_DIR)
     write_gallery(queries, gallery)
     print(f"\nall results as a page: {gallery}")
     if cfg.COMPARE_WITH_TORCH:

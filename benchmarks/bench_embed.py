@@ -30,16 +30,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from scaffolding import save_random_clip  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-import prompt_search.models.openai_clip  # noqa: E402
+import prompt_search.models.clip  # noqa: E402
 from prompt_search.embedding import visual  # noqa: E402
-from prompt_search.models.openai_clip import load_clip, save_random_clip  # noqa: E402
-from prompt_search.sources.image_files import crop_rgb, list_images, open_rgb  # noqa: E402
+from prompt_search.models.openai_clip import load_clip  # noqa: E402
+from prompt_search.pixels import crop_rgb, open_rgb  # noqa: E402
+from prompt_search.settings import EmbedSettings  # noqa: E402
+from prompt_search.sources.image_files import list_images  # noqa: E402
 
 SIZES = [(224, 224), (224, 336), (336, 224), (448, 224), (224, 298), (298, 224), (224, 280)]  # width x height
 
@@ -104,7 +108,8 @@ def run_reference(shard: str, out: str, model: torch.nn.Module, preprocess: Call
 
 
 def run_ours(img_dir: str, out: str, checkpoint: str, batch_size: int, workers: int) -> int:
-    written, skipped = visual.embed_images(img_dir, out, checkpoint, "", "cpu", batch_size, workers)
+    written, skipped = visual.embed_images(img_dir, out,
+                                           EmbedSettings(checkpoint, "", "cpu", batch_size, num_workers=workers))
     assert not skipped, skipped
     return written
 
@@ -222,10 +227,10 @@ def main() -> None:
               f"{model.dtype}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
         with torch.inference_mode():  # first-call costs paid here, by neither pipeline
             model.encode_image(torch.zeros(args.batch_size, 3, 224, 224))
-        # ours reuses the loaded model, like the reference: models.clip.load reads
-        # prompt_search.models.openai_clip.load_clip when called (patching visual's name did nothing once step 3
-        # loaded through models.clip, so each run of ours paid clip.load's 1.2 s: ratios of 0.85-0.92 before this line)
-        prompt_search.models.openai_clip.load_clip = lambda *_: (model, preprocess)
+        # ours reuses the loaded model, like the reference: models.clip.load calls its module's load_clip
+        # (patching visual's name did nothing once step 3 loaded through models.clip, so each run of ours paid
+        # clip.load's 1.2 s: ratios of 0.85-0.92 before this line)
+        prompt_search.models.clip.load_clip = lambda *_: (model, preprocess)
 
         out, shard = str(work / "runs" / "out"), str(img_dir / "00000")
         pipelines = {

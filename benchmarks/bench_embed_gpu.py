@@ -30,19 +30,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_embed import SIZES, ReferenceDataset, fake_image  # noqa: E402
 from PIL import Image  # noqa: E402
+from scaffolding import save_random_clip  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from prompt_search.embedding import set_writer as embed  # noqa: E402
 from prompt_search.embedding import visual  # noqa: E402
 from prompt_search.embedding.gpu_input import Counts  # noqa: E402
-from prompt_search.models.openai_clip import load_clip, save_random_clip  # noqa: E402
-from prompt_search.sources.image_files import CLIP_PIXELS  # noqa: E402
+from prompt_search.models.openai_clip import load_clip  # noqa: E402
+from prompt_search.pixels import CLIP_PIXELS  # noqa: E402
+from prompt_search.settings import EmbedSettings  # noqa: E402
 
 SHARD = 10_000  # img2dataset's default number of images per folder
 REFERENCE = {"num_workers": 14, "prefetch_factor": 14}  # the reference's settings, with its batch size 128
@@ -102,7 +105,8 @@ def run_ours(img_dir: str, out: str, checkpoint: str, device: str, batch_size: i
 
     embed.save_batch = timed
     try:
-        visual.embed_images(img_dir, out, checkpoint, "", device, batch_size, -1, decode)
+        visual.embed_images(img_dir, out,
+                            EmbedSettings(checkpoint, "", device, batch_size, num_workers=-1, decode=decode))
     finally:
         embed.save_batch = save_batch
     return saved

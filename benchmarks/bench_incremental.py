@@ -22,13 +22,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # scaffolding.py: random-weight models
 
 import numpy as np  # noqa: E402
 from bench_embed import fake_image  # noqa: E402
+from scaffolding import save_random_clip  # noqa: E402
 
 from prompt_search.embedding.reuse import content_hash  # noqa: E402
 from prompt_search.embedding.visual import embed_images  # noqa: E402
-from prompt_search.models.openai_clip import save_random_clip  # noqa: E402
+from prompt_search.settings import EmbedSettings
 from prompt_search.sources.folder_metadata import extract_folder_metadata  # noqa: E402
 from prompt_search.sources.image_files import list_images  # noqa: E402
 
@@ -64,7 +66,8 @@ def main() -> None:
         print(f"made {args.images} JPEGs of {args.size}x{args.size} in {made:.1f} s")
 
         def step() -> None:
-            embed_images(str(images), out, checkpoint, "", "cpu", args.batch_size, args.workers)
+            embed_images(str(images), out,
+                         EmbedSettings(checkpoint, "", "cpu", args.batch_size, num_workers=args.workers))
 
         def metadata() -> None:
             extract_folder_metadata(str(images), out, "a1111")

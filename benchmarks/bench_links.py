@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 
 from prompt_search.sources import url_keys  # noqa: E402
 
@@ -50,8 +51,9 @@ print(json.dumps({"rows": summary.rows, "kept": summary.kept, "seconds": seconds
 
 def source_csv(work: Path) -> str:
     """The real 1k.csv from $PROMPT_SEARCH_DATA, copied into work and checked against its sha256."""
+    from scaffolding import data_file_from_env
+
     import config
-    from prompt_search.data_files import data_file_from_env
 
     return data_file_from_env("1k.csv", config.CSV_SHA256, str(work))
 
@@ -151,7 +153,7 @@ def peak_mb(stats: dict) -> float:
 
 
 if __name__ == "__main__":
-    from prompt_search.cli import UserError
+    from prompt_search.errors import UserError
 
     try:
         main()

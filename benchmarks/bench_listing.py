@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prompt_search.sources.open_prompts import PARQUET_OPTIONS, ROW_GROUP_ROWS, SCHEMA  # noqa: E402
+from prompt_search.sources.metadata_table import PARQUET_OPTIONS, SCHEMA  # noqa: E402
+from prompt_search.sources.open_prompts import ROW_GROUP_ROWS  # noqa: E402
 
 WORDS = ("a an the of in on with by at from portrait landscape city forest castle dragon robot cat dog girl man "
          "woman knight wizard ship ocean mountain river sunset sunrise night storm rain snow fog light shadow fire "

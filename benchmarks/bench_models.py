@@ -19,17 +19,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from scaffolding import save_random_clip, save_random_open_clip  # noqa: E402
 
-from prompt_search.models.clip import load, save_random_open_clip  # noqa: E402
+from prompt_search.models.clip import load  # noqa: E402
 from prompt_search.models.onnx_clip import TEXTUAL_FILE, VISUAL_FILE, encode_image, encode_text, start_session  # noqa: E402
 from prompt_search.models.onnx_export import export_onnx  # noqa: E402
-from prompt_search.models.openai_clip import save_random_clip  # noqa: E402
 from prompt_search.models.tokenizer import tokenize  # noqa: E402
-from prompt_search.sources.image_files import to_pixels  # noqa: E402
+from prompt_search.pixels import to_pixels  # noqa: E402
 
 PROMPT = "a corgi astronaut on the moon, highly detailed, digital art, trending on artstation"
 # (label, OpenCLIP architecture or None for OpenAI's ViT-B/32)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from the repository root
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import clip  # noqa: E402
@@ -36,11 +37,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
+from scaffolding import data_file_from_env, index_vectors, save_random_clip  # noqa: E402
 
 import config  # noqa: E402
-from prompt_search.cli import UserError  # noqa: E402
-from prompt_search.data_files import data_file_from_env  # noqa: E402
-from prompt_search.index.build import index_vectors  # noqa: E402
+from prompt_search.errors import UserError  # noqa: E402
 from prompt_search.models.onnx_clip import (  # noqa: E402
     PROVIDERS,
     TEXTUAL_FILE,
@@ -51,9 +51,9 @@ from prompt_search.models.onnx_clip import (  # noqa: E402
     start_session,
 )
 from prompt_search.models.onnx_export import export_onnx  # noqa: E402
-from prompt_search.models.openai_clip import load_clip, save_random_clip  # noqa: E402
+from prompt_search.models.openai_clip import load_clip  # noqa: E402
 from prompt_search.models.tokenizer import tokenize  # noqa: E402
-from prompt_search.sources.image_files import open_rgb, to_pixels  # noqa: E402
+from prompt_search.pixels import open_rgb, to_pixels  # noqa: E402
 
 BASELINE_FILE = "textual77.onnx"  # the reference's ONNX CLIP text model: 77 tokens, always
 TRACED_FILE = "textual_traced.onnx"  # the cut text encoder as torch.onnx.export made it, before text_graph

@@ -39,10 +39,12 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 
-from prompt_search.data_files import model_fingerprint  # noqa: E402
 from prompt_search.embedding.set_writer import MANIFEST  # noqa: E402
-from prompt_search.sources.open_prompts import METADATA_FILE, PARQUET_OPTIONS, SCHEMA  # noqa: E402
+from prompt_search.layout import METADATA_FILE  # noqa: E402
+from prompt_search.models.names import model_fingerprint  # noqa: E402
+from prompt_search.sources.metadata_table import PARQUET_OPTIONS, SCHEMA  # noqa: E402
 
 DIM = 512
 BATCH = 128
@@ -286,8 +288,7 @@ def main() -> None:
         print(line, flush=True)
 
     from PIL import Image
-
-    from prompt_search.models.openai_clip import save_random_clip
+    from scaffolding import save_random_clip
 
     model = work / "vit-b-32-random.pt"
     if not model.exists():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import faiss  # noqa: E402
@@ -32,7 +33,7 @@ import pyarrow.ipc as ipc  # noqa: E402
 import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from prompt_search.data_files import model_fingerprint  # noqa: E402
+from prompt_search.models.names import model_fingerprint  # noqa: E402
 from prompt_search.models.onnx_clip import TEXTUAL_FILE, encode_text, start_session  # noqa: E402
 from prompt_search.models.tokenizer import tokenize  # noqa: E402
 
@@ -46,8 +47,9 @@ def build(work: Path, rows: int) -> str:
     checkpoint = work / "vit-b-32-random.pt"
     onnx_dir = work / "out" / "onnx"
     if not (onnx_dir / TEXTUAL_FILE).exists():
+        from scaffolding import save_random_clip
+
         from prompt_search.models.onnx_export import export_onnx
-        from prompt_search.models.openai_clip import save_random_clip
 
         save_random_clip(str(checkpoint), full_size=True)
         export_onnx(str(checkpoint), str(work), str(onnx_dir))

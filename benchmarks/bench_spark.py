@@ -21,15 +21,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # scaffolding.py: random-weight models, the real data files
 
 import numpy as np  # noqa: E402
 from bench_incremental import timed  # noqa: E402
 from PIL import Image  # noqa: E402
+from scaffolding import save_random_clip  # noqa: E402
 
 from prompt_search.embedding.set_writer import save_batch  # noqa: E402
 from prompt_search.embedding.visual import embed_images  # noqa: E402
 from prompt_search.index.build import build_index  # noqa: E402
-from prompt_search.models.openai_clip import save_random_clip  # noqa: E402
+from prompt_search.settings import EmbedSettings, IndexSettings  # noqa: E402
 from prompt_search.spark import local_master, spark_session  # noqa: E402
 
 
@@ -65,16 +67,17 @@ def main() -> None:
         print(f"Spark session (local[{args.cores}]) started in {time.perf_counter() - started:.1f} s")
         tasks = min(args.cores, -(-args.images // args.batch_size))
         for distributor in ("local", "pyspark"):
-            seconds = timed(lambda d=distributor: embed_images(str(work), str(work / f"emb-{d}"), model, "", "cpu",
-                                                                args.batch_size, 0, "", d))
+            seconds = timed(lambda d=distributor: embed_images(str(work), str(work / f"emb-{d}"),
+                                                               EmbedSettings(model, "", "cpu", args.batch_size,
+                                                                             num_workers=0, decode="", distributor=d)))
             print(f"step 3 {distributor}: {args.images} images in {seconds:.1f} s")
             if distributor == "local":
                 local3 = seconds
         print(f"step 3: Spark {seconds - local3:+.1f} s over {tasks} tasks, {(seconds - local3) / tasks:+.1f} s per "
               f"task; same files: {same_files((work / 'emb-local').resolve(), (work / 'emb-pyspark').resolve())}")
         for distributor in ("local", "pyspark"):
-            seconds = timed(lambda d=distributor: build_index(str(vectors), str(work / f"index-{d}"), "1G", "4G", 10.0,
-                                                               "", d))
+            seconds = timed(lambda d=distributor: build_index(str(vectors), str(work / f"index-{d}"),
+                                                              IndexSettings("1G", "4G", 10.0, distributor=d), ""))
             print(f"step 4 {distributor}: {args.vectors} vectors in {seconds:.1f} s")
             if distributor == "local":
                 local4 = seconds

@@ -1,7 +1,7 @@
 """One writer per output set: a step claims a set before it writes any of it, and a second run that would write the
 same set while the first one does is refused in one line, naming the run that holds it.
 
-The claim is the file `.NAME-claim` beside the set (sets.py names it):
+The claim is the file `.NAME-claim` beside the set (output_sets.py names it):
   - at a local path, an flock on it, held for the whole write: the kernel releases it when the process ends, however
     it ends, so a run that was killed leaves nothing that stops the next one;
   - at a URL, the object itself, created only if it does not exist (create_exclusive: atomic where the
@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 from prompt_search import storage
-from prompt_search.cli import UserError, file_error
+from prompt_search.errors import UserError, file_error
 from prompt_search.storage import is_url
 from prompt_search.storage_errors import StorageError, reaching
 

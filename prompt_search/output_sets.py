@@ -14,7 +14,7 @@ claims it (claims.py) before anything of it is written, and a second run is refu
 At a URL, a step that reads local files (DuckDB, faiss, memory maps) reads this machine's copy of the published
 set, kept in storage.CACHE_DIR by publication (`local_copy`); a step that writes its whole set on one machine
 builds it in a local folder and uploads it before publishing (`output_set`); step 3 writes its batches at the URL
-itself, from any machine (`output_set(resume=True)`, embed.py).
+itself, from any machine (`output_set(resume=True)`, embedding/set_writer.py).
 """
 
 import os
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from prompt_search import storage
 from prompt_search.cache_folders import remove_old_copies, working_folder
 from prompt_search.claims import Claim, claimed
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 from prompt_search.storage import is_url, swap_point
 from prompt_search.storage_errors import StorageError
 

@@ -15,8 +15,6 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import config
-
 LOCAL_ATTEMPTS = 4  # attempts per task on a local master: Spark's local[N] gives a task one, a cluster 4
 DRIVER_MEMORY = "2g"  # img2dataset's and autofaiss's own sessions ask for 16g; this driver only schedules and merges
 LOOPBACK = "127.0.0.1"
@@ -88,8 +86,7 @@ def ship_code(spark) -> None:
     package = os.path.dirname(os.path.abspath(__file__))
     path = os.path.join(tempfile.mkdtemp(prefix="prompt-search-code-"), "prompt_search.zip")
     with zipfile.ZipFile(path, "w") as archive:
-        archive.write(config.__file__, "config.py")  # prompt_search.cli reads it
-        for module in sorted(glob.glob(os.path.join(package, "*.py"))):
-            archive.write(module, f"prompt_search/{os.path.basename(module)}")
+        for module in sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True)):
+            archive.write(module, os.path.join("prompt_search", os.path.relpath(module, package)))
     context.addPyFile(path)
     _shipped.add(context.applicationId)

@@ -20,7 +20,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 from prompt_search.storage_errors import reaching
 
 # This machine's copies of what lives at URLs: output sets read (by publication), sets being built before their
@@ -34,6 +34,11 @@ STAMP_KEYS = {"size", "mtime", "ETag", "LastModified", "last_modified", "md5Hash
 def is_url(path: str) -> bool:
     """A location fsspec opens (protocol://...), not a local path."""
     return "://" in path
+
+
+def is_http_url(url: object) -> bool:
+    """An http(s) URL, its scheme in any case: schemes are case-insensitive (RFC 3986), so HTTP://x is http://x."""
+    return type(url) is str and url[:8].lower().startswith(("http://", "https://"))
 
 
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
@@ -208,7 +213,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
     """A file to write path's content into (a local path or a URL): path never holds part of it. Written as
     path.partial and moved onto path when the block succeeds: in one step on a local disk and on object stores
     (which make an object visible only whole); HDFS deletes an existing path before the move, so there path may be
-    missing for a moment (the sets never replace an object: see sets.py)."""
+    missing for a moment (the sets never replace an object: see output_sets.py)."""
     if not is_url(path):
         with atomic_path(path) as tmp, open(tmp, mode) as f:
             yield f

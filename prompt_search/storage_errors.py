@@ -5,7 +5,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 
 # Packages whose own exceptions are storage failures too: s3fs lets botocore's EndpointConnectionError (not an
 # OSError) through when the endpoint cannot be reached, and aiohttp's and Google's clients raise their own.

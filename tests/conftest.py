@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     """A CLIP of the real architecture with random weights, small, saved for clip.load(path)."""
-    from prompt_search.models.openai_clip import save_random_clip
+    from scaffolding import save_random_clip
 
     path = tmp_path_factory.mktemp("model") / "tiny-clip.pt"
     save_random_clip(str(path))
@@ -36,7 +36,7 @@ TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 256, "layers": 2
 
 def write_open_clip(folder: Path, name: str, config: dict) -> str:
     """A model config file and a checkpoint of it with random weights; the --MODEL value naming them."""
-    from prompt_search.models.clip import save_random_open_clip
+    from scaffolding import save_random_open_clip
 
     arch = folder / f"{name}.json"
     arch.write_text(json.dumps(config))
@@ -155,8 +155,9 @@ def write_open_prompts_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 def csv_1k(tmp_path_factory) -> Path:
     """The real 1k.csv (open-prompts' 998-row sample) from $PROMPT_SEARCH_DATA, its sha256 checked; the test is
     skipped, saying so, when it is not there (.ci/run sets the variable where CI keeps the data)."""
+    from scaffolding import MissingDataFile, data_file_from_env
+
     import config
-    from prompt_search.data_files import MissingDataFile, data_file_from_env
 
     try:
         return Path(data_file_from_env("1k.csv", config.CSV_SHA256, str(tmp_path_factory.mktemp("data"))))

@@ -24,12 +24,15 @@ from conftest import (
     write_open_prompts_csv,
 )
 
-from prompt_search.cli import UserError, load_config
+from config_reader import load_config
 from prompt_search.embedding.textual import embed_prompts
+from prompt_search.errors import UserError
 from prompt_search.index.build import create_index
+from prompt_search.layout import METADATA_FILE
 from prompt_search.models.clip import load
 from prompt_search.models.openai_clip import choose_device
-from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
+from prompt_search.settings import EmbedSettings, IndexSettings
+from prompt_search.sources.open_prompts import extract_links
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,8 +121,8 @@ def built(tmp_path_factory, tiny_clip):
     write_open_prompts_csv(root / "p.csv", [(f"prompt {i}", f"https://example.com/{i}.png") for i in range(6)])
     out = root / "outputs"
     extract_links(str(root / "p.csv"), str(out))
-    embed_prompts(str(out / METADATA_FILE), str(out / "textual_embeddings"), tiny_clip, "", "cpu", 4)
-    create_index(str(out), "textual", "4G", "8G", 10.0)  # config.py's memory settings
+    embed_prompts(str(out / METADATA_FILE), str(out / "textual_embeddings"), EmbedSettings(tiny_clip, "", "cpu", 4))
+    create_index(str(out), "textual", IndexSettings("4G", "8G", 10.0))  # config.py's memory settings
     for i in range(3):
         make_image(root / "images" / f"{i}.png", (40, 30), seed=i)
     return SimpleNamespace(root=root, out=out, model=tiny_clip)

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 import config
-from prompt_search.cli import ALLOWED, UserError, load_config, run
+from config_reader import ALLOWED, load_config
+from prompt_search.cli import run
+from prompt_search.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,7 +197,7 @@ def test_values_at_the_edges_of_their_range_are_accepted(arg):
 def test_every_default_is_in_range_and_every_number_setting_has_a_range():
     load_config([])  # raises on a default out of its range
     numbers = {name for name, value in vars(config).items() if name.isupper() and type(value) in (int, float)}
-    assert numbers <= set(ALLOWED), f"settings without a range in prompt_search/cli.py: {numbers - set(ALLOWED)}"
+    assert numbers <= set(ALLOWED), f"settings without a range in config_reader.py: {numbers - set(ALLOWED)}"
     assert set(ALLOWED) <= set(vars(config)), "a range for a setting config.py does not have"
     for name, allowed in ALLOWED.items():
         assert allowed.accepts(getattr(config, name)), name

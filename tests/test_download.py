@@ -4,8 +4,10 @@ import json
 
 from conftest import make_image, serve, write_open_prompts_csv
 
+from prompt_search.layout import METADATA_FILE
+from prompt_search.settings import DownloadSettings
 from prompt_search.sources.download import download_images, in_words, print_summary, read_stats
-from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
+from prompt_search.sources.open_prompts import extract_links
 
 EMPTY = "empty file, 0 bytes (OpenCV("
 NOT_AN_IMAGE = "not an image, a truncated one, or a format OpenCV cannot read (Image decoding error)"
@@ -22,8 +24,8 @@ def test_empty_and_undecodable_downloads_are_said_in_words(tmp_path, capsys):
         write_open_prompts_csv(tmp_path / "p.csv", [(name, f"{base}/{name}") for name in names])
         extract_links(str(tmp_path / "p.csv"), str(tmp_path / "out"))
         images = tmp_path / "out" / "images"
-        summary = download_images(str(tmp_path / "out" / METADATA_FILE), str(images), 64, "keep_ratio", 2, 1, 5,
-                                  0, "files")
+        summary = download_images(str(tmp_path / "out" / METADATA_FILE), str(images),
+                                  DownloadSettings(64, "keep_ratio", 2, 1, 5, 0, "files"))
     raw = json.loads(next(images.glob("*_stats.json")).read_text())["status_dict"]
     assert any("!buf.empty()" in status for status in raw)  # what img2dataset itself says of the empty file
     assert (summary.count, summary.successes) == (5, 1)

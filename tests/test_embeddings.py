@@ -12,10 +12,11 @@ import pytest
 from conftest import REPO, make_image, run_script
 from PIL import Image
 
-from prompt_search.cli import UserError
 from prompt_search.embedding import set_writer as embed
 from prompt_search.embedding.set_writer import save_batch
 from prompt_search.embedding.visual import embed_images
+from prompt_search.errors import UserError
+from prompt_search.settings import EmbedSettings
 
 MODES = ["RGB", "RGBA", "P", "L", "CMYK", "I;16"]
 
@@ -37,7 +38,8 @@ def test_plain_folder_every_mode_nested_and_bad_files(tmp_path, tiny_clip):
     (images / "truncated.png").write_bytes((images / "RGB.png").read_bytes()[:200])
     Image.new("L", (9000, 9000)).save(images / "bomb.png")  # 81 Mpixel, a few KB on disk
     (images / "readme.txt").write_text("ignored: not an image extension")
-    written, skipped = embed_images(str(images), str(tmp_path / "out"), tiny_clip, "", "cpu", 4, 0)
+    written, skipped = embed_images(str(images), str(tmp_path / "out"),
+                                    EmbedSettings(tiny_clip, "", "cpu", 4, num_workers=0))
     assert written == len(MODES)
     reasons = {path.rsplit("/", 1)[-1]: reason for path, reason in skipped}
     assert set(reasons) == {"zero.png", "notes.png", "truncated.png", "bomb.png"}
@@ -52,7 +54,7 @@ def test_plain_folder_every_mode_nested_and_bad_files(tmp_path, tiny_clip):
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
-    from prompt_search.sources.image_files import open_rgb
+    from prompt_search.pixels import open_rgb
 
     path = make_image(tmp_path / "deep.png", (64, 64), "I;16", 3)
     as_8bit = np.asarray(Image.open(path)) // 257
@@ -109,30 +111,32 @@ def test_changed_inputs_make_a_new_set_and_unfinished_work_is_kept(tmp_path, tin
     for seed in range(3):
         make_image(images / f"{seed}.png", (64, 64), "RGB", seed)
     out = tmp_path / "out"
-    embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+    embed_images(str(images), str(out), EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=0))
     make_image(images / "3.png", (64, 64), "RGB", 3)
-    embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+    embed_images(str(images), str(out), EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=0))
     assert sorted(read_folder(out)[0]) == ["0.png", "1.png", "2.png", "3.png"]  # replaced whole, not mixed
 
     stop_after_one_batch(monkeypatch)
     make_image(images / "4.png", (64, 64), "RGB", 4)
     with pytest.raises(KeyboardInterrupt):
-        embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+        embed_images(str(images), str(out), EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=0))
     monkeypatch.setattr(embed, "save_batch", save_batch)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*.npy")}
     with pytest.raises(UserError, match="unfinished embeddings of other inputs .batch_size changed"):
-        embed_images(str(images), str(out), tiny_clip, "", "cpu", 3, 0)
+        embed_images(str(images), str(out), EmbedSettings(tiny_clip, "", "cpu", 3, num_workers=0))
     assert before == {p: p.read_bytes() for p in tmp_path.rglob("*.npy")}
     assert len(read_folder(out)[0]) == 4  # the published set is untouched meanwhile
-    embed_images(str(images), str(out), tiny_clip, "", "cpu", 2, 0)
+    embed_images(str(images), str(out), EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=0))
     assert len(read_folder(out)[0]) == 5
 
 
 def test_a_model_typo_leaves_nothing_to_refuse(tmp_path, tiny_clip):
     make_image(tmp_path / "images" / "a.png", (64, 64))
     with pytest.raises(UserError, match="neither a CLIP model name"):
-        embed_images(str(tmp_path / "images"), str(tmp_path / "out"), "ViT-Z/99", "", "cpu", 8, 0)
-    written, _ = embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 8, 0)
+        embed_images(str(tmp_path / "images"), str(tmp_path / "out"),
+                     EmbedSettings("ViT-Z/99", "", "cpu", 8, num_workers=0))
+    written, _ = embed_images(str(tmp_path / "images"), str(tmp_path / "out"),
+                              EmbedSettings(tiny_clip, "", "cpu", 8, num_workers=0))
     assert written == 1
 
 
@@ -151,7 +155,8 @@ def test_bad_sidecars_fall_back_to_path_ids_and_shared_ids_are_reported(tmp_path
         make_image(images / f"{name}.jpg", (64, 64), "RGB", seed)
         sidecar = images / f"{name}.json"
         sidecar.write_bytes(text) if isinstance(text, bytes) else sidecar.write_text(text)
-    written, skipped = embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 4, 0)
+    written, skipped = embed_images(str(tmp_path / "images"), str(tmp_path / "out"),
+                                    EmbedSettings(tiny_clip, "", "cpu", 4, num_workers=0))
     assert written == 6
     assert skipped == [(str(images / "twin.jpg"), f"duplicate id 'row-1': {images / 'good.jpg'} has it already")]
     ids = sorted(read_folder(tmp_path / "out")[0])
@@ -182,7 +187,7 @@ def test_unknown_model_and_missing_folder(tmp_path):
 
 def test_manifest_records_the_inputs(tmp_path, tiny_clip):
     make_image(tmp_path / "images" / "a.png", (64, 64))
-    embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 8, 0)
+    embed_images(str(tmp_path / "images"), str(tmp_path / "out"), EmbedSettings(tiny_clip, "", "cpu", 8, num_workers=0))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["count"] == 1 and manifest["batch_size"] == 8 and tiny_clip in manifest["model"]
 
@@ -191,4 +196,5 @@ def test_webdataset_shards_get_a_hint(tmp_path, tiny_clip):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "00000.tar").write_bytes(b"")
     with pytest.raises(UserError, match="OUTPUT_FORMAT=files"):
-        embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 2, 0)
+        embed_images(str(tmp_path / "images"), str(tmp_path / "out"),
+                     EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=0))

@@ -19,8 +19,8 @@ import torch
 from clip.clip import _transform
 from clip.simple_tokenizer import SimpleTokenizer
 from conftest import REPO, make_image
+from scaffolding import index_vectors
 
-from prompt_search.index.build import index_vectors
 from prompt_search.models.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
@@ -32,7 +32,7 @@ from prompt_search.models.onnx_clip import (
 from prompt_search.models.onnx_export import export_onnx
 from prompt_search.models.openai_clip import load_clip
 from prompt_search.models.tokenizer import CONTEXT_LENGTH, tokenize
-from prompt_search.sources.image_files import open_rgb, to_pixels
+from prompt_search.pixels import open_rgb, to_pixels
 
 MIN_TRIM_COSINE = 0.99999  # cut rows against 77-token rows: the same sums, in another order
 MIN_INT8_COSINE = 0.98  # int8 against fp32, tiny model; measured worst: text 0.992 (of 998 prompts), image 0.9997

@@ -25,9 +25,12 @@ from conftest import REPO, make_image, readable_by_everyone, run_script, serve, 
 from PIL import Image
 from test_server import running_server
 
+from prompt_search.layout import METADATA_FILE
+from prompt_search.pixels import MAX_PIXELS
+from prompt_search.settings import DownloadSettings
 from prompt_search.sources.download import download_images
-from prompt_search.sources.image_files import MAX_PIXELS, path_as_text, path_from_text
-from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
+from prompt_search.sources.image_files import path_as_text, path_from_text
+from prompt_search.sources.open_prompts import extract_links
 
 NOBODY = 65534  # the unprivileged user an unreadable folder is tested as when the tests run as root
 
@@ -113,8 +116,8 @@ def test_download_refuses_an_image_over_the_pixel_limit_before_decoding_it(tmp_p
         write_open_prompts_csv(tmp_path / "p.csv", [("good", f"{base}/good.png"), ("bomb", f"{base}/bomb.png")])
         extract_links(str(tmp_path / "p.csv"), str(tmp_path / "out"))
         images = tmp_path / "out" / "images"
-        summary = download_images(str(tmp_path / "out" / METADATA_FILE), str(images), 64, "keep_ratio", 2, 1, 5,
-                                  0, "files")
+        summary = download_images(str(tmp_path / "out" / METADATA_FILE), str(images),
+                                  DownloadSettings(64, "keep_ratio", 2, 1, 5, 0, "files"))
     assert (summary.count, summary.successes) == (2, 1)
     [reason] = summary.failures
     assert reason.startswith(f"over {MAX_PIXELS} pixels, refused before decoding (OpenCV(")

@@ -15,7 +15,8 @@ from prompt_search.embedding import set_writer as embed
 from prompt_search.embedding.gpu_input import Counts, JpegBytes, crop_on_device, device_batch, prefetched
 from prompt_search.embedding.set_writer import save_batch
 from prompt_search.embedding.visual import embed_images, workers
-from prompt_search.sources.image_files import CLIP_PIXELS, crop_rgb, open_rgb
+from prompt_search.pixels import CLIP_PIXELS, crop_rgb, open_rgb
+from prompt_search.settings import EmbedSettings
 
 SIZES = [(224, 224), (224, 336), (336, 224), (448, 224), (224, 298), (512, 768), (1000, 700), (150, 90)]
 
@@ -104,8 +105,8 @@ def cosines(a, b):
 def test_gpu_path_on_cpu_gives_the_cpu_paths_embeddings_ids_and_skips(mixed, tmp_path, tiny_clip, capsys):
     out = {}
     for decode, num_workers in (("cpu", 0), ("gpu", 2)):
-        written, skipped = embed_images(str(mixed), str(tmp_path / decode), tiny_clip, "", "cpu", 4, num_workers,
-                                        decode)
+        written, skipped = embed_images(str(mixed), str(tmp_path / decode),
+                                        EmbedSettings(tiny_clip, "", "cpu", 4, num_workers=num_workers, decode=decode))
         out[decode] = written, skipped, read_folder(tmp_path / decode)
         printed = capsys.readouterr().out
         assert f"input path {decode}: {len(os.listdir(mixed))} images in" in printed and "images/s" in printed
@@ -120,7 +121,8 @@ def test_gpu_path_on_cpu_gives_the_cpu_paths_embeddings_ids_and_skips(mixed, tmp
 def test_gpu_path_resumes_a_stopped_run_to_the_same_result(tmp_path, tiny_clip, monkeypatch):
     for seed in range(9):
         photo(tmp_path / "images" / f"{seed}.jpg", SIZES[seed % 5], seed)
-    embed_images(str(tmp_path / "images"), str(tmp_path / "whole"), tiny_clip, "", "cpu", 2, 0, "gpu")
+    embed_images(str(tmp_path / "images"), str(tmp_path / "whole"),
+                 EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=0, decode="gpu"))
 
     def stopped_after_two_batches(folder, batch, *args):
         if batch == 2:
@@ -129,9 +131,11 @@ def test_gpu_path_resumes_a_stopped_run_to_the_same_result(tmp_path, tiny_clip, 
 
     monkeypatch.setattr(embed, "save_batch", stopped_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
-        embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 2, 1, "gpu")
+        embed_images(str(tmp_path / "images"), str(tmp_path / "out"),
+                     EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=1, decode="gpu"))
     monkeypatch.setattr(embed, "save_batch", save_batch)
-    embed_images(str(tmp_path / "images"), str(tmp_path / "out"), tiny_clip, "", "cpu", 2, 1, "gpu")
+    embed_images(str(tmp_path / "images"), str(tmp_path / "out"),
+                 EmbedSettings(tiny_clip, "", "cpu", 2, num_workers=1, decode="gpu"))
     ids, vectors = read_folder(tmp_path / "out")
     whole_ids, whole_vectors = read_folder(tmp_path / "whole")
     assert list(ids) == list(whole_ids) and len(ids) == 9

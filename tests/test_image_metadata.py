@@ -24,7 +24,9 @@ from generations import (
     write_folder,
 )
 
-from prompt_search.cli import UserError, load_config
+from config_reader import load_config
+from prompt_search.errors import UserError
+from prompt_search.layout import METADATA_FILE, REJECTS_FILE
 from prompt_search.sources import folder_metadata
 from prompt_search.sources.comfyui import MAX_RANKED, parse_comfyui
 from prompt_search.sources.folder_metadata import SCHEMA, extract_folder_metadata, read_texts
@@ -38,7 +40,6 @@ from prompt_search.sources.image_metadata import (
     parse_novelai,
     parse_sd_metadata,
 )
-from prompt_search.sources.open_prompts import METADATA_FILE, REJECTS_FILE
 
 
 def test_a1111_is_parsed_by_key_with_quoted_values_and_lines():

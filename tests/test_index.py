@@ -9,21 +9,14 @@ import numpy as np
 import pytest
 
 import config
-from prompt_search.cli import UserError
 from prompt_search.embedding.set_writer import save_batch
-from prompt_search.index.build import (
-    INDEX_FILE,
-    INFOS_FILE,
-    ITEMS_FILE,
-    SOURCE_FILE,
-    VECTORS_FILE,
-    build_index,
-    check_alignment,
-    source_files,
-)
-from prompt_search.index.build import build as index_module
+from prompt_search.errors import UserError
+from prompt_search.index import build as index_module
+from prompt_search.index.build import build_index, check_alignment, source_files
 from prompt_search.index.choice import choose_index, exact_top, recall_at_10, tune_search, tuning_queries
 from prompt_search.items import ItemTable
+from prompt_search.layout import INDEX_FILE, INFOS_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
+from prompt_search.settings import IndexSettings
 
 SET_FILES = (INDEX_FILE, INFOS_FILE, ITEMS_FILE, VECTORS_FILE, SOURCE_FILE)
 
@@ -42,7 +35,7 @@ def fake_embeddings(folder, sizes, dim=16, seed=0, vectors=None):
 
 def build(tmp_path, folder, max_memory="1G"):
     index_set = tmp_path / "knn" / "visual"
-    return index_set, build_index(str(folder), str(index_set), max_memory, "2G", 10.0)
+    return index_set, build_index(str(folder), str(index_set), IndexSettings(max_memory, "2G", 10.0))
 
 
 @pytest.mark.parametrize("sizes", [[1], [3, 0, 2], [50] * 25])
@@ -168,7 +161,7 @@ def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     fake_embeddings(tmp_path / "emb", [1000] * 12, dim=32, vectors=vectors)
     index_set = tmp_path / "knn" / "visual"
-    infos = build_index(str(tmp_path / "emb"), str(index_set), "300K", "2G", 10.0)
+    infos = build_index(str(tmp_path / "emb"), str(index_set), IndexSettings("300K", "2G", 10.0))
     assert infos["index_key"] == choose_index(12_000, 32, "300K", 10.0).key == "OPQ4_32,IVF512,PQ4x8"
     source = json.loads((index_set / SOURCE_FILE).read_text())
     assert source["lossy"] and source["candidates"] == infos["candidates"] >= 400 and infos["recall@10"] >= 0.995
@@ -257,7 +250,7 @@ def test_recall_at_10_of_a_real_index_reaches_099_for_noisy_and_cross_modal_quer
     vectors = clustered(20_000, 64, 2_000, 0.9, 8)
     fake_embeddings(tmp_path / "emb", [10_000] * 2, dim=64, vectors=vectors)
     index_set = tmp_path / "knn" / "visual"
-    infos = build_index(str(tmp_path / "emb"), str(index_set), max_memory, "2G", max_query_ms)
+    infos = build_index(str(tmp_path / "emb"), str(index_set), IndexSettings(max_memory, "2G", max_query_ms))
     assert infos["index_key"] == choose_index(20_000, 64, max_memory, max_query_ms).key != ""
     rng = np.random.default_rng(9)
     picked = vectors[rng.choice(20_000, 100, replace=False)]
@@ -276,12 +269,13 @@ def test_an_index_key_autofaiss_cannot_build_is_one_clear_line_and_keeps_the_set
     index_set, _ = build(tmp_path, tmp_path / "emb")
     before = (index_set / INDEX_FILE).read_bytes()
     with pytest.raises(UserError, match=f"INDEX_KEY '{key}' cannot be built for 16-d vectors: .*{reason}"):
-        build_index(str(tmp_path / "emb"), str(index_set), "1G", "2G", 10.0, index_key=key)
+        build_index(str(tmp_path / "emb"), str(index_set), IndexSettings("1G", "2G", 10.0, index_key=key))
     assert (index_set / INDEX_FILE).read_bytes() == before
 
 
 def test_an_index_key_is_built_as_named(tmp_path):
     fake_embeddings(tmp_path / "emb", [300])
     index_set = tmp_path / "knn" / "visual"
-    infos = build_index(str(tmp_path / "emb"), str(index_set), "1G", "2G", 10.0, index_key="OPQ4_16,IVF4,PQ4x8")
+    infos = build_index(str(tmp_path / "emb"), str(index_set),
+                        IndexSettings("1G", "2G", 10.0, index_key="OPQ4_16,IVF4,PQ4x8"))
     assert infos["index_key"] == "OPQ4_16,IVF4,PQ4x8" and json.loads((index_set / SOURCE_FILE).read_text())["lossy"]

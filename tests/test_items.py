@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 
 from prompt_search import items as items_module
 from prompt_search.items import ItemTable, write_items
-from prompt_search.sources.open_prompts import url_id
+from prompt_search.sources.urls import url_id
 
 
 def test_rows_by_position_across_batches_and_joined_metadata(tmp_path, monkeypatch):

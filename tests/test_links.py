@@ -19,11 +19,13 @@ import pytest
 from conftest import children_of, is_running, serve, write_open_prompts_csv
 
 import config
-from prompt_search.cli import UserError
-from prompt_search.data_files import is_http_url
+from prompt_search.errors import UserError
+from prompt_search.layout import LINKS_FILE, METADATA_FILE, REJECTS_FILE
 from prompt_search.sources import csv_pieces, url_keys
 from prompt_search.sources import open_prompts as links
-from prompt_search.sources.open_prompts import LINKS_FILE, METADATA_FILE, REJECTS_FILE, extract_links
+from prompt_search.sources.open_prompts import extract_links
+from prompt_search.sources.urls import url_id
+from prompt_search.storage import is_http_url
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "extract_img_links_from_csv.py"
@@ -172,7 +174,7 @@ def test_1k_ids(out_1k):
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 16 and set(i) <= set("0123456789abcdef") for i in ids)
     assert all(r["id"] == hashlib.blake2b(r["url"].encode(), digest_size=8).hexdigest() for r in table)
-    assert all(links.url_id(r["url"]) == r["id"] for r in table)
+    assert all(url_id(r["url"]) == r["id"] for r in table)
 
 
 def test_1k_metadata_columns(out_1k):
@@ -355,7 +357,7 @@ def test_schemes_in_capitals_are_http_and_stored_in_lower_case(tmp_path):
     # the scheme alone is lowered: the rest of a URL can be case-sensitive
     assert [r["url"] for r in table] == ["http://cdn.discordapp.com/attachments/1/2/Up.PNG",
                                          "https://example.supabase.co/b.png"]
-    assert [r["id"] for r in table] == [links.url_id(r["url"]) for r in table]
+    assert [r["id"] for r in table] == [url_id(r["url"]) for r in table]
     assert [r["discord_url"] for r in table] == ["http://cdn.discordapp.com/attachments/1/2/Up.PNG", "https://cdn.x/c.png"]
     assert (tmp_path / "out" / LINKS_FILE).read_text().splitlines() == [r["url"] for r in table]
 

@@ -15,7 +15,9 @@ from prompt_search.embedding import set_writer as embed
 from prompt_search.embedding.listing import Listing, prompt_keys, write_listing
 from prompt_search.embedding.set_writer import items_digest, save_batch
 from prompt_search.embedding.textual import embed_prompts, listing_file
-from prompt_search.sources.open_prompts import METADATA_FILE, PARQUET_OPTIONS, SCHEMA
+from prompt_search.layout import METADATA_FILE
+from prompt_search.settings import EmbedSettings
+from prompt_search.sources.metadata_table import PARQUET_OPTIONS, SCHEMA
 
 TRICKY = ["Straße", "STRASSE", "strasse", "ſtraße", "İstanbul", "i̇stanbul", "istanbul", "ISTANBUL", "ıstanbul",
           "ὈΔΥΣΣΕΎΣ", "ὀδυσσεύς", "ὀδυσσεύσ", "ﬁre", "FIRE", "Ꭰꭰ", "ꭰꭰ", "µ", "μ", "ǅ", "ǆ",
@@ -106,7 +108,7 @@ def test_stopped_prompt_run_resumes_to_the_same_files(tmp_path, tiny_clip, monke
     rows = write_metadata(tmp_path / "metadata.parquet", variants(random.Random(7), 120))
     expected, empty = python_rule(rows)
     assert embed_prompts(str(tmp_path / "metadata.parquet"), str(tmp_path / "whole" / "textual_embeddings"),
-                         tiny_clip, "", "cpu", 4) == (len(expected), empty)
+                         EmbedSettings(tiny_clip, "", "cpu", 4)) == (len(expected), empty)
 
     saved = []
 
@@ -119,10 +121,10 @@ def test_stopped_prompt_run_resumes_to_the_same_files(tmp_path, tiny_clip, monke
     folder = tmp_path / "stopped" / "textual_embeddings"
     monkeypatch.setattr(embed, "save_batch", stopped_after_three_batches)
     with pytest.raises(KeyboardInterrupt):
-        embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), tiny_clip, "", "cpu", 4)
+        embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), EmbedSettings(tiny_clip, "", "cpu", 4))
     monkeypatch.setattr(embed, "save_batch", save_batch)
     assert not (tmp_path / "stopped" / listing_file(str(folder))).exists()  # the listing goes with the run
-    embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), tiny_clip, "", "cpu", 4)
+    embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), EmbedSettings(tiny_clip, "", "cpu", 4))
 
     whole = tmp_path / "whole" / "textual_embeddings"
     ids, vectors = read_set(folder)

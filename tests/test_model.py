@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_image, run_script
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 from prompt_search.models.openai_clip import load_clip
 
 

@@ -14,9 +14,9 @@ from conftest import TINY_OPEN_CLIP, make_image, run_script, write_open_clip, wr
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from test_fast_query import IMAGES, cosines, first_hit, generated_prompts, query_without_torch
 
-from prompt_search.cli import UserError
-from prompt_search.data_files import model_fingerprint
+from prompt_search.errors import UserError
 from prompt_search.models.clip import load
+from prompt_search.models.names import model_fingerprint
 from prompt_search.models.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
@@ -27,7 +27,7 @@ from prompt_search.models.onnx_clip import (
 )
 from prompt_search.models.onnx_export import MIN_COSINE, export_onnx
 from prompt_search.models.tokenizer import OPEN_CLIP_SPECIAL_TOKENS, TextSpec, tokenize
-from prompt_search.sources.image_files import PixelSpec, open_rgb, to_pixels
+from prompt_search.pixels import PixelSpec, open_rgb, to_pixels
 
 OPEN_CLIP_SPEC = TextSpec(OPEN_CLIP_SPECIAL_TOKENS)
 # OpenCLIP's spelling of the special tokens, which OpenAI's tokenizer reads as plain text, and the other way round

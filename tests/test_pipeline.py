@@ -10,7 +10,7 @@ import torch
 from conftest import make_image, run_script, serve, write_open_prompts_csv
 from PIL import Image
 
-from prompt_search.sources.open_prompts import METADATA_FILE
+from prompt_search.layout import METADATA_FILE
 
 # (size, mode, file name): generated images are rarely square, and come in every mode
 SERVED = [((512, 768), "RGB", "a.png"), ((768, 512), "RGBA", "b.png"), ((512, 512), "P", "c.png"),

@@ -91,7 +91,7 @@ def test_identical_images_are_one_result_saying_how_many(with_duplicates):
 
 
 def test_an_index_refuses_query_vectors_of_another_model(with_duplicates, tmp_path):
-    from prompt_search.models.openai_clip import save_random_clip
+    from scaffolding import save_random_clip
 
     work, common = with_duplicates
     other = tmp_path / "other-clip.pt"

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from prompt_search.layout import METADATA_FILE, REJECTS_FILE
 from prompt_search.sources.folder_metadata import extract_folder_metadata, image_row
-from prompt_search.sources.open_prompts import METADATA_FILE, REJECTS_FILE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "generations"
 

@@ -18,11 +18,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
 from test_server import post, running_server
 
-from prompt_search.index.build import ITEMS_FILE
 from prompt_search.items import ItemTable
+from prompt_search.layout import ITEMS_FILE, METADATA_FILE, REJECTS_FILE
 from prompt_search.output_sets import local_set
 from prompt_search.sources.folder_metadata import extract_folder_metadata
-from prompt_search.sources.open_prompts import METADATA_FILE, REJECTS_FILE, extract_links
+from prompt_search.sources.open_prompts import extract_links
 
 # prompt -> its seed; each pair of neighbours is one seed apart, and equal once rounded to a float64
 SEEDS = {"a lighthouse at dawn": 2**53, "a lighthouse at dusk": 2**53 + 1, "a fox in the snow": 2**63 + 5,

@@ -27,8 +27,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_fast_query import WITHOUT_TORCH
 from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
 
-from prompt_search.index.build import ITEMS_FILE
 from prompt_search.items import ItemTable
+from prompt_search.layout import ITEMS_FILE
 
 SCRIPT_PROMPT = "<script>window.__pwned=1</script> a planted prompt"
 PROMPTS = ["a blue robot on a red background", "a corgi astronaut on the moon", "portrait of a kangaroo",

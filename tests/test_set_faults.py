@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, killed_after_batches, make_image, run_script, write_open_prompts_csv
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 from prompt_search.output_sets import current_set, output_set
+from prompt_search.settings import EmbedSettings
 
 REFUSED = "is writing this set; run again when it has ended"
 
@@ -111,12 +112,12 @@ def test_a_resumed_folder_holding_batches_of_other_inputs_is_not_published(tmp_p
     _, original = killed_after_batches(monkeypatch, 2)
     folder = tmp_path / "out" / "textual_embeddings"
     with pytest.raises(KeyboardInterrupt):
-        embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), tiny_clip, "", "cpu", 2)
+        embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), EmbedSettings(tiny_clip, "", "cpu", 2))
     monkeypatch.setattr(embed, "save_batch", original)
     unpublished = tmp_path / "out" / ".textual_embeddings.1"
     (unpublished / "batches" / "000000001.json").write_text('{"count": 5, "skipped": []}')  # batch size 5's
     with pytest.raises(UserError, match="holds batches of other inputs beside this run's"):
-        embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), tiny_clip, "", "cpu", 2)
+        embed_prompts(str(tmp_path / "metadata.parquet"), str(folder), EmbedSettings(tiny_clip, "", "cpu", 2))
     assert current_set(str(folder)) is None
 
 

@@ -17,9 +17,11 @@ from conftest import make_image, run_script, serve, write_open_prompts_csv
 
 from prompt_search.embedding.textual import embed_prompts
 from prompt_search.embedding.visual import embed_images
-from prompt_search.index.build import INDEX_FILE, INFOS_FILE, build_index
+from prompt_search.index.build import build_index
+from prompt_search.layout import INDEX_FILE, INFOS_FILE, METADATA_FILE
+from prompt_search.settings import DownloadSettings, EmbedSettings, IndexSettings
 from prompt_search.sources.download import download_images
-from prompt_search.sources.open_prompts import METADATA_FILE, extract_links
+from prompt_search.sources.open_prompts import extract_links
 
 pytest.importorskip("pyspark")
 
@@ -49,8 +51,9 @@ def test_download_on_spark_gives_the_same_images_sidecars_and_summary(tmp_path, 
         write_open_prompts_csv(tmp_path / "p.csv", [(f"prompt {n}", f"{base}/{n}") for n in [*names, "gone.png"]])
         extract_links(str(tmp_path / "p.csv"), str(tmp_path / "out"))
         metadata = str(tmp_path / "out" / METADATA_FILE)
-        summaries = {distributor: download_images(metadata, str(tmp_path / distributor), 64, "keep_ratio", 2, 1, 5,
-                                                  0, "files", distributor)
+        summaries = {distributor: download_images(metadata, str(tmp_path / distributor),
+                                                  DownloadSettings(64, "keep_ratio", 2, 1, 5, 0, "files",
+                                                                   distributor=distributor))
                      for distributor in ("local", "pyspark")}
     assert summaries["local"] == summaries["pyspark"] and summaries["local"].successes == 6
     # the stats hold timings (what they count is the summary above); a shard's table lists its images in the order
@@ -67,8 +70,8 @@ def test_index_on_spark_is_the_local_index_with_the_same_items_vectors_and_sourc
 
     fake_embeddings(tmp_path / "emb", [50] * 25)
     for distributor in ("local", "pyspark"):
-        build_index(str(tmp_path / "emb"), str(tmp_path / distributor), "1G", "2G", 10.0, "", distributor,
-                    index_key=index_key)
+        build_index(str(tmp_path / "emb"), str(tmp_path / distributor),
+                    IndexSettings("1G", "2G", 10.0, distributor=distributor, index_key=index_key), "")
     # autofaiss tunes nprobe from measured search times (in infos.json, and in the index): the machine's load
     # may change it between any two builds, so the indices are compared with the same nprobe
     timed = (INFOS_FILE, INDEX_FILE)
@@ -93,7 +96,8 @@ def images(tmp_path_factory) -> Path:
 
 
 def embed(images: Path, out: Path, tiny_clip: str, distributor: str) -> list[tuple[str, str]]:
-    return embed_images(str(images), str(out), tiny_clip, "", "cpu", 3, 0, "", distributor)[1]
+    return embed_images(str(images), str(out),
+                        EmbedSettings(tiny_clip, "", "cpu", 3, num_workers=0, decode="", distributor=distributor))[1]
 
 
 def test_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, spark, images, tiny_clip):
@@ -111,7 +115,7 @@ def test_prompt_embeddings_on_spark_are_the_local_files_byte_for_byte(tmp_path, 
     write_metadata(tmp_path / "metadata.parquet", variants(random.Random(3), 60))
     for distributor in ("local", "pyspark"):
         embed_prompts(str(tmp_path / "metadata.parquet"), str(tmp_path / distributor / "textual_embeddings"),
-                      tiny_clip, "", "cpu", 4, distributor)
+                      EmbedSettings(tiny_clip, "", "cpu", 4, distributor=distributor))
     local = files_of(tmp_path / "local" / "textual_embeddings")
     assert len([name for name in local if name.startswith("batches/")]) > 3
     assert files_of(tmp_path / "pyspark" / "textual_embeddings") == local
@@ -157,7 +161,7 @@ def test_a_task_killed_mid_run_is_retried_from_its_complete_batches_to_the_same_
     for seed in range(120):
         make_image(tmp_path / "many" / f"{seed:03d}.png", (64, 64 + seed % 5), "RGB", seed)
     local = tmp_path / "local"
-    embed_images(str(tmp_path / "many"), str(local), tiny_clip, "", "cpu", 1, 0)
+    embed_images(str(tmp_path / "many"), str(local), EmbedSettings(tiny_clip, "", "cpu", 1, num_workers=0))
     batches = tmp_path / ".killed.1" / "batches"  # the unpublished set
     killed: list[tuple[float, list[str]]] = []
 
@@ -173,7 +177,8 @@ def test_a_task_killed_mid_run_is_retried_from_its_complete_batches_to_the_same_
 
     killer = threading.Thread(target=kill_once_some_batches_are_done)
     killer.start()
-    embed_images(str(tmp_path / "many"), str(tmp_path / "killed"), tiny_clip, "", "cpu", 1, 0, "", "pyspark")
+    embed_images(str(tmp_path / "many"), str(tmp_path / "killed"),
+                 EmbedSettings(tiny_clip, "", "cpu", 1, num_workers=0, decode="", distributor="pyspark"))
     killer.join()
     when, done_before = killed[0]
     assert 4 <= len(done_before) < 120, "the run ended before a task could be killed"
@@ -198,8 +203,9 @@ def test_steps_2_to_4_on_spark_at_a_url_write_the_local_distributors_files(tmp_p
         write_open_prompts_csv(tmp_path / "p.csv", [(f"prompt {i}", f"{base}/{i}.png") for i in range(3)])
         extract_links(str(tmp_path / "p.csv"), f"file://{tmp_path}/out")
         for distributor in ("local", "pyspark"):
-            summary = download_images(f"file://{tmp_path}/out/{METADATA_FILE}", f"file://{tmp_path}/{distributor}/img",
-                                      64, "keep_ratio", 2, 1, 5, 0, "files", distributor)
+            summary = download_images(f"file://{tmp_path}/out/{METADATA_FILE}",
+                                      f"file://{tmp_path}/{distributor}/img",
+                                      DownloadSettings(64, "keep_ratio", 2, 1, 5, 0, "files", distributor=distributor))
             assert summary.successes == 3
     downloaded = [{n: data for n, data in files_at(f"file://{tmp_path}/{d}/img").items()
                    if n.endswith((".jpg", ".json")) and not n.endswith("_stats.json")} for d in ("local", "pyspark")]
@@ -207,10 +213,12 @@ def test_steps_2_to_4_on_spark_at_a_url_write_the_local_distributors_files(tmp_p
     sets = {}
     for distributor in ("local", "pyspark"):
         at = f"file://{tmp_path}/{distributor}"
-        skipped = embed_images(f"file://{images}", f"{at}/visual_embeddings", tiny_clip, "", "cpu", 3, 0, "",
-                               distributor)[1]
+        skipped = embed_images(f"file://{images}", f"{at}/visual_embeddings",
+                               EmbedSettings(tiny_clip, "", "cpu", 3, num_workers=0, decode="",
+                                             distributor=distributor))[1]
         assert len(skipped) == 1 and skipped[0][0] == f"file://{images}/1/broken.png"
-        build_index(f"{at}/visual_embeddings", f"{at}/knn_indices/visual", "1G", "2G", 10.0, "", distributor)
+        build_index(f"{at}/visual_embeddings", f"{at}/knn_indices/visual",
+                    IndexSettings("1G", "2G", 10.0, distributor=distributor), "")
         sets[distributor] = [files_at(current_set(f"{at}/{name}")) for name in ("visual_embeddings",
                                                                                "knn_indices/visual")]
     assert sets["local"][0] == sets["pyspark"][0]

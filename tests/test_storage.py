@@ -25,8 +25,8 @@ from test_index import fake_embeddings
 
 from prompt_search import storage
 from prompt_search.claims import LEASE_S, overwrite
-from prompt_search.cli import UserError
 from prompt_search.embedding.textual import embed_prompts
+from prompt_search.errors import UserError
 from prompt_search.index.build import build_index, create_index
 from prompt_search.output_sets import (
     MARKER,
@@ -41,6 +41,7 @@ from prompt_search.output_sets import (
     withdraw_set,
 )
 from prompt_search.search.core import open_index
+from prompt_search.settings import EmbedSettings, IndexSettings
 
 
 @pytest.fixture
@@ -156,10 +157,10 @@ def test_prompt_embeddings_and_index_at_a_url_are_the_local_ones(tmp_path, memor
     write_metadata(tmp_path / "metadata.parquet", variants(random.Random(7), 40))
     counts = {}
     for where in (str(tmp_path / "local"), memory_url):
-        counts[where] = embed_prompts(str(tmp_path / "metadata.parquet"), f"{where}/textual_embeddings", tiny_clip,
-                                      "", "cpu", 4)
-        build_index(f"{where}/textual_embeddings", f"{where}/knn_indices/textual", "1G", "2G", 10.0,
-                    str(tmp_path / "metadata.parquet"))
+        counts[where] = embed_prompts(str(tmp_path / "metadata.parquet"), f"{where}/textual_embeddings",
+                                      EmbedSettings(tiny_clip, "", "cpu", 4))
+        build_index(f"{where}/textual_embeddings", f"{where}/knn_indices/textual",
+                    IndexSettings("1G", "2G", 10.0), str(tmp_path / "metadata.parquet"))
     assert counts[str(tmp_path / "local")] == counts[memory_url]
     embeddings = files_at(current_set(f"{memory_url}/textual_embeddings"))
     assert embeddings == local_files(str(tmp_path / "local" / "textual_embeddings"))
@@ -182,16 +183,16 @@ def test_a_killed_embedding_run_at_a_url_resumes_from_its_complete_batches(tmp_p
     saved, original = killed_after_batches(monkeypatch, 2)
     folder = f"{memory_url}/textual_embeddings"
     with pytest.raises(KeyboardInterrupt):
-        embed_prompts(str(tmp_path / "metadata.parquet"), folder, tiny_clip, "", "cpu", 4)
+        embed_prompts(str(tmp_path / "metadata.parquet"), folder, EmbedSettings(tiny_clip, "", "cpu", 4))
     assert current_set(folder) is None
     unpublished = storage.glob(f"{memory_url}/.textual_embeddings.*")
     assert len(storage.glob(f"{unpublished[0]}/batches/*.json")) == 2
     monkeypatch.setattr(embed, "save_batch", original)
     written = []
     monkeypatch.setattr(embed, "save_batch", lambda *a, **k: (written.append(a[1]), original(*a, **k)))
-    embed_prompts(str(tmp_path / "metadata.parquet"), folder, tiny_clip, "", "cpu", 4)
+    embed_prompts(str(tmp_path / "metadata.parquet"), folder, EmbedSettings(tiny_clip, "", "cpu", 4))
     assert saved == [0, 1] and written and 0 not in written and 1 not in written
-    embed_prompts(str(tmp_path / "metadata.parquet"), str(tmp_path / "local"), tiny_clip, "", "cpu", 4)
+    embed_prompts(str(tmp_path / "metadata.parquet"), str(tmp_path / "local"), EmbedSettings(tiny_clip, "", "cpu", 4))
     assert files_at(current_set(folder)) == local_files(str(tmp_path / "local"))
 
 
@@ -200,8 +201,8 @@ def test_an_index_set_at_a_url_from_embeddings_at_a_url(tmp_path, memory_url):
     fs = fsspec.filesystem("memory")
     with output_set(f"{memory_url}/emb") as folder:  # the embeddings set, uploaded as a step publishes it
         shutil.copytree(tmp_path / "emb", folder, dirs_exist_ok=True)
-    build_index(f"{memory_url}/emb", f"{memory_url}/index", "1G", "2G", 10.0)
-    build_index(str(tmp_path / "emb"), str(tmp_path / "index"), "1G", "2G", 10.0)
+    build_index(f"{memory_url}/emb", f"{memory_url}/index", IndexSettings("1G", "2G", 10.0))
+    build_index(str(tmp_path / "emb"), str(tmp_path / "index"), IndexSettings("1G", "2G", 10.0))
     remote = files_at(current_set(f"{memory_url}/index"))
     local = local_files(str(tmp_path / "index"))
     assert remote.keys() == local.keys() and remote["items.arrow"] == local["items.arrow"]
@@ -434,7 +435,7 @@ def test_a_step_that_published_says_so_and_ends_well_when_an_old_set_cannot_be_r
     with output_set(f"{memory_url}/visual_embeddings") as folder:
         shutil.copytree(tmp_path / "emb", folder, dirs_exist_ok=True)
     for _ in range(2):
-        create_index(memory_url, "visual", "1G", "2G", 10.0)
+        create_index(memory_url, "visual", IndexSettings("1G", "2G", 10.0))
     fs, _ = storage.filesystem(memory_url)
 
     def refused(path, *args) -> None:
@@ -443,7 +444,7 @@ def test_a_step_that_published_says_so_and_ends_well_when_an_old_set_cannot_be_r
 
     for name in ("rm", "rm_file"):
         monkeypatch.setattr(fs, name, intercepted(getattr(fs, name), refused))
-    create_index(memory_url, "visual", "1G", "2G", 10.0)  # publishes .visual.3; .visual.1 should go
+    create_index(memory_url, "visual", IndexSettings("1G", "2G", 10.0))  # publishes .visual.3; .visual.1 should go
     assert current_set(f"{memory_url}/knn_indices/visual") == f"{memory_url}/knn_indices/.visual.3"
     printed = capsys.readouterr()
     assert "of 35 vectors of dimension 16" in printed.out  # step 4 says what it published

@@ -25,16 +25,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from prompt_search import storage
-from prompt_search.sources.image_files import (
-    UNREADABLE,
-    PixelSpec,
-    crop_offsets,
-    crop_rgb,
-    open_image,
-    open_rgb,
-    path_from_text,
-    resized_size,
-)
+from prompt_search.pixels import UNREADABLE, PixelSpec, crop_offsets, crop_rgb, open_image, open_rgb, resized_size
+from prompt_search.sources.image_files import path_from_text
 
 INTERPOLATION = {"bicubic": F.InterpolationMode.BICUBIC, "bilinear": F.InterpolationMode.BILINEAR}  # PixelSpec's
 NVJPEG_MODES = ("RGB", "L")  # JPEG colour modes decode_jpeg turns into RGB as PIL does; CMYK goes to PIL
@@ -46,7 +38,7 @@ class Sample:
     PIL (size x size x 3 uint8), or neither and the reason it can't be used."""
 
     item_id: str
-    path: str  # as list_images gives it (images.path_as_text)
+    path: str  # as list_images gives it (image_files.path_as_text)
     jpeg: torch.Tensor | None = None
     crop: np.ndarray | None = None
     reason: str = ""

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 
 LISTING_SCHEMA = pa.schema([("id", pa.string()), ("prompt", pa.string())])
 LISTING_ROWS = 1 << 12  # items per record batch of the listing: a read per 4096 prompts

@@ -1,7 +1,7 @@
 """The embeddings set both sides write, batch by batch, so that a run can stop and resume.
 
 Layout of an embeddings set (OUT_DIR/visual_embeddings or textual_embeddings, published as one when
-every batch is done: see sets.py; a killed run resumes in the unpublished folder). Every file is read and
+every batch is done: see output_sets.py; a killed run resumes in the unpublished folder). Every file is read and
 written through storage.py, so the set may live at a URL that Spark tasks on other machines write into:
   manifest.json              what the vectors were made from (model, item list, batch size)
   embeddings/NNNNNNNNN.npy   float32 N x D, L2-normalised, one file per batch
@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from prompt_search import storage
-from prompt_search.cli import UserError
-from prompt_search.data_files import model_fingerprint
 from prompt_search.embedding.reuse import HASHES, Encoder, Previous, reusing
+from prompt_search.errors import UserError
+from prompt_search.models.names import model_fingerprint
 from prompt_search.output_sets import local_copy, output_set, published_set
 
 MANIFEST = "manifest.json"

@@ -20,6 +20,7 @@ from prompt_search.embedding.spark_embed import embed_on_spark
 from prompt_search.models.clip import load
 from prompt_search.models.openai_clip import choose_device
 from prompt_search.output_sets import beside_set, claim_set, local_published_file
+from prompt_search.settings import EmbedSettings
 from prompt_search.spark import session_for
 from prompt_search.storage import local_dir
 
@@ -47,8 +48,7 @@ def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[range], model_
             yield loaded.model.encode_text(tokens).float().cpu().numpy().astype(np.float32), list(ids), []
 
 
-def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: str, device: str,
-                  batch_size: int, distributor: str = "local", spark_master: str = "") -> tuple[int, int]:
+def embed_prompts(metadata_file: str, folder: str, settings: EmbedSettings) -> tuple[int, int]:
     """Embed each distinct prompt into folder; return (prompts embedded, rows without a prompt): (0, rows) and
     nothing written when no row has a prompt.
 
@@ -57,21 +57,20 @@ def embed_prompts(metadata_file: str, folder: str, model_name: str, model_dir: s
     path = listing_file(folder)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with claim_set(folder):  # claimed before the listing is written: another run writing the set writes it too
-        return _embed_listed(metadata_file, folder, path, model_name, model_dir, device, batch_size, distributor,
-                             spark_master)
+        return _embed_listed(metadata_file, folder, path, settings)
 
 
-def _embed_listed(metadata_file: str, folder: str, path: str, model_name: str, model_dir: str, device: str,
-                  batch_size: int, distributor: str, spark_master: str) -> tuple[int, int]:
+def _embed_listed(metadata_file: str, folder: str, path: str, settings: EmbedSettings) -> tuple[int, int]:
     try:
         count, empty = write_listing(local_published_file(metadata_file), path)
         if not count:
             return 0, empty
         items = Listing(path)
-        encode = partial(encode_prompts, model_name=model_name, model_dir=model_dir, device=device)
-        with session_for(distributor, spark_master) as spark:
+        encode = partial(encode_prompts, model_name=settings.model, model_dir=settings.model_dir,
+                         device=settings.device)
+        with session_for(settings.distributor, settings.spark_master) as spark:
             distribute = None if spark is None else partial(embed_on_spark, spark, items, encode)
-            embed_items(folder, items, model_name, batch_size, partial(encode, items), unit="prompt",
+            embed_items(folder, items, settings.model, settings.batch_size, partial(encode, items), unit="prompt",
                         digest=items.digest(), distribute=distribute)
     finally:
         if os.path.exists(path):  # rewritten by every run: a killed run's copy is simply replaced

@@ -1,4 +1,4 @@
-"""Step 3: CLIP image embeddings of every image in a folder, batch by batch (layout in embed.py).
+"""Step 3: CLIP image embeddings of every image in a folder, batch by batch (layout in set_writer.py).
 
 Two input paths give the model the same crops (gpu_input.py's tests check it):
   cpu: loader processes decode, resize and crop with PIL; the device only normalises.
@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prompt_search import storage
-from prompt_search.cli import UserError
 from prompt_search.embedding.gpu_input import (
     Counts,
     DeviceBatch,
@@ -33,15 +32,13 @@ from prompt_search.embedding.gpu_input import (
 from prompt_search.embedding.reuse import Batch, Ranges, content_hash
 from prompt_search.embedding.set_writer import embed_items
 from prompt_search.embedding.spark_embed import embed_on_spark
+from prompt_search.errors import UserError
+from prompt_search.layout import IMAGES_FILE
 from prompt_search.models.clip import load
 from prompt_search.models.openai_clip import choose_device
-from prompt_search.sources.image_files import (
-    IMAGES_FILE,
-    PixelSpec,
-    list_images,
-    path_from_text,
-    print_unreadable_folders,
-)
+from prompt_search.pixels import PixelSpec
+from prompt_search.settings import EmbedSettings
+from prompt_search.sources.image_files import list_images, path_from_text, print_unreadable_folders
 from prompt_search.spark import session_for
 
 LOADER_PREFETCH = 4  # batches each loader process keeps ready (DataLoader's default 2 can leave a GPU waiting)
@@ -143,9 +140,7 @@ def encode_images(items: list[tuple[str, str]], ranges: list[range], model_name:
               f"first: {counts.first_on_cpu}")
 
 
-def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, device: str, batch_size: int,
-                 num_workers: int, decode: str = "", distributor: str = "local",
-                 spark_master: str = "") -> tuple[int, list[tuple[str, str]]]:
+def embed_images(img_dir: str, folder: str, settings: EmbedSettings) -> tuple[int, list[tuple[str, str]]]:
     """Embed every image below img_dir into the set at folder; return (vectors written, skipped (path, reason)).
 
     An image whose id another image already has is skipped, so that an id always names one picture.
@@ -171,12 +166,12 @@ def embed_images(img_dir: str, folder: str, model_name: str, model_dir: str, dev
                             "OUTPUT_FORMAT=files; download again with --OUTPUT_FORMAT=files")
         raise UserError(f"no images in {img_dir}: nothing to embed (see download_images.py's summary)")
 
-    encode = partial(encode_images, model_name=model_name, model_dir=model_dir, device=device,
-                     num_workers=num_workers, decode=decode, started=started, listed=listed)
+    encode = partial(encode_images, model_name=settings.model, model_dir=settings.model_dir, device=settings.device,
+                     num_workers=settings.num_workers, decode=settings.decode, started=started, listed=listed)
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
-    with session_for(distributor, spark_master) as spark:
+    with session_for(settings.distributor, settings.spark_master) as spark:
         distribute = None if spark is None else partial(embed_on_spark, spark, items, encode, hashes=hashes)
-        skipped = embed_items(folder, items, model_name, batch_size, partial(encode, items), unit="img",
+        skipped = embed_items(folder, items, settings.model, settings.batch_size, partial(encode, items), unit="img",
                               tables={IMAGES_FILE: paths}, rejected=rejected, hashes=hashes, distribute=distribute)
     return len(items) - len(skipped) + len(rejected), skipped
 

@@ -1,6 +1,6 @@
 """Step 4: an autofaiss index over an embeddings set, with the ids and vectors in the index's own order.
 
-Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: see sets.py):
+Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: see output_sets.py):
   knn.index     the faiss index (inner product: cosine on normalised vectors)
   infos.json    autofaiss's account of what it built
   items.arrow   row i describes vector i: id, image path, prompt, link and metadata (see items.py)
@@ -24,24 +24,25 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-import config
-from prompt_search import storage
-from prompt_search.cli import UserError
-from prompt_search.data_files import model_fingerprint
-from prompt_search.embedding.set_writer import MANIFEST, save_batch
+from prompt_search import layout, storage
+from prompt_search.embedding.set_writer import MANIFEST
+from prompt_search.errors import UserError
 from prompt_search.index.choice import RERANK_CANDIDATES, IndexChoice, choose_index, tune_search
 from prompt_search.items import ItemTable, write_items
+from prompt_search.layout import (
+    IMAGES_FILE,
+    INDEX_FILE,
+    INFOS_FILE,
+    ITEMS_FILE,
+    METADATA_FILE,
+    SOURCE_FILE,
+    VECTORS_FILE,
+)
 from prompt_search.output_sets import beside_set, local_copy, local_published_file, output_set, published_set
-from prompt_search.sources.image_files import IMAGES_FILE
-from prompt_search.sources.open_prompts import METADATA_FILE
+from prompt_search.settings import IndexSettings
 from prompt_search.spark import session_for
 from prompt_search.storage import is_url
 
-INDEX_FILE = "knn.index"
-INFOS_FILE = "infos.json"
-ITEMS_FILE = "items.arrow"
-VECTORS_FILE = "vectors.npy"
-SOURCE_FILE = "source.json"
 ALIGNMENT_SAMPLE = 1000  # stored positions checked against the source files after a build, whatever their number
 LOSSY_MISSES = 0.02  # share of sampled positions a lossy code (PQ...) may reconstruct nearer another source vector
 PARTS_FOLDER = "parts"  # autofaiss's distributed parts, in the set (at a URL: beside it), then removed
@@ -76,15 +77,13 @@ def source_files(folder: str) -> list[SourceFile]:
     return files
 
 
-def build_index(embeddings: str, index_set: str, max_memory: str, memory_available: str, max_query_ms: float,
-                metadata_file: str = "", distributor: str = "local", spark_master: str = "",
-                index_key: str = "", recall_target: float = config.INDEX_RECALL) -> dict:
+def build_index(embeddings: str, index_set: str, settings: IndexSettings, metadata_file: str = "") -> dict:
     """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned.
 
     Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one.
     distributor "pyspark": autofaiss adds the vectors in Spark tasks, in parts it merges (spark.py's session).
     index_key: a faiss index_factory string (autofaiss tunes its search time), or "" for choose_index's
-    choice, whose nprobe is then tuned to recall_target (recall@10, tune_search).
+    choice, whose nprobe is then tuned to index_recall (recall@10, tune_search).
     """
     from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
 
@@ -98,13 +97,18 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
         manifest = json.load(f)
     total = files[-1].start + files[-1].count
     dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
-    if index_key:
-        _check_index_key(index_key, dimension)
-    chosen = None if index_key else choose_index(total, dimension, max_memory, max_query_ms)
-    index_key = index_key or chosen.key
+    if settings.index_key:
+        _check_index_key(settings.index_key, dimension)
+    chosen = None if settings.index_key else choose_index(total, dimension, settings.max_index_memory,
+                                                          settings.max_index_query_time_ms)
+    index_key = settings.index_key or chosen.key
     # our own choice's nprobe is tuned to recall below: autofaiss's tuning to search time is skipped
     index_param = "nprobe=1" if chosen and chosen.key else None
-    with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
+    with (
+        output_set(index_set) as out,
+        _autofaiss_opq_keywords(),
+        session_for(settings.distributor, settings.spark_master) as spark,
+    ):
         # Spark tasks read the embeddings and write their parts where every machine reaches them: the embeddings set
         # itself, and the set being written; at a URL that one is a local build, so the parts go beside the set
         parts = os.path.join(out, PARTS_FOLDER) if not is_url(index_set) else beside_set(index_set, f"-{PARTS_FOLDER}")
@@ -114,9 +118,9 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
                 index_path=os.path.join(out, INDEX_FILE),
                 index_infos_path=os.path.join(out, INFOS_FILE),
                 metric_type="ip",
-                max_index_memory_usage=max_memory,
-                current_memory_available=memory_available,
-                max_index_query_time_ms=max_query_ms,
+                max_index_memory_usage=settings.max_index_memory,
+                current_memory_available=settings.current_memory_available,
+                max_index_query_time_ms=settings.max_index_query_time_ms,
                 should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
                 verbose=40,
                 **({"index_key": index_key} if index_key else {}),
@@ -132,7 +136,7 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
                     [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
         if index_param:
-            infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, recall_target, chosen))
+            infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, settings.index_recall, chosen))
             _write_index(index, os.path.join(out, INDEX_FILE))
             with open(os.path.join(out, INFOS_FILE), "w") as f:
                 json.dump(infos, f)
@@ -246,25 +250,12 @@ def _reconstruction_misses(index, positions: np.ndarray, source: np.ndarray) -> 
     return int(np.count_nonzero((nearest != own) & ~same_picture)), lossy
 
 
-def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], model_name: str) -> None:
-    """out_dir/{name}_embeddings holding these vectors and ids as one batch, and its index set built by
-    step 4: for tests and benchmarks that have their vectors already."""
-    folder = os.path.join(out_dir, f"{name}_embeddings")
-    save_batch(folder, 0, vectors, ids, [])
-    with open(os.path.join(folder, MANIFEST), "w") as f:
-        json.dump({"model": model_fingerprint(model_name)}, f)
-    build_index(folder, os.path.join(out_dir, "knn_indices", name), "1G", "2G", 10.0)
-
-
-def create_index(out_dir: str, name: str, max_memory: str, memory_available: str, max_query_ms: float,
-                 distributor: str = "local", spark_master: str = "", index_key: str = "",
-                 recall_target: float = config.INDEX_RECALL) -> None:
+def create_index(out_dir: str, name: str, settings: IndexSettings) -> None:
     """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
-    index_set = os.path.join(out_dir, "knn_indices", name)
-    infos = build_index(os.path.join(out_dir, f"{name}_embeddings"), index_set, max_memory, memory_available,
-                        max_query_ms, os.path.join(out_dir, METADATA_FILE), distributor, spark_master, index_key,
-                        recall_target)
+    index_set = layout.index_set(out_dir, name)
+    infos = build_index(layout.embeddings_set(out_dir, name), index_set, settings,
+                        os.path.join(out_dir, METADATA_FILE))
     recall = f", recall@10 {infos['recall@10']}" if "recall@10" in infos else ""
     print(f"{index_set}: {infos['index_key']} index ({infos['index_param']}{recall}) of {infos['nb vectors']} "
           f"vectors of dimension {infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
-          f"(memory budget {max_memory})")
+          f"(memory budget {settings.max_index_memory})")

@@ -7,42 +7,28 @@
 
 Only the OpenCLIP models the rest of the pipeline can follow load: CLIP's BPE tokenizer (ported without
 torch in tokenizer.py), a causal text transformer read at the end token (the ONNX text graph cuts token
-rows there), and a preprocess that resizes the shorter side and crops the centre (images.to_pixels).
+rows there), and a preprocess that resizes the shorter side and crops the centre (pixels.to_pixels).
 Any other is refused when loaded, before anything is embedded, saying which of these it breaks.
-This module imports torch only inside its functions: files.model_fingerprint, on the query path, uses it.
+open_clip is imported where an OpenCLIP model is loaded: OpenAI's models load without it.
 """
 
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
 
-from prompt_search.cli import UserError
+import clip
+import numpy as np
+import torch
+
+from prompt_search.errors import UserError, error_line
+from prompt_search.models.names import CONFIG_SUFFIX, split_open_clip
+from prompt_search.models.openai_clip import load_clip
 from prompt_search.models.tokenizer import OPEN_CLIP_SPECIAL_TOKENS, TextSpec
-from prompt_search.sources.image_files import PixelSpec
+from prompt_search.pixels import PixelSpec
 
-if TYPE_CHECKING:
-    import torch
-
-OPEN_CLIP = "open_clip:"
-CONFIG_SUFFIX = ".json"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")  # what makes PRETRAINED a file rather than a tag
-
-
-def split_open_clip(name: str) -> tuple[str, str] | None:
-    """(architecture, pretrained) of an open_clip: name; None for any other name.
-
-    The architecture ends at the first "/", or, when it is a config file, after its ".json/".
-    """
-    if not name.startswith(OPEN_CLIP):
-        return None
-    rest = name.removeprefix(OPEN_CLIP)
-    if CONFIG_SUFFIX + "/" in rest:
-        arch, pretrained = rest.split(CONFIG_SUFFIX + "/", 1)
-        return arch + CONFIG_SUFFIX, pretrained
-    arch, _, pretrained = rest.partition("/")
-    return arch, pretrained
 
 
 @dataclass
@@ -70,12 +56,6 @@ def load(name: str, device: str, model_dir: str) -> Clip:
     found = split_open_clip(name)
     if found:
         return _load_open_clip(name, *found, device, os.path.expanduser(model_dir))
-    from functools import partial
-
-    import clip
-
-    from prompt_search.models.openai_clip import load_clip
-
     model, preprocess = load_clip(name, device, model_dir)
     return Clip(model, preprocess, partial(clip.tokenize, truncate=True), TextSpec(),
                 PixelSpec(size=model.visual.input_resolution))
@@ -84,10 +64,8 @@ def load(name: str, device: str, model_dir: str) -> Clip:
 def _load_open_clip(name: str, arch: str, pretrained: str, device: str, model_dir: str) -> Clip:
     import open_clip
 
-    from prompt_search.models.openai_clip import error_line
-
     if arch.endswith(CONFIG_SUFFIX):
-        arch = _register_config(name, arch)
+        arch = register_config(name, arch)
     if arch not in open_clip.list_models():
         raise UserError(f"--MODEL={name}: {arch!r} is neither an OpenCLIP architecture (ViT-B-32, ViT-B-32-256, "
                         f"ViT-B-16, ...: open_clip.list_models()) nor a model config {CONFIG_SUFFIX} file")
@@ -123,7 +101,7 @@ def _load_open_clip(name: str, arch: str, pretrained: str, device: str, model_di
 _CONFIG_FILES: dict[str, str] = {}  # architecture -> the config file this process registered under that name
 
 
-def _register_config(name: str, path: str) -> str:
+def register_config(name: str, path: str) -> str:
     """Make the model config file at path an architecture of open_clip's registry, named by its file's stem."""
     import open_clip
 
@@ -173,8 +151,6 @@ def _download(name: str, arch: str, tag: str, model_dir: str) -> None:
     """Fetch the tagged weights into model_dir as open_clip does (or find them there), or say what to get by hand."""
     import open_clip
 
-    from prompt_search.models.openai_clip import error_line
-
     config = open_clip.get_pretrained_cfg(arch, tag)
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
@@ -195,16 +171,10 @@ def _download(name: str, arch: str, tag: str, model_dir: str) -> None:
         hub_logger.setLevel(level)
 
 
-def save_random_open_clip(path: str, arch: str, seed: int = 0) -> None:
-    """Save an OpenCLIP model of arch (a name or a config .json) with random weights, a checkpoint that
-    open_clip:ARCH/path loads.
-
-    Real weights cannot be downloaded everywhere; tests use a tiny config, speed benchmarks full-size ones.
-    """
-    import open_clip
-    import torch
-
-    if arch.endswith(CONFIG_SUFFIX):
-        arch = _register_config(f"{OPEN_CLIP}{arch}/{path}", arch)
-    torch.manual_seed(seed)
-    torch.save(open_clip.create_model(arch, pretrained=None).state_dict(), path)
+def torch_vectors(model_name: str, model_dir: str, prompt: str, image) -> tuple[np.ndarray, np.ndarray]:
+    """The query embeddings as plain torch CLIP computes them (the reference's "regular CLIP")."""
+    loaded = load(model_name, "cpu", model_dir)
+    with torch.inference_mode():
+        text = loaded.model.encode_text(loaded.tokenize([prompt])).float()
+        picture = loaded.model.encode_image(loaded.preprocess(image)[None]).float()
+    return tuple(v[0].numpy() / np.linalg.norm(v[0].numpy()) for v in (text, picture))

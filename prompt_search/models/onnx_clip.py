@@ -17,9 +17,9 @@ import platform
 import numpy as np
 import onnxruntime as ort
 
-from prompt_search.data_files import model_fingerprint
+from prompt_search.models.names import model_fingerprint
 from prompt_search.models.tokenizer import TextSpec
-from prompt_search.sources.image_files import PixelSpec
+from prompt_search.pixels import PixelSpec
 from prompt_search.storage import atomic_path
 
 VISUAL_FILE = "visual.onnx"

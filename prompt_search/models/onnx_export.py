@@ -4,7 +4,7 @@ The text encoder is written out as a small ONNX graph from the model's weights, 
 sequence length: CLIP's text transformer is causal and reads the end token's position, so feeding
 only up to the longest end token gives the 77-token result while doing a fraction of the work.
 OpenCLIP's CLIP text transformer is the same architecture, with the same names, its MLP activation
-GELU rather than OpenAI's QuickGELU; clip_models refuses OpenCLIP text towers that are not causal or
+GELU rather than OpenAI's QuickGELU; models/clip.py refuses OpenCLIP text towers that are not causal or
 not read at the end token, for which this cut would be wrong.
 torch.onnx.export of the same code gave 1,700 nodes, most of them shape arithmetic for the dynamic
 length, run on every query; here a block is 12 nodes, with onnxruntime's own causal Attention kernel.
@@ -21,8 +21,8 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
-from prompt_search.data_files import model_fingerprint
 from prompt_search.models.clip import load
+from prompt_search.models.names import model_fingerprint
 from prompt_search.models.onnx_clip import MODEL_RECORD, PROVIDERS, TEXTUAL_FILE, VISUAL_FILE
 from prompt_search.storage import atomic_path
 

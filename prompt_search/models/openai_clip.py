@@ -6,10 +6,9 @@ import urllib.error
 import warnings
 import zipfile
 
-import numpy as np
 import torch
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError, error_line
 
 
 def choose_device(device: str) -> str:
@@ -102,34 +101,3 @@ def _is_torchscript(path: str) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
-
-
-def error_line(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).strip().partition(chr(10))[0]}"
-
-
-def torch_vectors(model_name: str, model_dir: str, prompt: str, image) -> tuple[np.ndarray, np.ndarray]:
-    """The query embeddings as plain torch CLIP computes them (the reference's "regular CLIP")."""
-    from prompt_search.models.clip import load  # it imports this module
-
-    loaded = load(model_name, "cpu", model_dir)
-    with torch.inference_mode():
-        text = loaded.model.encode_text(loaded.tokenize([prompt])).float()
-        picture = loaded.model.encode_image(loaded.preprocess(image)[None]).float()
-    return tuple(v[0].numpy() / np.linalg.norm(v[0].numpy()) for v in (text, picture))
-
-
-def save_random_clip(path: str, full_size: bool = False, seed: int = 0) -> None:
-    """Save a CLIP of the real architecture with random weights, in a file clip.load(path) reads.
-
-    Real weights cannot be downloaded everywhere; tests use the tiny one, speed benchmarks the
-    full-size ViT-B/32 (speed does not depend on the values).
-    """
-    from clip.model import CLIP
-
-    torch.manual_seed(seed)
-    if full_size:  # ViT-B/32
-        model = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)
-    else:
-        model = CLIP(32, 224, 2, 64, 32, 77, 49408, 64, 1, 2)
-    torch.save(model.state_dict(), path)

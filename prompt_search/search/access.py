@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 PROTOCOL_PATHS = ("/indices-list", "/knn-service", "/metadata")  # what clip-retrieval's front calls

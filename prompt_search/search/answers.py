@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 from fastapi import Request
 
-from prompt_search.data_files import is_http_url
 from prompt_search.search.access import TokenGate, allowed_hosts, cors_origins
 from prompt_search.search.core import Hit
 from prompt_search.search.service import BadInput, Searcher
+from prompt_search.storage import is_http_url
 
 MAX_RESULT_DEPTH = 1000  # offset + num_results: deeper pages would search past MAX_CANDIDATES anyway
 

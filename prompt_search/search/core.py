@@ -1,4 +1,5 @@
-"""Step 5: encode the queries with ONNX CLIP and search the indices, on the CPU without torch."""
+"""The search core of step 5 and the server: the index sets opened for queries, and the top hits of a vector in one,
+near-identical ones folded together, described by their item table rows."""
 
 import json
 import mmap
@@ -8,25 +9,13 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
-from PIL import Image
 
-from prompt_search.cli import UserError
-from prompt_search.data_files import model_fingerprint
-from prompt_search.index.build import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
+from prompt_search.errors import UserError
 from prompt_search.index.choice import RERANK_CANDIDATES
 from prompt_search.items import ItemTable
-from prompt_search.models.onnx_clip import (
-    TEXTUAL_FILE,
-    VISUAL_FILE,
-    encode_image,
-    encode_text,
-    model_path,
-    query_specs,
-    start_session,
-)
-from prompt_search.models.tokenizer import tokenize
+from prompt_search.layout import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE, indices_folder
+from prompt_search.models.names import model_fingerprint
 from prompt_search.output_sets import local_set
-from prompt_search.sources.image_files import UNREADABLE, not_a_file, open_rgb, to_pixels
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
 SIDES = {"images": "visual", "prompts": "textual"}  # what a query or request names -> its index set's folder
@@ -52,40 +41,6 @@ class Query:
     vector: np.ndarray
     note: str = ""
     hits: dict[str, list[Hit]] = field(default_factory=dict)  # per index: "images", "prompts"
-
-
-def read_image(path: str) -> Image.Image:
-    """The query image in RGB; a UserError when it is missing, not a regular file (a FIFO would be waited on
-    forever), or not an image that can be used (over the pixel limit, say)."""
-    if not os.path.exists(path):
-        raise UserError(f"query image {path} not found: set --INPUT_IMG_PATH to an image file")
-    kind = not_a_file(path)
-    if kind:
-        raise UserError(f"query image {path} is not a regular file ({kind}): set --INPUT_IMG_PATH to an image file")
-    try:
-        return open_rgb(path)
-    except UNREADABLE as error:
-        raise UserError(f"query image {path} cannot be read: {error}") from None
-
-
-def encode_queries(onnx_dir: str, prompt: str, image: Image.Image, image_path: str, int8: bool = False,
-                   threads: int = 0) -> list[Query]:
-    """The text query and the image query, each as an L2-normalised ONNX CLIP embedding.
-
-    The tokens stop at the end token (CLIP's text transformer is causal and reads the end token,
-    so padding after it cannot change the result); int8 uses the quantised models; threads=0 is
-    one per physical core.
-    """
-    if not prompt.strip():
-        raise UserError("the text query is empty: set --INPUT_PROMPT to some text")
-    text_spec, pixel_spec = query_specs(onnx_dir)  # the model's own tokenizer and preprocess, without torch
-    tokens, truncated = tokenize([prompt], spec=text_spec)
-    note = f"longer than CLIP's {text_spec.context_length} tokens: only its beginning was searched"
-    note = note if truncated[0] else ""
-    text = encode_text(start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads), tokens)[0]
-    pixels = to_pixels(image, pixel_spec)[None]
-    picture = encode_image(start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads), pixels)[0]
-    return [Query("text", prompt, text, note), Query("image", image_path, picture)]
 
 
 @dataclass
@@ -136,7 +91,7 @@ def _scattered_rows(path: str) -> np.ndarray:
 
 def open_sides(out_dir: str, model_name: str) -> dict[str, SearchIndex]:
     """The index sets of out_dir/knn_indices that were built, by side (SIDES), checked against the model."""
-    index_dir = os.path.join(out_dir, "knn_indices")
+    index_dir = indices_folder(out_dir)
     opened = {side: open_index(os.path.join(index_dir, name)) for side, name in SIDES.items()}
     sides = {side: found for side, found in opened.items() if found}
     if not sides:
@@ -240,38 +195,3 @@ def details(hit: Hit) -> str:
     return " · ".join(part for part in parts if part)
 
 
-def print_results(queries: list[Query]) -> None:
-    for query in queries:
-        for side, hits in query.hits.items():
-            print(f"\nSIMILAR {side.upper()} TO THE {query.kind.upper()} {query.value!r}")
-            if query.note:
-                print(f"  (the prompt is {query.note})")
-            for hit in hits:
-                where = hit.url or hit.path
-                alike = f"  (and {hit.alike} near-identical)" if hit.alike else ""
-                print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}")
-                if shown := details(hit):  # a line of its own: the result line keeps its layout for scripts
-                    print(f"      {shown}")
-
-
-def compare_with_torch(queries: list[Query], sides: dict[str, SearchIndex], model_name: str, model_dir: str,
-                       image: Image.Image, k: int, dedupe_threshold: float) -> bool:
-    """Run torch CLIP on the same queries and say whether its top k equal the ONNX ones; True if all do."""
-    try:
-        from prompt_search.models.openai_clip import torch_vectors  # torch only when asked for
-    except ImportError as error:  # the torch-free install (requirements-query.txt)
-        print(f"\nno comparison with torch CLIP: {error}; set --COMPARE_WITH_TORCH=False for this install")
-        return False
-
-    vectors = torch_vectors(model_name, model_dir, queries[0].value, image)
-    agree = True
-    print()
-    for query, vector in zip(queries, vectors, strict=True):
-        for side, searched in sides.items():
-            onnx_ids = [hit.id for hit in query.hits[side]]
-            torch_ids = [hit.id for hit in search(searched, vector, k, dedupe_threshold)]
-            same = onnx_ids == torch_ids
-            agree &= same
-            verdict = "the same" if same else f"different: torch {torch_ids}, onnx {onnx_ids}"
-            print(f"torch CLIP and ONNX CLIP top {k} {side} for the {query.kind} query: {verdict}")
-    return agree

@@ -4,10 +4,9 @@ import html
 import os
 import urllib.parse
 
-from prompt_search.data_files import is_http_url
 from prompt_search.search.core import Hit, Query, details
 from prompt_search.sources.image_files import path_from_text
-from prompt_search.storage import atomic_path
+from prompt_search.storage import atomic_path, is_http_url
 
 # The page runs nothing: prompts are arbitrary user text, so even if escaping ever missed, no script may execute.
 CSP = "default-src 'none'; img-src * data: file:; style-src 'unsafe-inline'"
@@ -46,7 +45,7 @@ def _local_src(path: str, folder: str) -> str:
 
 def _thumbnail_src(hit: Hit, folder: str) -> str:
     """The downloaded image when it is on disk, else the image's URL if it is http(s), else none."""
-    path = path_from_text(hit.path) if hit.path else ""  # the item table holds paths as images.path_as_text wrote
+    path = path_from_text(hit.path) if hit.path else ""  # the item table holds paths as image_files.path_as_text wrote
     if path and os.path.isfile(path):
         return _local_src(path, folder)
     return hit.url if is_http_url(hit.url) else ""

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 from prompt_search.search import clip_protocol, gallery
 from prompt_search.search.access import cors_headers, host_refusal, login_page, preflight
 from prompt_search.search.answers import ServerSettings, check_count, picture, result, state

@@ -19,20 +19,12 @@ import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from prompt_search import storage
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 from prompt_search.item_ids import IdPositions
-from prompt_search.models.onnx_clip import (
-    TEXTUAL_FILE,
-    VISUAL_FILE,
-    encode_image,
-    encode_text,
-    model_path,
-    query_specs,
-    start_session,
-)
-from prompt_search.models.tokenizer import tokenize
+from prompt_search.pixels import UNREADABLE, open_rgb
 from prompt_search.search.core import Hit, SearchIndex, describe, find_hits
-from prompt_search.sources.image_files import UNREADABLE, open_rgb, path_from_text, to_pixels
+from prompt_search.search.encoder import QueryEncoder
+from prompt_search.sources.image_files import path_from_text
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
 # A filter's name -> the item table's column. Loaded whole at start (at most 9 bytes a row each: 54 MB at 1M rows) so
@@ -139,14 +131,12 @@ def _float(bound: Bound) -> float | None:
 class Searcher:
     """The published index sets of out_dir, checked against the model, with its ONNX sessions."""
 
-    def __init__(self, sides: dict[str, SearchIndex], model: str, onnx_dir: str, int8: bool, threads: int,
-                 images_dir: str, decoding: DecodeLimits):
-        self.sides = sides  # query.open_sides: opened first, so a wrong OUT_DIR is said before anything is written
+    def __init__(self, sides: dict[str, SearchIndex], model: str, encoder: QueryEncoder, images_dir: str,
+                 decoding: DecodeLimits):
+        self.sides = sides  # core.open_sides: opened first, so a wrong OUT_DIR is said before anything is written
         self.decoding = decoding
         self.model = model
-        self.text_spec, self.pixel_spec = query_specs(onnx_dir)
-        self.text_session = start_session(model_path(onnx_dir, TEXTUAL_FILE, int8), threads)
-        self.image_session = start_session(model_path(onnx_dir, VISUAL_FILE, int8), threads)
+        self.encoder = encoder
         self.columns = {side: self._filter_columns(searched) for side, searched in self.sides.items()}
         self.ids = {side: IdPositions(searched.items) for side, searched in self.sides.items()}
         local = storage.local_path(images_dir)  # a file:// URL is a local folder: its links are resolved too
@@ -170,11 +160,10 @@ class Searcher:
         if len(text) > MAX_TEXT_CHARS:
             notes.append(f"the text was cut to its first {MAX_TEXT_CHARS} of {len(text)} characters")
             text = text[:MAX_TEXT_CHARS]
-        tokens, truncated = tokenize([text], spec=self.text_spec)
-        if truncated[0]:
-            notes.append(f"the text is longer than CLIP's {self.text_spec.context_length} tokens: "
-                         "only its beginning was searched")
-        return encode_text(self.text_session, tokens)[0]
+        vector, note = self.encoder.text(text)
+        if note:
+            notes.append(f"the text is {note}")
+        return vector
 
     def encode_image(self, data: bytes) -> np.ndarray:
         pixels = declared_pixels(io.BytesIO(data))
@@ -185,11 +174,11 @@ class Searcher:
             pixels = self.decoding.run(self._pixels, data)
         except UNREADABLE as error:
             raise BadInput(f"the image cannot be read: {error}") from None
-        return encode_image(self.image_session, pixels[None])[0]
+        return self.encoder.image(pixels)
 
     def _pixels(self, data: bytes) -> np.ndarray:
         """The model's input from an image file's bytes: the full-size image lives only in here."""
-        return to_pixels(open_rgb(io.BytesIO(data), draft_size=self.pixel_spec.size), self.pixel_spec)
+        return self.encoder.pixels(open_rgb(io.BytesIO(data), draft_size=self.encoder.pixel_spec.size))
 
     def stored_vector(self, side: str, position: int) -> np.ndarray:
         """The vector of a result ("more like this"), from the stored vectors: no encoder run."""

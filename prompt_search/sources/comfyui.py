@@ -134,10 +134,9 @@ def _texts(nodes: Nodes, key: str, side: str, seen: set[str], entered: bool) -> 
     input too (combiners have conditioning_1, conditioning_to...). Before, a guider's `conditioning` is
     followed for the positive side only: BasicGuider's one conditioning is positive.
     """
-    if key in seen:
+    inputs = _first_visit(nodes, key, seen)
+    if inputs is None:
         return []
-    seen.add(key)
-    inputs = _inputs(nodes, key)
     if any(name in inputs for name in TEXT_INPUTS):
         return _encoder_texts(nodes, key)
     found = []
@@ -156,10 +155,9 @@ def _encoder_texts(nodes: Nodes, key: str) -> list[str]:
 
 def _setting(nodes: Nodes, key: str, keys: tuple[str, ...], via: tuple[str, ...], seen: set[str]) -> object:
     """The first of keys among node key's inputs, or those of the nodes its `via` inputs link to, depth first."""
-    if key in seen:
+    inputs = _first_visit(nodes, key, seen)
+    if inputs is None:
         return None
-    seen.add(key)
-    inputs = _inputs(nodes, key)
     for name in keys:
         if name in inputs and (value := _value(nodes, inputs[name], set())) is not None:
             return value
@@ -173,13 +171,19 @@ def _value(nodes: Nodes, value: object, seen: set[str]) -> object:
     """A plain input value, or the value of the node a link points at (a text or number node), else None."""
     if not _is_link(value):
         return value if isinstance(value, str | int | float) else None
-    key = str(value[0])
+    inputs = _first_visit(nodes, str(value[0]), seen)
+    if inputs is None:
+        return None
+    return next((found for name in STRING_INPUTS if name in inputs
+                 and (found := _value(nodes, inputs[name], seen)) is not None), None)
+
+
+def _first_visit(nodes: Nodes, key: str, seen: set[str]) -> dict | None:
+    """Node key's inputs the first time a walk comes to it, None after: links may run in a circle."""
     if key in seen:
         return None
     seen.add(key)
-    inputs = _inputs(nodes, key)
-    return next((found for name in STRING_INPUTS if name in inputs
-                 and (found := _value(nodes, inputs[name], seen)) is not None), None)
+    return _inputs(nodes, key)
 
 
 def _inputs(nodes: Nodes, key: str) -> dict:

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from prompt_search import storage
 from prompt_search.children import spawned_children_die_with_me
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
 from prompt_search.output_sets import published_file
-from prompt_search.sources.image_files import MAX_PIXELS
+from prompt_search.pixels import MAX_PIXELS
+from prompt_search.settings import DownloadSettings
 from prompt_search.spark import session_for
 
 OPENCV_PIXELS = "OPENCV_IO_MAX_IMAGE_PIXELS"  # OpenCV refuses to decode an image over this many pixels (default 2^30)
@@ -26,19 +27,7 @@ class DownloadSummary:
     failures: Counter = field(default_factory=Counter)
 
 
-def download_images(
-    metadata_file: str,
-    images_dir: str,
-    image_size: int,
-    resize_mode: str,
-    threads: int,
-    processes: int,
-    timeout: int,
-    retries: int,
-    output_format: str,
-    distributor: str = "local",
-    spark_master: str = "",
-) -> DownloadSummary:
+def download_images(metadata_file: str, images_dir: str, settings: DownloadSettings) -> DownloadSummary:
     """Run img2dataset on metadata_file; shards already complete in images_dir are kept (incremental).
 
     distributor "pyspark": img2dataset's own Spark distributor, on the session spark.py makes (its own would ask
@@ -55,7 +44,7 @@ def download_images(
     os.environ[OPENCV_PIXELS] = str(MAX_PIXELS)
     spawned_children_die_with_me()  # img2dataset's download and logger processes (download_images.py)
 
-    with session_for(distributor, spark_master):
+    with session_for(settings.distributor, settings.spark_master):
         _img2dataset(
             url_list=source,
             input_format="parquet",
@@ -63,16 +52,16 @@ def download_images(
             caption_col="prompt",
             save_additional_columns=["id"],
             output_folder=images_dir,
-            output_format=output_format,
-            image_size=image_size,
-            resize_mode=resize_mode,
-            thread_count=threads,
-            processes_count=processes,
-            timeout=timeout,
-            retries=retries,
+            output_format=settings.output_format,
+            image_size=settings.image_size,
+            resize_mode=settings.resize_mode,
+            thread_count=settings.download_threads,
+            processes_count=settings.download_processes,
+            timeout=settings.download_timeout,
+            retries=settings.download_retries,
             enable_wandb=False,
             incremental_mode="incremental",
-            distributor="multiprocessing" if distributor == "local" else distributor,
+            distributor="multiprocessing" if settings.distributor == "local" else settings.distributor,
         )
     return read_stats(images_dir)
 

@@ -1,10 +1,10 @@
 """Step 1 for a folder of one's own generations: the prompt and settings inside each image file, as a table.
 
-Writes the output set out_dir/metadata (published as one: see sets.py), as step 1 does for a CSV:
-  metadata.parquet  one row per image step 3 embeds, under the same id (images.list_images): SCHEMA
+Writes the output set out_dir/metadata (published as one: see output_sets.py), as step 1 does for a CSV:
+  metadata.parquet  one row per image step 3 embeds, under the same id (image_files.list_images): SCHEMA
   rejects.csv       path, reason, detail for every image whose metadata could not be read (it still has its row,
                     with what could be read, and an empty prompt at worst), or that step 3 refuses (duplicate id,
-                    not a regular file), and every folder that could not be listed (images.list_images)
+                    not a regular file), and every folder that could not be listed (image_files.list_images)
   stamps.parquet    id, stamp: each row's image and .txt sizes and modification times, with the folder and the
                     preferred format in its schema's metadata. A rerun on the same folder and setting re-reads only
                     the images whose stamp changed or that are new, and takes the other rows from the current set.
@@ -22,20 +22,15 @@ import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from prompt_search.cli import UserError
+from prompt_search.errors import UserError
+from prompt_search.layout import METADATA_FILE, METADATA_SET, REJECTS_FILE
 from prompt_search.output_sets import local_set, output_set
+from prompt_search.pixels import UNREADABLE, ImageTooLarge, open_image
 from prompt_search.sources import png_chunks
-from prompt_search.sources.image_files import (
-    UNREADABLE,
-    ImageTooLarge,
-    list_images,
-    open_image,
-    path_from_text,
-    print_unreadable_folders,
-)
+from prompt_search.sources.image_files import list_images, path_from_text, print_unreadable_folders
 from prompt_search.sources.image_metadata import FOOOCUS_SCHEMES, FORMAT_TEXTS, parse_metadata
-from prompt_search.sources.open_prompts import METADATA_FILE, METADATA_SET, PARQUET_OPTIONS, REJECTS_FILE
-from prompt_search.sources.open_prompts import SCHEMA as CSV_SCHEMA
+from prompt_search.sources.metadata_table import PARQUET_OPTIONS
+from prompt_search.sources.metadata_table import SCHEMA as CSV_SCHEMA
 from prompt_search.sources.stealth_pnginfo import read_stealth
 from prompt_search.storage import is_url
 

@@ -1,6 +1,6 @@
 """Step 1: an open-prompts CSV to a link list, a metadata table and a rejects file.
 
-Outputs, the output set out_dir/metadata (published as one: see sets.py):
+Outputs, the output set out_dir/metadata (published as one: see output_sets.py):
   img_links.txt     one image URL per line (the reference's link list)
   metadata.parquet  one row per kept CSV row: id, url, prompt and the generation's metadata
   rejects.csv       csv_line, reason, detail for every row that was skipped
@@ -8,7 +8,6 @@ Outputs, the output set out_dir/metadata (published as one: see sets.py):
 
 import csv
 import gc
-import hashlib
 import io
 import os
 import re
@@ -26,45 +25,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from prompt_search.cli import UserError
-from prompt_search.data_files import is_http_url
+from prompt_search.errors import UserError
+from prompt_search.layout import LINKS_FILE, METADATA_FILE, METADATA_SET, REJECTS_FILE
 from prompt_search.output_sets import output_set
 from prompt_search.sources import url_keys
 from prompt_search.sources.csv_pieces import parse_in_order, pieces, worker_count
+from prompt_search.sources.metadata_table import PARQUET_OPTIONS, SCHEMA
 from prompt_search.sources.url_keys import KeptUrls, LateRows, Reject, without_duplicates
-
-METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these three files (see sets.py)
-LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
-METADATA_FILE = os.path.join(METADATA_SET, "metadata.parquet")
-REJECTS_FILE = os.path.join(METADATA_SET, "rejects.csv")
+from prompt_search.sources.urls import url_digest
+from prompt_search.storage import is_http_url
 
 ROW_GROUP_ROWS = 65_536  # kept rows written to the Parquet file at once
-# Dictionaries and min/max statistics only where values repeat or can be ranged: half the time to write.
-_NUMBERS = ["width", "height", "seed", "cfg_scale", "num_steps", "num_generations", "is_grid", "timestamp", "csv_line"]
-PARQUET_OPTIONS = dict(compression="zstd", use_dictionary=["prompt", "modifiers", *_NUMBERS], write_statistics=_NUMBERS)
 PLACEHOLDERS = {"pending", "none", "null", "nan", "n/a", "undefined"}
 # Rows scraped from Discord messages sometimes lost their prompt; the bot's message keeps it.
 DREAM_PROMPT = re.compile(r'!dream\s+"\s*(.*?)\s*"', re.DOTALL)
 
 Columns = tuple[int, int]  # the header's prompt column and raw_data column
-
-SCHEMA = pa.schema([
-    ("id", pa.string()),  # blake2b(url) with an 8-byte digest, as 16 hex digits: stable whatever the row order
-    ("url", pa.string()),  # the image downloaded (see choose_url)
-    ("prompt", pa.string()),
-    ("discord_url", pa.string()),
-    ("thumbnail_url", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("seed", pa.uint64()),  # exact: ComfyUI and Fooocus draw seeds up to 2**64 - 1, which no float64 or int64 holds
-    ("cfg_scale", pa.float32()),
-    ("num_steps", pa.int32()),
-    ("num_generations", pa.int32()),
-    ("is_grid", pa.bool_()),
-    ("timestamp", pa.timestamp("s", tz="UTC")),
-    ("modifiers", pa.list_(pa.string())),
-    ("csv_line", pa.int64()),  # line in the CSV where the row starts
-])
 
 
 class Rejected(Exception):
@@ -190,7 +166,7 @@ def parse_piece(data: bytes, columns: Columns) -> ParsedPiece:
             lines.append(line)
         except Rejected as rejected:
             rejects.append((line, rejected.reason, rejected.detail[:200]))
-    digests = [_url_digest(record[0]) for record in records]
+    digests = [url_digest(record[0]) for record in records]
     keys = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64)
     values = zip(*records, strict=True) if records else [()] * (len(SCHEMA) - 2)
     arrays = [pa.array([digest.hex() for digest in digests], pa.string())]
@@ -353,15 +329,6 @@ def _write_lines(out, strings: pa.ChunkedArray) -> None:
             continue
         offsets = np.frombuffer(chunk.buffers()[1], np.int32)
         out.write(chunk.buffers()[2][offsets[chunk.offset] : offsets[chunk.offset + len(chunk)]])
-
-
-def _url_digest(url: str) -> bytes:
-    return hashlib.blake2b(url.encode(), digest_size=8).digest()
-
-
-def url_id(url: str) -> str:
-    """The id step 1 gives the row of this URL; lets images downloaded from img_links.txt find their row."""
-    return _url_digest(url).hex()
 
 
 def print_summary(summary: Summary, csv_file: str, out_dir: str) -> None:

@@ -1,0 +1,33 @@
+"""What names a model, without torch: the open_clip: names MODEL may hold, and the fingerprint an output set records
+of the model its vectors came from (the query path checks it against MODEL without loading the model)."""
+
+import os
+
+OPEN_CLIP = "open_clip:"
+CONFIG_SUFFIX = ".json"
+
+def split_open_clip(name: str) -> tuple[str, str] | None:
+    """(architecture, pretrained) of an open_clip: name; None for any other name.
+
+    The architecture ends at the first "/", or, when it is a config file, after its ".json/".
+    """
+    if not name.startswith(OPEN_CLIP):
+        return None
+    rest = name.removeprefix(OPEN_CLIP)
+    if CONFIG_SUFFIX + "/" in rest:
+        arch, pretrained = rest.split(CONFIG_SUFFIX + "/", 1)
+        return arch + CONFIG_SUFFIX, pretrained
+    arch, _, pretrained = rest.partition("/")
+    return arch, pretrained
+
+
+def model_fingerprint(model: str) -> str:
+    """What identifies a model's weights: its name, or its checkpoint's path, size and mtime; for an OpenCLIP
+    model, open_clip: and the same of its architecture (name or config file) and pretrained tag (or checkpoint)."""
+    found = split_open_clip(model)
+    if found:
+        return OPEN_CLIP + "/".join(map(model_fingerprint, found))
+    if os.path.isfile(model):
+        stat = os.stat(model)
+        return f"{os.path.abspath(model)}:{stat.st_size}:{stat.st_mtime_ns}"
+    return model
