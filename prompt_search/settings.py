@@ -2,8 +2,9 @@
 (config_reader.load_config): nothing in the package reads config.py itself.
 
 A field is named as its constant of config.py in lower case, and documented there; `of` picks a step's fields from
-everything load_config read. The defaults are those of a run on this machine (config.py's), for callers that build
-one by hand: tests and benchmarks.
+everything load_config read. The defaults serve callers that build one by hand (tests, benchmarks, a Spark driver
+of one's own: README, Beyond one machine): all in this process, no Spark, the index of step 4's own choice tuned to
+config.py's recall target.
 """
 
 from dataclasses import dataclass, fields
@@ -69,5 +70,5 @@ class QuerySettings(StepSettings):
 
     model: str
     model_dir: str
-    quantize_int8: bool = False
-    query_threads: int = 0
+    quantize_int8: bool
+    query_threads: int

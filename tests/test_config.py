@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import config
 from config_reader import ALLOWED, load_config
 from prompt_search.cli import run
 from prompt_search.errors import UserError
+from prompt_search.settings import DownloadSettings, EmbedSettings, IndexSettings, QuerySettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,3 +219,13 @@ def test_a_default_out_of_range_is_refused_naming_config_py():
         load_config([], module)
     assert str(error.value) == "config.py: NUM_RESULTS = 0: NUM_RESULTS must be 1 or more"
     assert load_config(["--NUM_RESULTS=3"], module).NUM_RESULTS == 3  # an override in range replaces it
+
+
+@pytest.mark.parametrize("settings", [DownloadSettings, EmbedSettings, IndexSettings, QuerySettings])
+def test_each_step_s_settings_come_from_config_py(settings):
+    cfg = load_config([])
+    built = settings.of(cfg)
+    for field in dataclasses.fields(settings):
+        assert getattr(built, field.name) == getattr(cfg, field.name.upper())
+    if settings is IndexSettings:  # the one default that is config.py's value
+        assert IndexSettings("1G", "2G", 10.0).index_recall == config.INDEX_RECALL
