@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import clip
-import numpy as np
 import torch
 
 from prompt_search.errors import UserError, error_line
@@ -169,12 +168,3 @@ def _download(name: str, arch: str, tag: str, model_dir: str) -> None:
             "or run once where it can be downloaded") from None
     finally:
         hub_logger.setLevel(level)
-
-
-def torch_vectors(model_name: str, model_dir: str, prompt: str, image) -> tuple[np.ndarray, np.ndarray]:
-    """The query embeddings as plain torch CLIP computes them (the reference's "regular CLIP")."""
-    loaded = load(model_name, "cpu", model_dir)
-    with torch.inference_mode():
-        text = loaded.model.encode_text(loaded.tokenize([prompt])).float()
-        picture = loaded.model.encode_image(loaded.preprocess(image)[None]).float()
-    return tuple(v[0].numpy() / np.linalg.norm(v[0].numpy()) for v in (text, picture))

@@ -56,7 +56,7 @@ def compare_with_torch(queries: list[Query], sides: dict[str, SearchIndex], mode
                        image: Image.Image, k: int, dedupe_threshold: float) -> bool:
     """Run torch CLIP on the same queries and say whether its top k equal the ONNX ones; True if all do."""
     try:
-        from prompt_search.models.clip import torch_vectors  # torch only when asked for
+        from prompt_search.models.torch_query import torch_vectors  # torch only when asked for
     except ImportError as error:  # the torch-free install (requirements-query.txt)
         print(f"\nno comparison with torch CLIP: {error}; set --COMPARE_WITH_TORCH=False for this install")
         return False
