@@ -1,6 +1,7 @@
-"""Steps 3 and 3' on Spark: the batches of embed.embed_items computed in Spark tasks, the same files as a local run.
+"""Steps 3 and 3' on Spark: the batches of set_writer.embed_items computed in Spark tasks, the same files as a
+local run.
 
-The batch numbering is a local run's (embed.batch_ranges over the whole item list, in its order): each task takes
+The batch numbering is a local run's (set_writer.batch_ranges over the whole item list, in its order): each task takes
 a run of consecutive batches and writes each one with save_batch into the unpublished set folder, which must be
 storage every executor reaches. A task that Spark retries (its worker killed, its executor lost) first reads which
 of its batches are complete and computes only the others. Back on the driver, embed_items writes skipped.csv and
@@ -8,6 +9,7 @@ the tables and publishes the set, as it does after a local run.
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -15,8 +17,8 @@ from prompt_search.embedding.reuse import Batch
 from prompt_search.embedding.set_writer import resume_folder, row_hashes, save_batch
 from prompt_search.spark import ship_code
 
-# encode(items, ranges, device=): a functools.partial of visual.encode_images or textual.encode_prompts, its other
-# settings bound (the task reads its device)
+# encode(items, ranges, settings=): a functools.partial of visual.encode_images or textual.encode_prompts, its
+# settings and other arguments bound (the task replaces the device in its settings)
 Encode = Callable[..., Iterator[Batch]]
 # (batch, start, stop)s, their items, offset, the items' content hashes (reuse.py) or None
 Task = tuple[list[tuple[int, int, int]], list[tuple[str, str]], int, list[str] | None]
@@ -50,7 +52,8 @@ def embed_task(folder: str, manifest: dict, encode: Encode, task: Task) -> int:
     done = resume_folder(folder, manifest)  # those an earlier attempt of this task saved
     todo = [(batch, range(start - offset, stop - offset)) for batch, start, stop in batches if batch not in done]
     if todo:
-        encoded = encode(items, [r for _, r in todo], device=_task_device(encode.keywords["device"]))
+        settings = encode.keywords["settings"]
+        encoded = encode(items, [r for _, r in todo], settings=replace(settings, device=_task_device(settings.device)))
         for (batch, indices), (vectors, ids, skipped) in zip(todo, encoded, strict=True):
             save_batch(folder, batch, vectors, ids, skipped, row_hashes(items, hashes, indices, ids))
     return len(todo)

@@ -32,15 +32,14 @@ def listing_file(folder: str) -> str:
     return os.path.join(local_dir(parent), name)
 
 
-def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[range], model_name: str, model_dir: str,
-                   device: str) -> Iterator[Batch]:
-    """Load the model and yield each range's batch of (id, prompt) items: the encode_batches of embed.embed_items.
+def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[range], settings: EmbedSettings) -> Iterator[Batch]:
+    """Load the model and yield each range's batch of (id, prompt) items: the encode_batches of set_writer.embed_items.
 
     A module function, not a closure, so that a Spark task can run it too (spark_embed.py).
     """
-    chosen = choose_device(device)
-    loaded = load(model_name, chosen, model_dir)
-    print(f"embedding {sum(map(len, ranges))} of {len(items)} distinct prompts with {model_name} on {chosen}")
+    chosen = choose_device(settings.device)
+    loaded = load(settings.model, chosen, settings.model_dir)
+    print(f"embedding {sum(map(len, ranges))} of {len(items)} distinct prompts with {settings.model} on {chosen}")
     with torch.inference_mode():
         for indices in ranges:
             ids, prompts = zip(*items[indices.start : indices.stop], strict=True)
@@ -66,8 +65,7 @@ def _embed_listed(metadata_file: str, folder: str, path: str, settings: EmbedSet
         if not count:
             return 0, empty
         items = Listing(path)
-        encode = partial(encode_prompts, model_name=settings.model, model_dir=settings.model_dir,
-                         device=settings.device)
+        encode = partial(encode_prompts, settings=settings)
         with session_for(settings.distributor, settings.spark_master) as spark:
             distribute = None if spark is None else partial(embed_on_spark, spark, items, encode)
             embed_items(folder, items, settings.model, settings.batch_size, partial(encode, items), unit="prompt",

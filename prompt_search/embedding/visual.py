@@ -95,10 +95,9 @@ def gpu_batches(items: list[tuple[str, str]], ranges: Ranges, device: str, pixel
     return prefetched(batches, DEVICE_PREFETCH, device)
 
 
-def encode_images(items: list[tuple[str, str]], ranges: list[range], model_name: str, model_dir: str, device: str,
-                  num_workers: int, decode: str, started: float | None = None,
-                  listed: float | None = None) -> Iterator[Batch]:
-    """Load the model and yield each range's batch of items: the encode_batches of embed.embed_items.
+def encode_images(items: list[tuple[str, str]], ranges: list[range], settings: EmbedSettings,
+                  started: float | None = None, listed: float | None = None) -> Iterator[Batch]:
+    """Load the model and yield each range's batch of items: the encode_batches of set_writer.embed_items.
 
     A module function, not a closure, so that a Spark task can run it too (spark_embed.py).
     started, listed: when the step started and when its images were listed, for the timings it prints; None: now
@@ -106,19 +105,19 @@ def encode_images(items: list[tuple[str, str]], ranges: list[range], model_name:
     """
     now = time.perf_counter()
     started, listed = (now if started is None else started), (now if listed is None else listed)
-    chosen = choose_device(device)
-    clip_model = load(model_name, chosen, model_dir)
+    chosen = choose_device(settings.device)
+    clip_model = load(settings.model, chosen, settings.model_dir)
     model, pixels = clip_model.model, clip_model.pixels
     loaded = time.perf_counter()
-    path, counts = decode_path(decode, chosen), Counts()
+    path, counts = decode_path(settings.decode, chosen), Counts()
     where = {"gpu": f"batches decoded on {chosen}" + (" with nvJPEG" if chosen.startswith("cuda") else ""),
              "cpu": "images decoded with PIL"}[path]
-    print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {model_name} on {chosen} in "
-          f"{clip_model.dtype}; input path {path}: {where} in {workers(num_workers)} loader processes")
+    print(f"embedding {sum(map(len, ranges))} of {len(items)} images with {settings.model} on {chosen} in "
+          f"{clip_model.dtype}; input path {path}: {where} in {workers(settings.num_workers)} loader processes")
     if path == "gpu":
-        batches = gpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers, counts)
+        batches = gpu_batches(items, ranges, chosen, pixels, clip_model.dtype, settings.num_workers, counts)
     else:
-        batches = cpu_batches(items, ranges, chosen, pixels, clip_model.dtype, num_workers)
+        batches = cpu_batches(items, ranges, chosen, pixels, clip_model.dtype, settings.num_workers)
     done, first = 0, None
     with torch.inference_mode():
         for pixels_in, ids, skipped in batches:
@@ -166,8 +165,7 @@ def embed_images(img_dir: str, folder: str, settings: EmbedSettings) -> tuple[in
                             "OUTPUT_FORMAT=files; download again with --OUTPUT_FORMAT=files")
         raise UserError(f"no images in {img_dir}: nothing to embed (see download_images.py's summary)")
 
-    encode = partial(encode_images, model_name=settings.model, model_dir=settings.model_dir, device=settings.device,
-                     num_workers=settings.num_workers, decode=settings.decode, started=started, listed=listed)
+    encode = partial(encode_images, settings=settings, started=started, listed=listed)
     paths = pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]})
     with session_for(settings.distributor, settings.spark_master) as spark:
         distribute = None if spark is None else partial(embed_on_spark, spark, items, encode, hashes=hashes)
