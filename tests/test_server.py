@@ -222,7 +222,7 @@ def test_bad_images_and_long_texts(server, tmp_path):
     ({"text": "a", "indice_name": "laion5B"}, "unknown indice_name"),
     ({"text": "a", "use_mclip": True}, "use_mclip"),
     ({"image_url": "http://127.0.0.1:9/x.png"}, "fetches no URL"),
-    ({"text": "a", "image": image_b64(REPO / "prompt_search" / "static" / "app.css")}, "exactly one"),
+    ({"text": "a", "image": image_b64(REPO / "prompt_search" / "search" / "static" / "app.css")}, "exactly one"),
     ({"embedding_input": [1.0, 2.0]}, "dimensions"),
     ({"text": "a", "num_images": -1}, "from 1 to"),
     ({"text": "a", "modality": "audio"}, "modality"),
