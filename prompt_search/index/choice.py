@@ -9,7 +9,7 @@ so it costs as much as a scan of every vector while missing some. Hence:
   - above that, autofaiss's own uncompressed IVF,Flat while autofaiss would not compress (below about 1M 512-d
     vectors): OPQ codes in its place recalled more at 100k but took 48 minutes to build (RESULTS.md, issue 26);
   - where autofaiss would compress, OPQ/IVF/PQ codes scanned fast, their best candidates re-ranked against the
-    stored float16 vectors (search.core), with nprobe and the candidates the fewest that reach the recall target on
+    stored float16 vectors (query.py), with nprobe and the candidates the fewest that reach the recall target on
     this very index (tune_search).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Candidates a lossy index gives a query (search.core) for re-ranking: more than a dense region's near-equals, which PQ
+# Candidates a lossy index gives a query (query.py) for re-ranking: more than a dense region's near-equals, which PQ
 # cannot order (recall@10 at 4M vectors: 0.955 with 100, 0.999 with 200, 1.0 with 400; RESULTS.md, issue 17).
 RERANK_CANDIDATES = 400
 CANDIDATE_STEPS = (RERANK_CANDIDATES, 1000, 2000, 4096)  # tried in turn until the recall target is reached
