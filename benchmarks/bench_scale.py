@@ -180,6 +180,7 @@ def measure_floor(out: Path, count: int, say) -> float:
     if lists == 1:
         say("  floor: none, an exact index has no lists to assign vectors to")
         return 0.0
+    faiss.omp_set_num_threads(os.cpu_count())  # as step 4 runs (measure_recall, run before, sets one thread)
     rng = np.random.default_rng(4)
     centroids = rng.normal(size=(lists, DIM)).astype(np.float32)
     sample = rng.normal(size=(min(count, 100_000), DIM)).astype(np.float32)
@@ -257,6 +258,10 @@ def measure_size(work: Path, count: int, model: Path, image: Path, args: argpars
     if not args.skip_build:
         wall, gib, printed = run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={big}"], work)
         say(f"  create_visual_knn_indices.py: {wall:.0f} s, peak {gib:.2f} GiB; it said: {printed.splitlines()[0]}")
+        infos = json.loads((big / "knn_indices" / "visual" / "infos.json").read_text())
+        if "train seconds" in infos:  # step 4's own build (index_build.py): where its time went
+            say(f"  of which training on {infos['train points']:,} vectors {infos['train seconds']} s, adding them all "
+                f"{infos['add seconds']} s")
         floor = measure_floor(big, count, say)
         if floor:
             say(f"  step 4 / floor: {wall / floor:.1f}x (load average {os.getloadavg()[0]:.1f})")

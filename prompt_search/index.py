@@ -30,7 +30,14 @@ from prompt_search.cli import UserError
 from prompt_search.embed import MANIFEST, save_batch
 from prompt_search.files import model_fingerprint
 from prompt_search.images import IMAGES_FILE
-from prompt_search.index_choice import RERANK_CANDIDATES, IndexChoice, choose_index, tune_search
+from prompt_search.index_build import build_fast_scan
+from prompt_search.index_choice import (
+    RERANK_CANDIDATES,
+    IndexChoice,
+    choose_index,
+    distributed_choice,
+    tune_search,
+)
 from prompt_search.items import ItemTable, write_items
 from prompt_search.links import METADATA_FILE
 from prompt_search.sets import beside_set, local_copy, local_published_file, output_set, published_set
@@ -86,8 +93,6 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     index_key: a faiss index_factory string (autofaiss tunes its search time), or "" for choose_index's
     choice, whose nprobe is then tuned to recall_target (recall@10, tune_search).
     """
-    from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
-
     published = published_set(embeddings)  # resolved once: every read below is of this one set
     # at a URL, this machine's copy: the checks and a local autofaiss read local files
     folder = local_copy(embeddings, published) if published else None
@@ -100,34 +105,22 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
     dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
     if index_key:
         _check_index_key(index_key, dimension)
-    chosen = None if index_key else choose_index(total, dimension, max_memory, max_query_ms)
+    choice = distributed_choice if distributor == "pyspark" else choose_index
+    chosen = None if index_key else choice(total, dimension, max_memory, max_query_ms)
     index_key = index_key or chosen.key
     # our own choice's nprobe is tuned to recall below: autofaiss's tuning to search time is skipped
     index_param = "nprobe=1" if chosen and chosen.key else None
     with output_set(index_set) as out, _autofaiss_opq_keywords(), session_for(distributor, spark_master) as spark:
-        # Spark tasks read the embeddings and write their parts where every machine reaches them: the embeddings set
-        # itself, and the set being written; at a URL that one is a local build, so the parts go beside the set
-        parts = os.path.join(out, PARTS_FOLDER) if not is_url(index_set) else beside_set(index_set, f"-{PARTS_FOLDER}")
-        try:
-            index, infos = autofaiss_build(
-                embeddings=os.path.join(folder if spark is None else published.folder, "embeddings"),
-                index_path=os.path.join(out, INDEX_FILE),
-                index_infos_path=os.path.join(out, INFOS_FILE),
-                metric_type="ip",
-                max_index_memory_usage=max_memory,
-                current_memory_available=memory_available,
-                max_index_query_time_ms=max_query_ms,
-                should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
-                verbose=40,
-                **({"index_key": index_key} if index_key else {}),
-                **({"index_param": index_param} if index_param else {}),
-                **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
-            )
-        finally:  # beside the set at a URL: a failed build must not leave them there
-            storage.remove_tree(parts)
+        if chosen and chosen.own_build:  # vectors.npy first: the build reads it
+            ids = write_vectors(files, dimension, out)
+            index, infos = build_fast_scan(os.path.join(out, VECTORS_FILE), index_key)
+        else:
+            index, infos = _autofaiss_index(folder if spark is None else published.folder, out, index_set, spark,
+                                            AutofaissSettings(max_memory, memory_available, max_query_ms, index_key,
+                                                              index_param))
+            ids = write_vectors(files, dimension, out)
         if index is None or index.ntotal != total:
-            raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
-        ids = write_vectors(files, dimension, out)
+            raise UserError(f"the index holds {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         write_items(os.path.join(out, ITEMS_FILE), ids,
                     [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
@@ -142,6 +135,43 @@ def build_index(embeddings: str, index_set: str, max_memory: str, memory_availab
             json.dump(source, f, indent=1)
         infos["size on disk"] = os.path.getsize(os.path.join(out, INDEX_FILE))
     return infos
+
+
+@dataclass(frozen=True)
+class AutofaissSettings:
+    max_memory: str
+    memory_available: str
+    max_query_ms: float
+    index_key: str  # "" = autofaiss's choice
+    index_param: str | None  # None = autofaiss tunes the search to max_query_ms
+
+
+def _autofaiss_index(embeddings: str, out: str, index_set: str, spark, settings: AutofaissSettings) -> tuple:
+    """autofaiss's build of the embeddings set's vectors into the set being written at out, and its infos.
+
+    With spark, autofaiss adds the vectors in Spark tasks, in parts it merges: they go where every machine
+    reaches them, the set being written, or beside it when that is at a URL (then a local build).
+    """
+    from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
+
+    parts = os.path.join(out, PARTS_FOLDER) if not is_url(index_set) else beside_set(index_set, f"-{PARTS_FOLDER}")
+    try:
+        return autofaiss_build(
+            embeddings=os.path.join(embeddings, "embeddings"),
+            index_path=os.path.join(out, INDEX_FILE),
+            index_infos_path=os.path.join(out, INFOS_FILE),
+            metric_type="ip",
+            max_index_memory_usage=settings.max_memory,
+            current_memory_available=settings.memory_available,
+            max_index_query_time_ms=settings.max_query_ms,
+            should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
+            verbose=40,
+            **({"index_key": settings.index_key} if settings.index_key else {}),
+            **({"index_param": settings.index_param} if settings.index_param else {}),
+            **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
+        )
+    finally:  # beside the set at a URL: a failed build must not leave them there
+        storage.remove_tree(parts)
 
 
 def _tuned(index, vectors_file: str, lossy: bool, recall_target: float, chosen: IndexChoice) -> dict:
