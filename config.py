@@ -42,9 +42,9 @@ DECODE = ""  # "" = JPEGs decoded in batches on the GPU when DEVICE is one, else
 # --- step 4: knn index ------------------------------------------------------------------
 MAX_INDEX_MEMORY = "4G"  # largest index autofaiss may build
 CURRENT_MEMORY_AVAILABLE = "8G"  # memory autofaiss may use while building
-MAX_INDEX_QUERY_TIME_MS = 10.0  # query-time budget: exact search (every vector scanned) while a scan fits it, else a compressed index (README: step 4)
+MAX_INDEX_QUERY_TIME_MS = 10.0  # query-time budget: exact search while a scan of every vector fits it, then 4-bit codes all scanned while that fits, then inverted lists (README: step 4)
 INDEX_RECALL = 0.995  # recall@10 step 4 tunes nprobe to, measured after the build on noisy and shifted copies of stored vectors against exact search
-INDEX_KEY = ""  # "" = autofaiss's choice, or OPQ/IVF/PQ with exact list assignment where autofaiss would compress (README: step 4); or a faiss index_factory string autofaiss accepts, e.g. "IVF4096,Flat"
+INDEX_KEY = ""  # "" = step 4's choice by size (README: step 4); or a faiss index_factory string autofaiss accepts, e.g. "IVF4096,Flat"
 
 # --- step 5: queries --------------------------------------------------------------------
 INPUT_PROMPT = "image of a blue robot with red background"  # text query

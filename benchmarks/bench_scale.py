@@ -58,26 +58,41 @@ def vectors_of(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndar
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def make_collection(out: Path, n: int, model: str, seed: int = 0) -> np.ndarray:
-    """out/visual_embeddings and out/metadata/metadata.parquet for n items; returns the vectors (float32)."""
+def make_collection(out: Path, n: int, model: str, seed: int = 0) -> None:
+    """out/visual_embeddings and out/metadata/metadata.parquet for n items, written a batch at a time."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     folder = out / "visual_embeddings"
     for sub in ("embeddings", "ids", "batches"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    vectors = np.empty((n, DIM), np.float32)
     ids = [hashlib.blake2b(f"https://example.com/{seed}/{i}.png".encode(), digest_size=8).hexdigest()
            for i in range(n)]
     for batch, start in enumerate(range(0, n, BATCH)):
         chunk = vectors_of(rng, centres, min(BATCH, n - start))
-        vectors[start : start + len(chunk)] = chunk
         np.save(folder / "embeddings" / f"{batch:09d}.npy", chunk)
         np.save(folder / "ids" / f"{batch:09d}.npy", np.array(ids[start : start + len(chunk)]))
         (folder / "batches" / f"{batch:09d}.json").write_text(json.dumps({"count": len(chunk), "skipped": []}))
     (folder / MANIFEST).write_text(json.dumps({"model": model_fingerprint(model), "count": n}))
     write_metadata(out / METADATA_FILE, ids, seed)
-    return vectors
+
+
+class StoredVectors:
+    """The collection's float32 vectors, read from its batch files as rows or slices are asked for: at 10M they
+    (20 GB) need not fit in memory. Row i is the index's vector i (step 4 reads the files in name order)."""
+
+    def __init__(self, folder: Path):
+        self.files = sorted(folder.glob("*.npy"))
+        self.count = sum(np.load(path, mmap_mode="r").shape[0] for path in self.files)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):  # whole batch files of BATCH rows, as exact_top asks for them
+            start, stop, _ = rows.indices(self.count)
+            return np.concatenate([np.load(path) for path in self.files[start // BATCH : -(-stop // BATCH)]])
+        return np.stack([np.load(self.files[row // BATCH], mmap_mode="r")[row % BATCH] for row in rows])
 
 
 def write_metadata(path: Path, ids: list[str], seed: int) -> None:
@@ -116,14 +131,15 @@ def recall_at_10(found: list[list[int]], exact: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)]))
 
 
-def measure_recall(out: Path, vectors: np.ndarray, queries: int, say) -> None:
+def measure_recall(out: Path, vectors: StoredVectors, queries: int, say) -> None:
     import faiss
 
+    from prompt_search.index.choice import exact_top
     from prompt_search.search.core import find_hits, open_index, search
 
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(1)
-    picked = vectors[rng.choice(len(vectors), queries, replace=False)]
+    picked = vectors[np.sort(rng.choice(len(vectors), queries, replace=False))]
     offset = rng.normal(size=DIM).astype(np.float32)
     offset *= 0.8 / np.linalg.norm(offset)
     noisy = picked + rng.normal(0, 0.03, picked.shape).astype(np.float32)
@@ -135,12 +151,15 @@ def measure_recall(out: Path, vectors: np.ndarray, queries: int, say) -> None:
         f"candidates {searched.candidates if searched.rerank else '-'}")
     for kind, q in kinds.items():
         q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-        exact = np.argpartition(-(q @ vectors.T), 9, axis=1)[:, :10]
+        exact = exact_top(vectors, q, 10)
         # the index alone; our search (re-ranked, folded); the same with the item rows read: in turns, query by
         # query, so that the machine's load falls on the three alike
         ways = (lambda row: searched.index.search(row[None], 10)[1][0].tolist(),
                 lambda row: [hit.position for hit in find_hits(searched, row, 10, 1.0)],
                 lambda row: [hit.position for hit in search(searched, row, 10, 1.0)])
+        for row in q:  # once untimed: the rows each way reads are in memory for all three alike, as in a server
+            for way in ways:
+                way(row)
         seconds, found = [0.0] * len(ways), [[] for _ in ways]
         for row in q:
             for i, way in enumerate(ways):
@@ -182,6 +201,7 @@ def measure_floor(out: Path, count: int, say) -> float:
     if lists == 1:
         say("  floor: none, an exact index has no lists to assign vectors to")
         return 0.0
+    faiss.omp_set_num_threads(os.cpu_count())  # as step 4 runs (measure_recall, run before, sets one thread)
     rng = np.random.default_rng(4)
     centroids = rng.normal(size=(lists, DIM)).astype(np.float32)
     sample = rng.normal(size=(min(count, 100_000), DIM)).astype(np.float32)
@@ -252,20 +272,22 @@ def measure_size(work: Path, count: int, model: Path, image: Path, args: argpars
     """Step 4, its floor, recall and the query script at count vectors, in work/<count>."""
     big, small = work / str(count) / "big", work / "small"
     start = time.perf_counter()
-    vectors = make_collection(big, count, str(model)) if not args.skip_build else None
-    if vectors is None:
-        vectors = np.concatenate([np.load(p) for p in sorted((big / "visual_embeddings" / "embeddings").glob("*.npy"))])
+    if not args.skip_build:
+        make_collection(big, count, str(model))
     say(f"\n{count:,} vectors (collection made in {time.perf_counter() - start:.0f} s), step 4:")
     if not args.skip_build:
         wall, gib, printed = run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={big}"], work)
         say(f"  create_visual_knn_indices.py: {wall:.0f} s, peak {gib:.2f} GiB; it said: {printed.splitlines()[0]}")
+        infos = json.loads((big / "knn_indices" / "visual" / "infos.json").read_text())
+        if "train seconds" in infos:  # step 4's own build (index/fast_scan.py): where its time went
+            say(f"  of which training on {infos['train points']:,} vectors {infos['train seconds']} s, adding them all "
+                f"{infos['add seconds']} s")
         floor = measure_floor(big, count, say)
         if floor:
             say(f"  step 4 / floor: {wall / floor:.1f}x (load average {os.getloadavg()[0]:.1f})")
 
     say(f"recall@10 against exact search, {args.queries} queries of each kind, 1 thread:")
-    measure_recall(big, vectors, args.queries, say)
-    del vectors
+    measure_recall(big, StoredVectors(big / "visual_embeddings" / "embeddings"), args.queries, say)
 
     say(f"the query script end to end, 1k and {count:,} vectors in {args.script_runs} interleaved pairs "
         "(after the first use's export):")

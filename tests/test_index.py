@@ -13,7 +13,15 @@ from prompt_search.embedding.set_writer import save_batch
 from prompt_search.errors import UserError
 from prompt_search.index import build as index_module
 from prompt_search.index.build import build_index, check_alignment, source_files
-from prompt_search.index.choice import choose_index, exact_top, recall_at_10, tune_search, tuning_queries
+from prompt_search.index.choice import (
+    choose_index,
+    distributed_choice,
+    exact_top,
+    recall_at_10,
+    tune_search,
+    tuning_queries,
+)
+from prompt_search.index.fast_scan import training_sample
 from prompt_search.items import ItemTable
 from prompt_search.layout import INDEX_FILE, INFOS_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
 from prompt_search.settings import IndexSettings
@@ -152,7 +160,7 @@ def test_empty_or_incomplete_folder_is_a_clear_error(tmp_path):
 
 
 def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path):
-    """12k clustered vectors, a memory budget that forces a compressed index (IVF-PQ, flat quantiser), as from 1M on."""
+    """12k clustered vectors, a memory budget that forces a compressed index (4-bit fast-scan codes), as from 15k on."""
     from prompt_search.search.core import open_index, search
 
     rng = np.random.default_rng(6)
@@ -162,7 +170,7 @@ def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path)
     fake_embeddings(tmp_path / "emb", [1000] * 12, dim=32, vectors=vectors)
     index_set = tmp_path / "knn" / "visual"
     infos = build_index(str(tmp_path / "emb"), str(index_set), IndexSettings("300K", "2G", 10.0))
-    assert infos["index_key"] == choose_index(12_000, 32, "300K", 10.0).key == "OPQ4_32,IVF512,PQ4x8"
+    assert infos["index_key"] == choose_index(12_000, 32, "300K", 10.0).key == "IVF1,PQ16x4fs"
     source = json.loads((index_set / SOURCE_FILE).read_text())
     assert source["lossy"] and source["candidates"] == infos["candidates"] >= 400 and infos["recall@10"] >= 0.995
     searched = open_index(str(index_set))
@@ -182,25 +190,46 @@ def test_approximate_index_is_accepted_and_reranked_to_the_exact_top_k(tmp_path)
 
 @pytest.mark.parametrize(("count", "key"), [
     (10_000, "IVF1,Flat"),  # a scan of every vector (20 MB) fits 10 ms: exact
-    (100_000, ""),  # a scan would take about 68 ms: autofaiss's uncompressed IVF,Flat, as its own choice
-    (200_000, ""),
-    (500_000, ""),
-    (1_000_000, "OPQ64_512,IVF4096,PQ64x8"),  # autofaiss: OPQ256_768,IVF16384_HNSW32,PQ256x8
-    (4_000_000, "OPQ64_512,IVF8192,PQ64x8"),
-    (10_000_000, "OPQ64_512,IVF16384,PQ64x8"),
+    (100_000, "IVF1,PQ256x4fs"),  # a scan of the floats would take about 68 ms, of the 4-bit codes about 1.6 ms
+    (200_000, "IVF1,PQ256x4fs"),
+    (500_000, "IVF1,PQ256x4fs"),  # the codes' scan: about 8 ms
+    (1_000_000, "IVF4096,PQ256x4fs"),  # about 16 ms: 4 sqrt(n) inverted lists
+    (4_000_000, "IVF8192,PQ256x4fs"),
+    (10_000_000, "IVF16384,PQ256x4fs"),  # 10M codes of 128 bytes and their ids: 1.36 GB of the 4G budget
 ])
 def test_the_index_for_each_size_with_the_default_settings(count, key):
     chosen = choose_index(count, 512, config.MAX_INDEX_MEMORY, config.MAX_INDEX_QUERY_TIME_MS)
-    assert chosen.key == key and chosen.exact == (key == "IVF1,Flat")
+    assert chosen.key == key and chosen.exact == (key == "IVF1,Flat") and chosen.own_build == (key != "IVF1,Flat")
 
 
 def test_the_index_choice_follows_the_query_time_and_memory_budgets():
     assert choose_index(100_000, 512, "4G", 100.0).key == "IVF1,Flat"  # a 100 ms budget fits a scan of 100k
-    assert choose_index(10_000, 512, "10M", 10.0).key == "OPQ64_512,IVF512,PQ64x8"  # 20 MB of floats do not fit 10M
+    assert choose_index(10_000, 512, "10M", 10.0).key == "IVF1,PQ256x4fs"  # 20 MB of floats do not fit 10M
+    assert choose_index(500_000, 512, "4G", 1.0).key == "IVF2048,PQ256x4fs"  # a scan of the codes does not fit 1 ms
     for count, budget in ((10_000_000, 4 * 2**30), (10_000_000, 500 * 2**20), (100_000_000, 4 * 2**30)):
-        code = int(choose_index(count, 512, f"{budget}B", 10.0).key.rsplit(",PQ", 1)[1].split("x")[0])
-        assert 512 % code == 0 and (code + 8) * count <= budget
+        quantisers = int(choose_index(count, 512, f"{budget}B", 10.0).key.rsplit(",PQ", 1)[1].split("x")[0])
+        assert 512 % quantisers == 0 and (quantisers // 2 + 8) * count <= budget  # 4 bits a quantiser, 8 an id
     assert choose_index(10_000_000, 512, "10M", 10.0).key == ""  # nothing fits: autofaiss says so
+
+
+@pytest.mark.parametrize(("count", "key"), [
+    (10_000, "IVF1,Flat"),
+    (100_000, ""),  # autofaiss's uncompressed IVF,Flat, as its own choice
+    (1_000_000, "OPQ64_512,IVF4096,PQ64x8"),  # autofaiss: OPQ256_768,IVF16384_HNSW32,PQ256x8
+    (10_000_000, "OPQ64_512,IVF16384,PQ64x8"),
+])
+def test_a_spark_build_gets_an_index_autofaiss_merges_from_parts(count, key):
+    chosen = distributed_choice(count, 512, config.MAX_INDEX_MEMORY, config.MAX_INDEX_QUERY_TIME_MS)
+    assert chosen.key == key and not chosen.own_build
+
+
+def test_the_training_sample_is_drawn_across_the_collection_the_same_each_time():
+    vectors = np.arange(100_000, dtype=np.float32).reshape(-1, 1) * np.ones((1, 4), np.float32)  # row i: i
+    sample = training_sample(vectors, 1000)
+    rows = sample[:, 0].astype(np.int64)
+    assert len(set(rows)) == 1000 and np.all(np.diff(rows) > 0) and rows[0] < 1000 and rows[-1] > 99_000
+    assert sample.dtype == np.float32 and np.array_equal(sample, training_sample(vectors, 1000))
+    assert len(training_sample(vectors[:500], 1000)) == 500  # fewer than asked: all of them
 
 
 def clustered(count, dim, clusters, spread, seed):
@@ -279,3 +308,38 @@ def test_an_index_key_is_built_as_named(tmp_path):
     infos = build_index(str(tmp_path / "emb"), str(index_set),
                         IndexSettings("1G", "2G", 10.0, index_key="OPQ4_16,IVF4,PQ4x8"))
     assert infos["index_key"] == "OPQ4_16,IVF4,PQ4x8" and json.loads((index_set / SOURCE_FILE).read_text())["lossy"]
+
+
+def test_near_identical_candidates_fold_into_the_first_hit_they_are_alike_to():
+    """find_hits' folding against its rule, restated: in score order, a candidate alike (>= threshold) to a hit is
+    counted to the first such hit, else it becomes a hit while there are fewer than k; then more are searched."""
+    from prompt_search.search.core import SearchIndex, find_hits
+
+    rng = np.random.default_rng(11)
+    groups = rng.normal(size=(40, 16))
+    stored = groups[rng.integers(0, 40, 300)] + rng.normal(0, 0.02, (300, 16))  # near-copies of 40 pictures
+    stored = (stored / np.linalg.norm(stored, axis=1, keepdims=True)).astype(np.float16)
+    index = faiss.IndexFlatIP(16)
+    index.add(stored.astype(np.float32))
+    searched = SearchIndex("", index, None, stored, "", rerank=False)
+    unit = stored.astype(np.float32) / np.linalg.norm(stored.astype(np.float32), axis=1, keepdims=True)
+    for query in rng.normal(size=(20, 16)).astype(np.float32):
+        query /= np.linalg.norm(query)
+        for k, threshold in ((5, 0.99), (3, 0.9), (8, 1.0)):
+            order = np.argsort(-(stored.astype(np.float32) @ query), kind="stable")
+            wanted = k if threshold >= 1 else 4 * k
+            while True:
+                hits, alike = [], []
+                for candidate in order[:wanted]:
+                    first = next((h for h, hit in enumerate(hits) if unit[hit] @ unit[candidate] >= threshold), None)
+                    if threshold < 1 and first is not None:
+                        alike[first] += 1
+                    elif len(hits) < k:
+                        hits.append(candidate)
+                        alike.append(0)
+                if len(hits) >= k or wanted >= len(stored):
+                    break
+                wanted *= 4
+            found = find_hits(searched, query, k, threshold)
+            assert [(hit.position, hit.alike) for hit in found] == list(zip(hits, alike, strict=True))
+            assert [hit.rank for hit in found] == list(range(1, len(hits) + 1))

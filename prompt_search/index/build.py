@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,14 @@ import pyarrow as pa
 from prompt_search import layout, storage
 from prompt_search.embedding.set_writer import MANIFEST
 from prompt_search.errors import UserError
-from prompt_search.index.choice import RERANK_CANDIDATES, IndexChoice, choose_index, tune_search
+from prompt_search.index.choice import (
+    RERANK_CANDIDATES,
+    IndexChoice,
+    choose_index,
+    distributed_choice,
+    tune_search,
+)
+from prompt_search.index.fast_scan import build_fast_scan
 from prompt_search.items import ItemTable, write_items
 from prompt_search.layout import (
     IMAGES_FILE,
@@ -85,8 +92,6 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
     index_key: a faiss index_factory string (autofaiss tunes its search time), or "" for choose_index's
     choice, whose nprobe is then tuned to index_recall (recall@10, tune_search).
     """
-    from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
-
     published = published_set(embeddings)  # resolved once: every read below is of this one set
     # at a URL, this machine's copy: the checks and a local autofaiss read local files
     folder = local_copy(embeddings, published) if published else None
@@ -99,8 +104,9 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
     dimension = np.load(files[0].vectors, mmap_mode="r").shape[1]
     if settings.index_key:
         _check_index_key(settings.index_key, dimension)
-    chosen = None if settings.index_key else choose_index(total, dimension, settings.max_index_memory,
-                                                          settings.max_index_query_time_ms)
+    choice = distributed_choice if settings.distributor == "pyspark" else choose_index
+    chosen = None if settings.index_key else choice(total, dimension, settings.max_index_memory,
+                                                    settings.max_index_query_time_ms)
     index_key = settings.index_key or chosen.key
     # our own choice's nprobe is tuned to recall below: autofaiss's tuning to search time is skipped
     index_param = "nprobe=1" if chosen and chosen.key else None
@@ -109,29 +115,15 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
         _autofaiss_opq_keywords(),
         session_for(settings.distributor, settings.spark_master) as spark,
     ):
-        # Spark tasks read the embeddings and write their parts where every machine reaches them: the embeddings set
-        # itself, and the set being written; at a URL that one is a local build, so the parts go beside the set
-        parts = os.path.join(out, PARTS_FOLDER) if not is_url(index_set) else beside_set(index_set, f"-{PARTS_FOLDER}")
-        try:
-            index, infos = autofaiss_build(
-                embeddings=os.path.join(folder if spark is None else published.folder, "embeddings"),
-                index_path=os.path.join(out, INDEX_FILE),
-                index_infos_path=os.path.join(out, INFOS_FILE),
-                metric_type="ip",
-                max_index_memory_usage=settings.max_index_memory,
-                current_memory_available=settings.current_memory_available,
-                max_index_query_time_ms=settings.max_index_query_time_ms,
-                should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
-                verbose=40,
-                **({"index_key": index_key} if index_key else {}),
-                **({"index_param": index_param} if index_param else {}),
-                **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
-            )
-        finally:  # beside the set at a URL: a failed build must not leave them there
-            storage.remove_tree(parts)
+        if chosen and chosen.own_build:  # vectors.npy first: the build reads it
+            ids = write_vectors(files, dimension, out)
+            index, infos = build_fast_scan(os.path.join(out, VECTORS_FILE), index_key)
+        else:
+            index, infos = _autofaiss_index(folder if spark is None else published.folder, out, index_set, spark,
+                                            replace(settings, index_key=index_key), index_param)
+            ids = write_vectors(files, dimension, out)
         if index is None or index.ntotal != total:
-            raise UserError(f"autofaiss indexed {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
-        ids = write_vectors(files, dimension, out)
+            raise UserError(f"the index holds {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         write_items(os.path.join(out, ITEMS_FILE), ids,
                     [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
@@ -146,6 +138,35 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
             json.dump(source, f, indent=1)
         infos["size on disk"] = os.path.getsize(os.path.join(out, INDEX_FILE))
     return infos
+
+
+def _autofaiss_index(embeddings: str, out: str, index_set: str, spark, settings: IndexSettings,
+                     index_param: str | None) -> tuple:
+    """autofaiss's build of the embeddings set's vectors into the set being written at out, and its infos.
+
+    With spark, autofaiss adds the vectors in Spark tasks, in parts it merges: they go where every machine
+    reaches them, the set being written, or beside it when that is at a URL (then a local build).
+    """
+    from autofaiss import build_index as autofaiss_build  # heavy import, only for this step
+
+    parts = os.path.join(out, PARTS_FOLDER) if not is_url(index_set) else beside_set(index_set, f"-{PARTS_FOLDER}")
+    try:
+        return autofaiss_build(
+            embeddings=os.path.join(embeddings, "embeddings"),
+            index_path=os.path.join(out, INDEX_FILE),
+            index_infos_path=os.path.join(out, INFOS_FILE),
+            metric_type="ip",
+            max_index_memory_usage=settings.max_index_memory,
+            current_memory_available=settings.current_memory_available,
+            max_index_query_time_ms=settings.max_index_query_time_ms,
+            should_be_memory_mappable=True,  # IVF kinds: opened memory-mapped, a query costs the same at any size
+            verbose=40,
+            **({"index_key": settings.index_key} if settings.index_key else {}),
+            **({"index_param": index_param} if index_param else {}),  # None: autofaiss tunes it to search time
+            **({} if spark is None else {"distributed": "pyspark", "temporary_indices_folder": parts}),
+        )
+    finally:  # beside the set at a URL: a failed build must not leave them there
+        storage.remove_tree(parts)
 
 
 def _tuned(index, vectors_file: str, lossy: bool, recall_target: float, chosen: IndexChoice) -> dict:

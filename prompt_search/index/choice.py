@@ -4,13 +4,16 @@ Measured on clustered synthetic vectors (benchmarks/bench_scale.py; benchmarks/R
 collection is small, or its clusters are, a query's true top 10 reach beyond its own cluster to vectors that
 are only slightly nearer than the rest, scattered over every inverted list. An uncompressed IVF,Flat index must
 then probe most of its lists to find them (200k vectors, IVF2048: recall@10 0.97 at nprobe 512, 40 ms a query),
-so it costs as much as a scan of every vector while missing some. Hence:
+and 8-bit PQ codes of 8 dimensions each cannot order them (100k vectors: 0.985 with 4,096 candidates re-ranked).
+Hence:
   - exact search (one list scanned whole, IVF1,Flat) while a scan of every vector fits MAX_INDEX_QUERY_TIME_MS;
-  - above that, autofaiss's own uncompressed IVF,Flat while autofaiss would not compress (below about 1M 512-d
-    vectors): OPQ codes in its place recalled more at 100k but took 48 minutes to build (RESULTS.md, issue 26);
-  - where autofaiss would compress, OPQ/IVF/PQ codes scanned fast, their best candidates re-ranked against the
-    stored float16 vectors (query.py), with nprobe and the candidates the fewest that reach the recall target on
-    this very index (tune_search).
+  - above that, 4-bit codes of each pair of dimensions (PQ{d/2}x4fs, faiss's fast scan: 2 bits a dimension),
+    scanned in registers at about 8 GB/s a thread, their best candidates re-ranked against the stored float16
+    vectors (search/core.py): every code while a scan of them fits the time budget (IVF1), else inverted lists with
+    nprobe and the candidates the fewest that reach the recall target on this very index (tune_search).
+    200k vectors: recall@10 1.000 both kinds with 400 candidates, 3 ms a query for every code. Step 4 builds it
+    itself (index/fast_scan.py);
+  - a Spark build keeps what autofaiss can merge from parts (distributed_choice).
 """
 
 import math
@@ -18,13 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Candidates a lossy index gives a query (query.py) for re-ranking: more than a dense region's near-equals, which PQ
+# Candidates a lossy index gives a query (search/core.py) for re-ranking: more than a dense region's near-equals, which PQ
 # cannot order (recall@10 at 4M vectors: 0.955 with 100, 0.999 with 200, 1.0 with 400; RESULTS.md, issue 17).
 RERANK_CANDIDATES = 400
 CANDIDATE_STEPS = (RERANK_CANDIDATES, 1000, 2000, 4096)  # tried in turn until the recall target is reached
 # Bytes of float32 vectors one thread scans a millisecond in a flat search: 10k 512-d vectors (20 MB) took
 # 6.3-7.0 ms on the project's 2-core VM under load (RESULTS.md, issue 26). It sets where exact search ends.
 FLAT_SCAN_BYTES_PER_MS = 3_000_000
+# Bytes of 4-bit fast-scan codes one thread scans a millisecond: 200k vectors' 128-byte codes (25.6 MB) took 3.0 ms
+# on the same VM (RESULTS.md, issue 26). It sets where every code is scanned and where inverted lists begin.
+FAST_SCAN_BYTES_PER_MS = 8_000_000
 PQ_SIZES = (256, 128, 64, 48, 32, 24, 16, 8, 4)  # bytes per vector a compressed index may take (autofaiss's list)
 ID_BYTES = 8  # an inverted list stores each vector's position beside its code
 TUNING_QUERIES = 100  # queries of each kind the recall is measured on after a build
@@ -36,9 +42,10 @@ SCAN_ROWS = 65_536  # stored vectors turned to float32 at a time by the exact se
 
 @dataclass(frozen=True)
 class IndexChoice:
-    key: str  # the faiss index_factory string autofaiss builds; "" leaves the choice to autofaiss
+    key: str  # the faiss index_factory string; "" leaves the choice to autofaiss
     exact: bool  # every vector is scanned: nothing to tune
     why: str
+    own_build: bool = False  # built by step 4 itself (index/fast_scan.py), not autofaiss: fast-scan codes
 
 
 def choose_index(count: int, dimension: int, max_memory: str, max_query_ms: float) -> IndexChoice:
@@ -50,16 +57,47 @@ def choose_index(count: int, dimension: int, max_memory: str, max_query_ms: floa
     scan_ms = flat_bytes / FLAT_SCAN_BYTES_PER_MS
     if flat_bytes <= budget and scan_ms <= max_query_ms:
         return IndexChoice("IVF1,Flat", True, f"exact: a scan of every vector takes about {scan_ms:.1f} ms")
+    key = fast_scan_key(count, dimension, budget, max_query_ms)
+    if not key:
+        return IndexChoice("", False, "no index of 4-bit codes fits MAX_INDEX_MEMORY: autofaiss's choice")
+    scanned = "every code scanned" if key.startswith("IVF1,") else "inverted lists"
+    return IndexChoice(key, False, f"a scan of every vector would take about {scan_ms:.0f} ms: 4-bit codes "
+                                   f"({scanned}), their best candidates re-ranked", own_build=True)
+
+
+def fast_scan_key(count: int, dimension: int, budget: int, max_query_ms: float) -> str:
+    """IVF{lists},PQ{m}x4fs within budget bytes, or "" when none fits.
+
+    m sub-quantisers of 4 bits: dimension/2 (2 dimensions each), fewer only where the memory budget says so.
+    One list (every code scanned) while a scan of the codes fits max_query_ms, else 4 sqrt(count) lists rounded
+    to a power of two (autofaiss's rule below 1M). Fewer lists would cost less to build (step 4's floor is one
+    exact pass assigning every vector to its list), but at 1M vectors 1,024 lists held a query's top 10 so
+    scattered that 256 of them scanned recalled 0.93, where 4,096 lists recalled 0.985 (RESULTS.md, issue 26).
+    """
+    fitting = [m for m in (dimension // 2, dimension // 4, dimension // 8)
+               if m >= 2 and dimension % m == 0 and (m // 2 + ID_BYTES) * count <= budget]
+    if not fitting:
+        return ""
+    code_bytes = fitting[0] // 2
+    scan_ms = count * code_bytes / FAST_SCAN_BYTES_PER_MS
+    lists = 1 if scan_ms <= max_query_ms else 2 ** round(math.log2(4 * math.sqrt(count)))
+    return f"IVF{lists},PQ{fitting[0]}x4fs"
+
+
+def distributed_choice(count: int, dimension: int, max_memory: str, max_query_ms: float) -> IndexChoice:
+    """The index of a Spark build, whose parts autofaiss merges: exact as choose_index says, else autofaiss's
+    uncompressed IVF,Flat, or OPQ/IVF/PQ codes where autofaiss would compress (its merge takes no fast-scan codes)."""
+    from autofaiss.utils.cast import cast_memory_to_bytes
+
+    chosen = choose_index(count, dimension, max_memory, max_query_ms)
+    if chosen.exact or not chosen.own_build:
+        return chosen
     if not _autofaiss_compresses(count, dimension, max_memory):
-        # Its IVF,Flat codes are not lossy and train in minutes; OPQ codes in their place took 48 minutes to build at
-        # 100k vectors on 2 loaded cores (RESULTS.md, issue 26), so they wait for a cheaper build.
-        return IndexChoice("", False, f"a scan of every vector would take about {scan_ms:.0f} ms: autofaiss's choice "
-                                      "(uncompressed inverted lists)")
-    key = compressed_index_key(count, dimension, budget)
+        return IndexChoice("", False, "a Spark build: autofaiss's choice (uncompressed inverted lists)")
+    key = compressed_index_key(count, dimension, cast_memory_to_bytes(max_memory))
     if not key:
         return IndexChoice("", False, "no compressed index fits MAX_INDEX_MEMORY: autofaiss's choice")
-    return IndexChoice(key, False, f"a scan of every vector would take about {scan_ms:.0f} ms: PQ codes, their best "
-                                   "candidates re-ranked")
+    return IndexChoice(key, False, "a Spark build: PQ codes, their best candidates re-ranked")
 
 
 def _autofaiss_compresses(count: int, dimension: int, max_memory: str) -> bool:

@@ -168,20 +168,26 @@ def _rerank(searched: SearchIndex, vector: np.ndarray, labels: np.ndarray) -> tu
 def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: int, threshold: float) -> list[Hit]:
     found = labels >= 0
     scores, labels = scores[found], labels[found]
+    if threshold >= 1:  # nothing is folded: the first k
+        return [Hit(rank, float(score), "", position=int(label))
+                for rank, (score, label) in enumerate(zip(scores[:k], labels[:k], strict=True), 1)]
     vectors = np.asarray(searched.vectors[labels], dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
     hits: list[Hit] = []
     kept: list[int] = []  # candidate number of each hit
-    for i, (score, label) in enumerate(zip(scores, labels, strict=True)):
-        if kept and threshold < 1:
-            alike = vectors[kept] @ vectors[i] >= threshold
-            if alike.any():
-                hits[int(np.argmax(alike))].alike += 1
-                continue
-        if len(hits) == k:  # the rest of the candidates may still be alike to a hit, to be counted
-            continue
-        kept.append(i)
-        hits.append(Hit(len(hits) + 1, float(score), "", position=int(label)))
+    i = 0
+    while i < len(labels) and len(hits) < k:
+        alike = vectors[kept] @ vectors[i] >= threshold if kept else np.zeros(0, bool)
+        if alike.any():
+            hits[int(np.argmax(alike))].alike += 1
+        else:
+            kept.append(i)
+            hits.append(Hit(len(hits) + 1, float(scores[i]), "", position=int(labels[i])))
+        i += 1
+    if kept:  # the rest of the candidates may still be alike to a hit, to be counted: to the first hit each is alike to
+        alike = vectors[i:] @ vectors[kept].T >= threshold
+        for first in np.argmax(alike[alike.any(axis=1)], axis=1):
+            hits[int(first)].alike += 1
     return hits
 
 
