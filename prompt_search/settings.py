@@ -53,7 +53,7 @@ class EmbedSettings(StepSettings):
 
 @dataclass(frozen=True)
 class IndexSettings(StepSettings):
-    """Steps 4 and 4': autofaiss's budgets, the index's kind and the recall its search is tuned to."""
+    """Steps 4 and 4': the index's memory and query-time budgets, its kind and the recall its search is tuned to."""
 
     max_index_memory: str
     current_memory_available: str
