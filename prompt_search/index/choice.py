@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Candidates a lossy index gives a query (search/core.py) for re-ranking: more than a dense region's near-equals, which PQ
-# cannot order (recall@10 at 4M vectors: 0.955 with 100, 0.999 with 200, 1.0 with 400; RESULTS.md, issue 17).
+# Candidates a lossy index gives a query (search/core.py) for re-ranking: more than a dense region's near-equals,
+# which PQ cannot order (recall@10 at 4M vectors: 0.955 with 100, 0.999 with 200, 1.0 with 400; RESULTS.md, issue 17).
 RERANK_CANDIDATES = 400
 CANDIDATE_STEPS = (RERANK_CANDIDATES, 1000, 2000, 4096)  # tried in turn until the recall target is reached
 # Bytes of float32 vectors one thread scans a millisecond in a flat search: 10k 512-d vectors (20 MB) took
