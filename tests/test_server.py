@@ -300,6 +300,49 @@ def test_page_searches_as_you_type_and_by_dropped_image(server, browser, tmp_pat
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(scope="module")
+def prompts_only(tmp_path_factory, tiny_clip) -> tuple[Path, list[str]]:
+    """As after `make run` on data whose image links are dead: only the prompts index exists, and no ONNX export."""
+    work = tmp_path_factory.mktemp("prompts-only")
+    rows = [(prompt, f"http://127.0.0.1:9/{i}.png") for i, prompt in enumerate(PROMPTS)]  # never fetched
+    write_open_prompts_csv(work / "prompts.csv", rows)
+    common = ["--OUT_DIR=out", f"--MODEL={tiny_clip}", "--BATCH_SIZE=4"]
+    index_prompts(work, "prompts.csv", *common)
+    return work, common
+
+
+def test_a_server_without_torch_or_an_export_says_where_to_make_one(prompts_only):
+    work, common = prompts_only
+    refused = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, str(REPO / "serve.py"), *common, "--SERVE_PORT=0"],
+                             cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                             timeout=300)
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert last.startswith("error: out/onnx holds no current ONNX export") and "needs torch" in last, last
+    assert "run test_visual_knn_index.py once where requirements.txt is installed" in last
+
+
+def test_page_opens_on_the_index_that_exists_and_shows_no_empty_image_preview(prompts_only, browser):  # noqa: F811
+    """The page opens on the index that exists (not on "Images", which would answer the first query with an error),
+    and no query-image preview or its "Remove image" button shows before an image is chosen: what is visible, not
+    only what is in the DOM."""
+    work, common = prompts_only
+    make_image(work / "query.png", (256, 256))
+    run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=query.png", "--COMPARE_WITH_TORCH=False",
+               cwd=work)  # exports the ONNX models
+    with running_server(work, common) as base:
+        browser.get(base + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[value=images]").get_attribute("disabled"))
+        assert browser.find_element(By.CSS_SELECTOR, "input[value=prompts]").is_selected()
+        assert not browser.find_element(By.ID, "query-image").is_displayed()
+        assert not browser.find_element(By.ID, "clear-image").is_displayed()
+        browser.find_element(By.ID, "text").send_keys(PROMPTS[2])
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .prompt"))
+        assert browser.find_element(By.CSS_SELECTOR, "#results .prompt").text == PROMPTS[2]
+        assert browser.find_element(By.ID, "status").get_attribute("class") != "error"
+
+
 def test_server_with_an_open_clip_model(tmp_path, tiny_open_clip):
     """The prompt side of an OpenCLIP model (its own tokenizer's special tokens), served without torch."""
     rows = [(prompt, f"http://127.0.0.1:9/{i}.png") for i, prompt in enumerate(PROMPTS)]  # never fetched

@@ -4,6 +4,7 @@ export, on the CPU without torch, read with the exported model's own tokenizer a
 import numpy as np
 from PIL import Image
 
+from prompt_search.errors import UserError
 from prompt_search.models.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
@@ -48,11 +49,20 @@ class QueryEncoder:
 
 
 def ensure_export(onnx_dir: str, settings: QuerySettings) -> None:
-    """Export the model to onnx_dir unless it holds the current export already."""
-    if not is_current(onnx_dir, settings.model):
-        from prompt_search.models.onnx_export import export_onnx  # torch, needed only to export
+    """Export the model to onnx_dir unless it holds the current export already.
 
-        export_onnx(settings.model, settings.model_dir, onnx_dir)
+    Exporting needs torch, which a query-only install (requirements-query.txt) lacks: there, a missing or stale
+    export is one line saying where to make it, not a traceback.
+    """
+    if is_current(onnx_dir, settings.model):
+        return
+    try:
+        from prompt_search.models.onnx_export import export_onnx  # torch, needed only to export
+    except ImportError as error:
+        raise UserError(f"{onnx_dir} holds no current ONNX export of {settings.model}, and making one needs torch "
+                        f"({error}): run test_visual_knn_index.py once where requirements.txt is installed, or "
+                        "install it here") from None
+    export_onnx(settings.model, settings.model_dir, onnx_dir)
 
 
 def open_encoder(onnx_dir: str, settings: QuerySettings) -> QueryEncoder:

@@ -49,6 +49,25 @@ async function search() {
   }
 }
 
+// Open on an index that exists: after `make run` on data whose image links are dead, only the prompts index does.
+async function offerBuiltIndices() {
+  let indices;
+  try {
+    indices = (await (await fetch("/health")).json()).indices || {};
+  } catch (error) {
+    return;  // the choices stay as they are; a query says what is missing
+  }
+  for (const input of document.querySelectorAll("input[name=index]")) {
+    input.disabled = !(input.value in indices);
+    input.parentElement.title = input.disabled ? `no ${input.value} index here` : "";
+  }
+  const open = document.querySelector("input[name=index]:not(:disabled)");
+  if (document.querySelector("input[name=index]:checked").disabled && open) {
+    open.checked = true;
+    search();
+  }
+}
+
 function later() {
   clearTimeout(timer);
   timer = setTimeout(search, DEBOUNCE_MS);
@@ -112,3 +131,4 @@ $("results").addEventListener("click", async (event) => {
     search();
   }
 });
+offerBuiltIndices();
