@@ -1,12 +1,11 @@
 """Step 4's own build of a fast-scan PQ index from vectors.npy: trained on a sample drawn across the collection,
 then every vector added in chunks.
 
-autofaiss trains an inverted file on the collection's first 100 vectors a list, with 25 k-means rounds of
-its own; at 10M vectors and 16,384 lists that is about 4 exact passes over the collection before a vector
-is added, and its merge of distributed parts cannot take fast-scan codes (benchmarks/RESULTS.md, issue 26).
-Here the lists are trained on TRAIN_POINTS_PER_LIST random vectors a list with faiss's 10 rounds (about 0.64
-of a pass at 10M), and adding them assigns each vector exactly to its list once.
-"""
+autofaiss trains an inverted file on the collection's first 100 vectors a list (faiss's 10 k-means rounds: at
+10M vectors and 16,384 lists, 1.6 exact passes' worth over the collection before a vector is added), and its
+merge of distributed parts cannot take fast-scan codes (benchmarks/RESULTS.md, issue 26). Here the lists are
+trained on TRAIN_POINTS_PER_LIST random vectors a list, drawn from the whole collection, with the same 10 rounds
+(0.64 of a pass at 10M), and adding them assigns each vector exactly to its list once."""
 
 import time
 
