@@ -321,7 +321,8 @@ def test_near_identical_candidates_fold_into_the_first_hit_they_are_alike_to():
     stored = (stored / np.linalg.norm(stored, axis=1, keepdims=True)).astype(np.float16)
     index = faiss.IndexFlatIP(16)
     index.add(stored.astype(np.float32))
-    searched = SearchIndex("", index, None, stored, "", rerank=False)
+    # re-ranked (as a lossy index is, its stored vectors read once for both) and not; candidates=1: as many searched
+    searchers = [SearchIndex("", index, None, stored, "", rerank=rerank, candidates=1) for rerank in (False, True)]
     unit = stored.astype(np.float32) / np.linalg.norm(stored.astype(np.float32), axis=1, keepdims=True)
     for query in rng.normal(size=(20, 16)).astype(np.float32):
         query /= np.linalg.norm(query)
@@ -340,6 +341,7 @@ def test_near_identical_candidates_fold_into_the_first_hit_they_are_alike_to():
                 if len(hits) >= k or wanted >= len(stored):
                     break
                 wanted *= 4
-            found = find_hits(searched, query, k, threshold)
-            assert [(hit.position, hit.alike) for hit in found] == list(zip(hits, alike, strict=True))
-            assert [hit.rank for hit in found] == list(range(1, len(hits) + 1))
+            for searched in searchers:
+                found = find_hits(searched, query, k, threshold)
+                assert [(hit.position, hit.alike) for hit in found] == list(zip(hits, alike, strict=True))
+                assert [hit.rank for hit in found] == list(range(1, len(hits) + 1))

@@ -128,13 +128,13 @@ def find_hits(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshol
     while True:
         searched_k = min(max(wanted, searched.candidates) if searched.rerank else wanted, searched.index.ntotal)
         scores, labels = searched.index.search(vector[None].astype(np.float32), searched_k)
-        scores, labels = scores[0], labels[0]
+        scores, labels, rows = scores[0], labels[0], None
         if searched.rerank:
-            scores, labels = _rerank(searched, vector, labels[labels >= 0])
+            scores, labels, rows = _rerank(searched, vector, labels[labels >= 0])
         if keep is not None:
             kept = keep(labels.clip(0)) & (labels >= 0)
-            scores, labels = scores[kept], labels[kept]
-        hits = _collapse(searched, scores, labels, k, dedupe_threshold)
+            scores, labels, rows = scores[kept], labels[kept], None if rows is None else rows[kept]
+        hits = _collapse(searched, scores, labels, k, dedupe_threshold, rows)
         if len(hits) >= k or searched_k >= min(searched.index.ntotal, MAX_CANDIDATES):
             return hits
         wanted *= 4
@@ -158,20 +158,26 @@ def combine(parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
     return (total / norm).astype(np.float32)
 
 
-def _rerank(searched: SearchIndex, vector: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates in the order of their exact similarity to vector, by the stored vectors."""
-    scores = np.asarray(searched.vectors[np.sort(labels)], dtype=np.float32) @ vector.astype(np.float32)
+def _rerank(searched: SearchIndex, vector: np.ndarray, labels: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates in the order of their exact similarity to vector, by the stored vectors: their scores,
+    positions and stored vectors (float32, for _collapse to fold without reading them again)."""
+    positions = np.sort(labels)
+    rows = np.asarray(searched.vectors[positions], dtype=np.float32)
+    scores = rows @ vector.astype(np.float32)
     order = np.argsort(-scores, kind="stable")
-    return scores[order], np.sort(labels)[order]
+    return scores[order], positions[order], rows[order]
 
 
-def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: int, threshold: float) -> list[Hit]:
+def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: int, threshold: float,
+              rows: np.ndarray | None = None) -> list[Hit]:
+    """The first k candidates not alike to an earlier one; rows: their stored vectors when already read."""
     found = labels >= 0
     scores, labels = scores[found], labels[found]
     if threshold >= 1:  # nothing is folded: the first k
         return [Hit(rank, float(score), "", position=int(label))
                 for rank, (score, label) in enumerate(zip(scores[:k], labels[:k], strict=True), 1)]
-    vectors = np.asarray(searched.vectors[labels], dtype=np.float32)
+    vectors = np.asarray(searched.vectors[labels], dtype=np.float32) if rows is None else rows[found].copy()
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
     hits: list[Hit] = []
     kept: list[int] = []  # candidate number of each hit
