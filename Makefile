@@ -1,5 +1,6 @@
 # make run: set up .venv and run the whole pipeline on the default data (README, "Run").
 # make serve: after make run, the search server and its page (prints the URL).
+# make serve-own IMG_DIR=path: index the folder on first use, then serve it and keep the index in step as images arrive.
 # make own IMG_DIR=path: index a folder of one's own generations, prompts read from the files (README, "Your own generations").
 # make test: set up .venv and run the tests (those on the real 1k.csv need PROMPT_SEARCH_DATA: see README).
 # make lint: ruff, and the import-linter contracts that keep the package's wings in order (README: How the code is laid out).
@@ -8,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run serve own test lint browser java
+.PHONY: setup run serve own serve-own test lint browser java
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-dev-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,11 @@ own: setup
 	$(PY) extract_textual_clip_embeddings.py $(ARGS) && $(PY) create_textual_knn_indices.py $(ARGS) \
 		|| echo "(no prompt index this run: see the message above)"
 	$(PY) test_visual_knn_index.py $(ARGS)
+
+# The server over a folder of one's own generations, indexed on first use and kept in step with it (serve.py --WATCH).
+serve-own: setup
+	@test -n "$(IMG_DIR)" || { echo "usage: make serve-own IMG_DIR=path/to/your/images [ARGS=...]"; exit 1; }
+	$(PY) serve.py --IMG_DIR="$(IMG_DIR)" --WATCH=True $(ARGS)
 
 # tests/test_gallery.py drives Debian's chromium through chromedriver: install both when missing (CI runs as root).
 browser:

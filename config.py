@@ -71,3 +71,8 @@ SERVE_OPEN = False  # True lets the server listen beyond loopback without SERVE_
 SERVE_URL = ""  # the server's address as clients reach it (https://search.example), for the absolute thumbnail URLs results carry; "" = the address it listens on
 CORS_ORIGINS = ""  # web pages (origins, comma-separated, e.g. http://127.0.0.1:8080; "*" = any) allowed to call clip-retrieval's endpoints from a browser; "" = none
 ALLOWED_HOSTS = ""  # host names the server answers to (the Host header), comma-separated; "" = localhost, 127.0.0.1, ::1 and SERVE_HOST; "*" = any (README: Search server)
+
+# --- serve.py --WATCH: the index kept in step with IMG_DIR as images arrive (README: Your own generations) ---
+WATCH = False  # True: new, changed, renamed and deleted images of IMG_DIR are searchable within seconds, without a rebuild or a restart
+WATCH_POLL_S = 0.0  # 0: the file system's events, and a look every 2 s on a network mount that sends none (NFS, SMB, sshfs...); > 0: look every WATCH_POLL_S seconds whatever the folder
+WATCH_COMPACT_ITEMS = 20000  # rows added since the published sets at which they are folded into new ones (steps 1, 3, 4, 3', 4') in the background; 20,000 keep a search of them under 5 ms

@@ -95,6 +95,8 @@ ALLOWED: dict[str, Allowed] = {
     "CORS_ORIGINS": Allowed(lambda v: type(v) is str and all(re.fullmatch(r"\*|https?://[^/?#\s]+", o.strip())
                                                              for o in v.split(",") if v),
                             '"" (none), "*" (any) or origins like "http://127.0.0.1:8080", separated by commas'),
+    "WATCH_POLL_S": at_least(0),
+    "WATCH_COMPACT_ITEMS": at_least(1),
     "ALLOWED_HOSTS": Allowed(lambda v: type(v) is str and all(name.strip() for name in v.split(",")) or v == "",
                              'host names separated by commas, "*" (any) or "" (loopback and SERVE_HOST)'),
 }

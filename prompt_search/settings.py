@@ -72,3 +72,15 @@ class QuerySettings(StepSettings):
     model_dir: str
     quantize_int8: bool
     query_threads: int
+
+
+@dataclass(frozen=True)
+class WatchSettings(StepSettings):
+    """serve.py --WATCH: the folder kept in step with, and how its changes become new published sets."""
+
+    img_dir: str
+    out_dir: str
+    preferred_metadata: str
+    watch_poll_s: float
+    watch_compact_items: int
+    batch_size: int

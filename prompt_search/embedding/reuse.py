@@ -11,7 +11,7 @@ import glob
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -32,12 +32,18 @@ def content_hash(path: str) -> str:
         return ""
 
 
+def text_hash(text: str) -> str:
+    """A prompt's content hash, for step 3' of a folder's prompts (embed_prompts' by_text)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 class Previous:
     """The vectors of a published set by content hash; each batch file is memory-mapped when first needed."""
 
-    def __init__(self, folder: str | None):
+    def __init__(self, folder: str | None, known: Mapping[str, np.ndarray] | None = None):
         self.folder = folder
-        self.rows: dict[str, tuple[str, int]] = {}  # hash -> (batch file, row), the first row of that content
+        self.known = dict(known or {})  # hash -> vector computed elsewhere, in memory
+        self.rows: dict[str, tuple[str, int]] = {digest: ("", 0) for digest in self.known}
         self.copies: Counter[str] = Counter()  # rows per hash, to count the vectors a rerun drops
         self._mapped: dict[str, np.ndarray] = {}
         for path in sorted(glob.glob(os.path.join(folder, HASHES, "*.npy"))) if folder else []:
@@ -45,10 +51,13 @@ class Previous:
             digests = np.load(path, allow_pickle=False).tolist()
             self.copies.update(digests)
             for row, digest in enumerate(digests):
-                self.rows.setdefault(digest, (name, row))
+                if digest not in self.known:
+                    self.rows.setdefault(digest, (name, row))
         self.rows.pop("", None)
 
     def vector(self, digest: str) -> np.ndarray:
+        if digest in self.known:
+            return self.known[digest]
         name, row = self.rows[digest]
         if name not in self._mapped:
             self._mapped[name] = np.load(os.path.join(self.folder, "embeddings", name), mmap_mode="r")

@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +68,11 @@ def resume_folder(folder: str, manifest: dict) -> set[int]:
     return {int(os.path.basename(p)[:-5]) for p in storage.glob(os.path.join(folder, "batches", "*.json"))}
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """The vectors as a set holds them: each row L2-normalised, float32."""
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
 def save_batch(folder: str, batch: int, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]],
                hashes: list[str] | None = None) -> None:
     """Write one batch atomically; the batches/ record goes last, marking it complete.
@@ -76,7 +81,7 @@ def save_batch(folder: str, batch: int, vectors: np.ndarray, ids: list[str], ski
     """
     name = f"{batch:09d}"
     if len(ids):
-        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = unit_rows(vectors)
         with storage.atomic_write(os.path.join(folder, "embeddings", name + ".npy")) as f:
             np.save(f, vectors.astype(np.float32))
         columns = {"ids": ids} if hashes is None else {"ids": ids, HASHES: hashes}
@@ -137,7 +142,7 @@ def row_hashes(items: Sequence[tuple[str, str]], hashes: Sequence[str] | None, i
 def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, batch_size: int,
                 encode_batches: Encoder, unit: str, tables: dict[str, pa.Table] | None = None,
                 rejected: list[tuple[str, str]] = (), digest: str | None = None,
-                hashes: Sequence[str] | None = None,
+                hashes: Sequence[str] | None = None, known: Mapping[str, np.ndarray] | None = None,
                 distribute: Callable[[str, dict, list[tuple[int, range]]], None] | None = None,
                 ) -> list[tuple[str, str]]:
     """Embed items (id, source) into the output set at path, resuming after the batches already complete.
@@ -149,6 +154,8 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
     digest: items_digest(items), when the caller can compute it without a Python loop over millions of items.
     hashes: the content hash of each item (reuse.py): a changed content makes a new set, whose items of
     unchanged content take their vectors from the published set of the same model instead of encode_batches.
+    known: vectors by content hash already computed elsewhere (serve.py --WATCH's delta), reused as the published
+    set's are.
     distribute(folder, manifest, todo): writes the (batch number, item indices) batches of todo into folder itself,
     with save_batch, elsewhere (spark_embed.py) instead of encode_batches here.
     """
@@ -163,7 +170,7 @@ def embed_items(path: str, items: Sequence[tuple[str, str]], model_name: str, ba
         return [*rejected, *read_skipped(published.folder)]
     if hashes is not None:
         same_model = previous_manifest is not None and previous_manifest["model"] == manifest["model"]
-        previous = Previous(local_copy(path, published) if same_model else None)
+        previous = Previous(local_copy(path, published) if same_model else None, known)
         print(f"{path}: {previous.summary(hashes)}")
         encode_batches = reusing(encode_batches, items, hashes, previous)
     with output_set(path, resume=True) as folder:

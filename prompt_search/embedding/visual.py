@@ -8,7 +8,7 @@ Two input paths give the model the same crops (gpu_input.py's tests check it):
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import partial
 
 import numpy as np
@@ -139,12 +139,14 @@ def encode_images(items: list[tuple[str, str]], ranges: list[range], settings: E
               f"first: {counts.first_on_cpu}")
 
 
-def embed_images(img_dir: str, folder: str, settings: EmbedSettings) -> tuple[int, list[tuple[str, str]]]:
+def embed_images(img_dir: str, folder: str, settings: EmbedSettings, known: Mapping[str, np.ndarray] | None = None
+                 ) -> tuple[int, list[tuple[str, str]]]:
     """Embed every image below img_dir into the set at folder; return (vectors written, skipped (path, reason)).
 
     An image whose id another image already has is skipped, so that an id always names one picture.
     decode: "cpu" or "gpu" input path (see the module's doc), "" for the device's own.
     distributor "pyspark": the batches are computed in Spark tasks (spark_embed.py), the same files as a local run.
+    known: vectors by content hash computed already (serve.py --WATCH's), reused as the published set's are.
     """
     started = time.perf_counter()
     if not storage.is_dir(img_dir):
@@ -170,7 +172,8 @@ def embed_images(img_dir: str, folder: str, settings: EmbedSettings) -> tuple[in
     with session_for(settings.distributor, settings.spark_master) as spark:
         distribute = None if spark is None else partial(embed_on_spark, spark, items, encode, hashes=hashes)
         skipped = embed_items(folder, items, settings.model, settings.batch_size, partial(encode, items), unit="img",
-                              tables={IMAGES_FILE: paths}, rejected=rejected, hashes=hashes, distribute=distribute)
+                              tables={IMAGES_FILE: paths}, rejected=rejected, hashes=hashes, known=known,
+                              distribute=distribute)
     return len(items) - len(skipped) + len(rejected), skipped
 
 

@@ -132,9 +132,11 @@ async def thumbnail(request: Request, index: str, position: str) -> Response:
 
 async def health(request: Request) -> dict:
     searcher, _ = state(request)
+    view = searcher.view
     return {"status": "ok", "model": searcher.model,
-            "indices": {side: searched.index.ntotal for side, searched in searcher.sides.items()},
-            "filters": {side: sorted(columns) for side, columns in searcher.columns.items()}}
+            "indices": {side: opened.searched.index.ntotal for side, opened in view.items()},
+            "filters": {side: sorted(opened.columns) for side, opened in view.items()},
+            **({"watch": request.app.state.watch()} if getattr(request.app.state, "watch", None) else {})}
 
 
 async def gallery_css() -> PlainTextResponse:

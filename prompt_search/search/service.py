@@ -128,31 +128,53 @@ def _float(bound: Bound) -> float | None:
         return math.inf if bound > 0 else -math.inf
 
 
+@dataclass(frozen=True)
+class OpenSide:
+    """One side as queries see it: its index set (or serve.py --WATCH's live index over it: live_view.py), the
+    columns its results filter on, and its positions by id."""
+    searched: SearchIndex
+    columns: dict[str, FilterColumn]
+    ids: IdPositions
+
+    @classmethod
+    def of(cls, searched: SearchIndex) -> "OpenSide":
+        names = searched.items.reader.schema.names
+        columns = {name: FilterColumn.of(searched.items.column(column))
+                   for name, column in FILTER_COLUMNS.items() if column in names}
+        return cls(searched, columns, IdPositions(searched.items))
+
+
 class Searcher:
-    """The published index sets of out_dir, checked against the model, with its ONNX sessions."""
+    """The published index sets of out_dir, checked against the model, with its ONNX sessions.
+
+    The sides are one mapping, replaced whole (`replace`) when a live index changes: each request reads it once, so
+    it never mixes the positions of one state with the rows of another.
+    """
 
     def __init__(self, sides: dict[str, SearchIndex], model: str, encoder: QueryEncoder, images_dir: str,
                  decoding: DecodeLimits):
-        self.sides = sides  # core.open_sides: opened first, so a wrong OUT_DIR is said before anything is written
+        # core.open_sides: opened first, so a wrong OUT_DIR is said before anything is written
+        self.view: dict[str, OpenSide] = {side: OpenSide.of(searched) for side, searched in sides.items()}
         self.decoding = decoding
         self.model = model
         self.encoder = encoder
-        self.columns = {side: self._filter_columns(searched) for side, searched in self.sides.items()}
-        self.ids = {side: IdPositions(searched.items) for side, searched in self.sides.items()}
+        self.live = False  # serve.py --WATCH: a result whose file is gone (the watcher has yet to see it) is dropped
         local = storage.local_path(images_dir)  # a file:// URL is a local folder: its links are resolved too
         self.images_dir = images_dir.rstrip("/") if local is None else os.path.realpath(local)
         self.images_at_url = local is None
 
-    @staticmethod
-    def _filter_columns(searched: SearchIndex) -> dict[str, FilterColumn]:
-        names = searched.items.reader.schema.names
-        return {name: FilterColumn.of(searched.items.column(column))
-                for name, column in FILTER_COLUMNS.items() if column in names}
+    def replace(self, view: dict[str, OpenSide]) -> None:
+        """Answer from view from now on (one assignment: a request already running keeps the view it read)."""
+        self.view = view
 
-    def side(self, name: str) -> SearchIndex:
-        if name not in self.sides:
-            raise BadInput(f"no {name!r} index here; the indices are {', '.join(self.sides)}")
-        return self.sides[name]
+    def side(self, name: str, view: dict[str, OpenSide] | None = None) -> SearchIndex:
+        return self.open_side(name, view).searched
+
+    def open_side(self, name: str, view: dict[str, OpenSide] | None = None) -> OpenSide:
+        view = self.view if view is None else view
+        if name not in view:
+            raise BadInput(f"no {name!r} index here; the indices are {', '.join(view)}")
+        return view[name]
 
     def encode_text(self, text: str, notes: list[str]) -> np.ndarray:
         if not text.strip():
@@ -183,7 +205,7 @@ class Searcher:
     def stored_vector(self, side: str, position: int) -> np.ndarray:
         """The vector of a result ("more like this"), from the stored vectors: no encoder run."""
         searched = self.side(side)
-        if not 0 <= position < len(searched.vectors):
+        if not 0 <= position < len(searched.vectors) or searched.index.ntotal == 0:
             raise BadInput(f"no position {position} in the {side} index")
         vector = np.asarray(searched.vectors[position], dtype=np.float32)
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
@@ -192,36 +214,41 @@ class Searcher:
         """The images index's position of the hit's local image: its own, or for a prompt, the image of its id."""
         if side == "images":
             return hit.position if hit.path else None
-        images = self.ids.get("images")
-        return images.position(hit.id) if images else None
+        images = self.view.get("images")
+        return images.ids.position(hit.id) if images else None
 
     def by_ids(self, ids: list[str]) -> list[tuple[str, Hit]]:
         """(side, hit) of each id found, the images index's row first, described; O(k log n) for k ids."""
-        found = []
+        found, view = [], self.view
         for item_id in ids:
-            side, position = next(((side, at) for side, positions in self.ids.items()
-                                   if (at := positions.position(item_id)) is not None), ("", None))
+            side, position = next(((side, at) for side, opened in view.items()
+                                   if (at := opened.ids.position(item_id)) is not None), ("", None))
             if position is not None:
-                found.append((side, describe(self.sides[side], [Hit(0, 0.0, item_id, position=position)])[0]))
+                found.append((side, describe(view[side].searched, [Hit(0, 0.0, item_id, position=position)])[0]))
         return found
 
     def search(self, side: str, vector: np.ndarray, k: int, offset: int, dedupe_threshold: float,
                filters: dict[str, tuple[Bound, Bound]], answer: Answer) -> Answer:
         """Hits offset to offset + k of vector in side, only rows whose filter columns lie in the (low, high) ranges."""
-        searched = self.side(side)
+        opened = self.open_side(side)
+        searched = opened.searched
         if len(vector) != searched.index.d:
             raise BadInput(f"the query vector has {len(vector)} dimensions, the {side} index {searched.index.d}")
-        keep = self._keep(side, filters) if filters else None
+        keep = self._keep(side, opened.columns, filters) if filters else None
         start = time.perf_counter()
         hits = find_hits(searched, vector, offset + k, dedupe_threshold, keep)[offset:]
         middle = time.perf_counter()
         describe(searched, hits)
-        answer.hits = hits
+        answer.hits = [hit for hit in hits if self._still_there(hit)] if self.live else hits
         answer.timings |= {"search": (middle - start) * 1e3, "lookup": (time.perf_counter() - middle) * 1e3}
         return answer
 
-    def _keep(self, side: str, filters: dict[str, tuple[Bound, Bound]]):
-        columns = self.columns[side]
+    def _still_there(self, hit: Hit) -> bool:
+        local = storage.local_path(path_from_text(hit.path)) if hit.path else None
+        return local is None or os.path.exists(local)
+
+    @staticmethod
+    def _keep(side: str, columns: dict[str, FilterColumn], filters: dict[str, tuple[Bound, Bound]]):
         missing = [name for name in filters if name not in columns]
         if missing:
             raise BadInput(f"the {side} index has no {', '.join(missing)} to filter on")
@@ -237,7 +264,8 @@ class Searcher:
     def thumbnail(self, side: str, position: str) -> bytes | None:
         """A JPEG thumbnail of the result's local image, or None: only files inside the images folder, whatever the
         request or the item table's path says (the path is resolved, links included, before it is compared)."""
-        searched = self.sides.get(side)
+        opened = self.view.get(side)
+        searched = opened and opened.searched
         if searched is None or not POSITION.fullmatch(position) or int(position) >= len(searched.items):
             return None
         path = path_from_text(searched.items.rows([int(position)])[0].get("path") or "")  # as path_as_text wrote it

@@ -1,0 +1,169 @@
+"""What serve.py --WATCH knows of the folder: every image's stamp, metadata row and rows in both indices, the
+published sets it started from, and the deltas added since (search/live_view.py searches them).
+
+Both sides end as a batch build over the folder would make them (steps 1, 3, 3', 4 and 4'):
+  images   one row per readable image: id, path and step 1's row; a changed file's old row is hidden and its new
+           one added, a deleted file's hidden.
+  prompts  one row per distinct prompt (embedding/listing.py's key: case and white space ignored), under the id of
+           the first image in the folder's listing order that has it (image_files.list_images: sorted names, a
+           folder's files before its subfolders): when that image changes or goes, the prompt moves to the next.
+Changes arrive as whole batches (apply); each ends in one new view of both sides, handed to the Searcher at once.
+"""
+
+import bisect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from prompt_search.embedding.listing import prompt_keys
+from prompt_search.errors import UserError
+from prompt_search.layout import METADATA_FILE, METADATA_SET
+from prompt_search.output_sets import local_set
+from prompt_search.search.live_view import Delta, merged_side
+from prompt_search.search.service import OpenSide
+from prompt_search.sources.folder_metadata import STAMPS_FILE
+
+PromptEncoder = Callable[[list[str]], np.ndarray]
+
+
+def prompt_key(prompt: str | None) -> str:
+    """The listing's key of a prompt ("" for none): embedding/listing.py's rule, for one prompt."""
+    return " ".join((prompt or "").split()).casefold()
+
+
+def listing_order(item_id: str) -> tuple:
+    """Where a path id comes in list_images' walk: by folder, a folder's own files before its subfolders."""
+    *folders, name = item_id.split("/")
+    return (*((1, folder) for folder in folders), (0, name))
+
+
+@dataclass
+class FileState:
+    """One image as the live index holds it."""
+    stamp: str  # folder_metadata.file_stamp: a change of the image or its .txt changes it
+    row: dict  # step 1's row (folder_metadata.SCHEMA), id included
+    path: str = ""  # as step 3 lists it (path_as_text); "" for a published row (its item table has it)
+    image: int | None = None  # its row in the images side; None: not embedded (step 3 skips an unreadable file)
+    content: str = ""  # step 3's content hash, "" when not known here (a published row)
+
+
+@dataclass
+class SideDelta:
+    """A side's delta as it grows: rows added, positions hidden."""
+    published: int
+    vectors: list[np.ndarray] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    hidden: set[int] = field(default_factory=set)
+
+    def add(self, row: dict, vector: np.ndarray) -> int:
+        self.rows.append(row)
+        self.vectors.append(vector)
+        return self.published + len(self.rows) - 1
+
+    def frozen(self, dimension: int) -> Delta:
+        hidden = np.zeros(self.published + len(self.rows), bool)
+        hidden[list(self.hidden)] = True
+        vectors = np.stack(self.vectors) if self.vectors else np.zeros((0, dimension), np.float32)
+        return Delta(vectors.astype(np.float32), tuple(self.rows), hidden)
+
+
+class LiveState:
+    """The folder as indexed: the published sides, each image's state, and the deltas since."""
+
+    def __init__(self, published: dict[str, OpenSide], out_dir: str, encode_prompts: PromptEncoder):
+        if "images" not in published:
+            raise UserError(f"{out_dir} has no images index: build it first (make own IMG_DIR=...)")
+        self.published, self.encode_prompts = published, encode_prompts
+        self.files: dict[str, FileState] = {}
+        self.holders: dict[str, list[tuple[tuple, str]]] = {}  # prompt key -> (listing order, id), in order
+        self.prompt_rows: dict[str, tuple[str, int]] = {}  # prompt key -> (id, position) of its row in prompts
+        self.deltas = {side: SideDelta(opened.searched.index.ntotal) for side, opened in published.items()}
+        self.dimension = published["images"].searched.index.d
+        self._read_published(out_dir)
+
+    def _read_published(self, out_dir: str) -> None:
+        folder = local_set(os.path.join(out_dir, METADATA_SET))
+        stamps_file = os.path.join(folder or "", STAMPS_FILE)
+        if not folder or not os.path.isfile(stamps_file):
+            raise UserError(f"{out_dir}'s metadata was not read from a folder of images: --WATCH keeps the index of "
+                            "a folder (make own IMG_DIR=...) in step with it")
+        table = pq.read_table(os.path.join(folder, os.path.basename(METADATA_FILE)))
+        stamps = pq.read_table(stamps_file).column("stamp").to_pylist()
+        images = self.published["images"].ids
+        rows = table.to_pylist()
+        for row, stamp in zip(rows, stamps, strict=True):
+            state = FileState(stamp, row, image=images.position(row["id"]))
+            self.files[row["id"]] = state
+            self._hold(row["id"], prompt_key(row.get("prompt")))
+        prompts = self.published.get("prompts")
+        if prompts is not None:
+            column = prompts.searched.items.column("prompt").combine_chunks()
+            ids = prompts.searched.items.column("id").to_pylist()
+            for position, (item_id, key) in enumerate(zip(ids, prompt_keys(column).to_pylist(), strict=True)):
+                if key:
+                    self.prompt_rows[key] = (item_id, position)
+
+    def _hold(self, item_id: str, key: str) -> None:
+        if key:
+            bisect.insort(self.holders.setdefault(key, []), (listing_order(item_id), item_id))
+
+    def _let_go(self, item_id: str, key: str) -> None:
+        holders = self.holders.get(key, [])
+        at = bisect.bisect_left(holders, (listing_order(item_id), item_id))
+        if at < len(holders) and holders[at][1] == item_id:
+            del holders[at]
+        if not holders:
+            self.holders.pop(key, None)
+
+    def stamps(self) -> dict[str, str]:
+        """Each indexed image's stamp, by id."""
+        return {item_id: state.stamp for item_id, state in self.files.items()}
+
+    def delta_size(self) -> int:
+        return sum(len(delta.rows) for delta in self.deltas.values())
+
+    def apply(self, changed: dict[str, FileState | None], vectors: dict[str, np.ndarray]) -> dict[str, OpenSide]:
+        """Take in a batch of changes (id -> its new state, None: deleted; vectors: the new images' by id) and return
+        the view of both sides after it."""
+        images = self.deltas["images"]
+        keys = set()
+        for item_id, new in changed.items():
+            old = self.files.pop(item_id, None)
+            if old is not None:
+                if old.image is not None:
+                    images.hidden.add(old.image)
+                keys.add(prompt_key(old.row.get("prompt")))
+                self._let_go(item_id, prompt_key(old.row.get("prompt")))
+            if new is None:
+                continue
+            if item_id in vectors:
+                new.image = images.add({**new.row, "path": new.path}, vectors[item_id])
+            self.files[item_id] = new
+            keys.add(prompt_key(new.row.get("prompt")))
+            self._hold(item_id, prompt_key(new.row.get("prompt")))
+        if "prompts" in self.deltas:
+            self._move_prompts(keys - {""}, changed)
+        return self.view()
+
+    def _move_prompts(self, keys: set[str], changed: dict[str, FileState | None]) -> None:
+        """Each prompt key's row under its first holder now: hidden where its holder changed, added anew."""
+        prompts = self.deltas["prompts"]
+        wanted: list[tuple[str, str]] = []  # (key, first holder) of each row to add
+        for key in sorted(keys):
+            first = self.holders[key][0][1] if key in self.holders else None
+            current = self.prompt_rows.get(key)
+            if current is not None and (current[0] != first or current[0] in changed):
+                prompts.hidden.add(current[1])
+                del self.prompt_rows[key]
+            if first is not None and key not in self.prompt_rows:
+                wanted.append((key, first))
+        vectors = self.encode_prompts([self.files[first].row["prompt"] for _, first in wanted])
+        for (key, first), vector in zip(wanted, vectors, strict=True):
+            self.prompt_rows[key] = (first, prompts.add(dict(self.files[first].row), vector))
+
+    def view(self) -> dict[str, OpenSide]:
+        return {side: merged_side(opened, self.deltas[side].frozen(self.dimension))
+                for side, opened in self.published.items()}

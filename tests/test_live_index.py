@@ -1,0 +1,148 @@
+"""serve.py --WATCH's live index in this process: its watcher threads over a real folder, then the same queries of
+the live index and of a batch build of the folder as it ends (steps 1, 3, 4, 3', 4' from scratch) give the same
+results, dedupe, filters and paging included, on both sides."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image
+from generations import a1111_text, png, write_folder
+
+from prompt_search.live.compaction import fold
+from prompt_search.live.watch import Watch
+from prompt_search.search.core import open_sides
+from prompt_search.search.service import Answer, DecodeLimits, Searcher
+from prompt_search.settings import EmbedSettings, IndexSettings, WatchSettings
+
+
+def settings_for(img_dir: Path, out_dir: Path, model: str, compact_items: int = 1000
+                 ) -> tuple[WatchSettings, EmbedSettings, IndexSettings]:
+    return (WatchSettings(str(img_dir), str(out_dir), "a1111", 0.0, compact_items, 4),
+            EmbedSettings(model, "~/.cache/clip", "cpu", 4), IndexSettings("4G", "8G", 10.0))
+
+
+def searcher_of(out_dir: Path, img_dir: Path, model: str) -> Searcher:
+    return Searcher(open_sides(str(out_dir), model), model, None, str(img_dir), DecodeLimits.of(1 << 24, 1))
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def settled(watch: Watch, generation: int) -> bool:
+    """The watcher took in changes past generation, and nothing waits."""
+    health = watch.health()
+    return health["generation"] > generation and not health["pending"] and not health["compacting"]
+
+
+def results(searcher: Searcher, side: str, vector: np.ndarray, k: int, offset: int, dedupe: float,
+            filters: dict) -> list[tuple[str, float, int]]:
+    answer = searcher.search(side, vector, k, offset, dedupe, filters, Answer([]))
+    return [(hit.id, round(hit.score, 4), hit.alike) for hit in answer.hits]
+
+
+def a1111(path: Path, prompt: str, seed: int) -> Path:
+    return png(path, {"parameters": a1111_text(prompt, seed)}, seed)
+
+
+@pytest.fixture
+def watched(tmp_path, tiny_clip):
+    """A folder of every format, indexed by the batch steps, and a Watch over it (its threads running)."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_folder(images)
+    watch_settings, embed, index = settings_for(images, out, tiny_clip)
+    fold(watch_settings, embed, index)
+    searcher = searcher_of(out, images, tiny_clip)
+    watch = Watch(searcher, watch_settings, embed, index)
+    watch.start()
+    wait_until(lambda: watch.health()["generation"] >= 0 and not watch.health()["pending"], what="the first look")
+    yield tmp_path, images, searcher, watch
+    watch.stop()
+
+
+def test_live_index_equals_a_batch_build_of_the_folder(watched, tiny_clip):
+    work, images, searcher, watch = watched
+    generation = watch.health()["generation"]
+    # new files: one with a prompt already held (by a later name: the prompt row stays), one by an earlier name
+    # (the prompt row moves to it), one new prompt, one in a new subfolder
+    a1111(images / "a1111/zebra.png", "a blue robot on a red background", 101)
+    a1111(images / "a1111/aardvark.png", "A  castle in the clouds", 102)
+    a1111(images / "new/kite.png", "a kite over the sea", 103)
+    make_image(images / "new/plain.png", (80, 64), "RGB", 104)
+    # changed: another prompt in the same file; deleted: the only holder of its prompt; renamed
+    a1111(images / "a1111/robot.png", "a red robot on a blue background", 105)
+    os.remove(images / "fooocus/dragon.png")
+    os.replace(images / "novelai/fox.png", images / "novelai/vixen.png")
+    (images / "a1111/owl.txt").write_text(a1111_text("an owl wearing a hat", 5), encoding="utf-8")
+    wait_until(lambda: settled(watch, generation) and "a1111/zebra.png" in watch.state.files
+               and "novelai/fox.png" not in watch.state.files and watch.state.files["a1111/robot.png"].row["prompt"]
+               == "a red robot on a blue background" and watch.state.files["a1111/owl.png"].row["prompt"]
+               == "an owl wearing a hat", what="every change taken in")
+
+    batch = work / "batch"
+    watch_settings, embed, index = settings_for(images, batch, tiny_clip)
+    fold(watch_settings, embed, index)
+    built = searcher_of(batch, images, tiny_clip)
+    for side in ("images", "prompts"):
+        live_count = len(searcher.view[side].ids.added) + sum(
+            1 for at in range(searcher.view[side].searched.index.main.ntotal)
+            if not searcher.view[side].searched.index.delta.hidden[at])
+        assert live_count == built.view[side].searched.index.ntotal, (side, sorted(searcher.view[side].ids.added), [searcher.view[side].searched.items.rows([at])[0]["id"] for at in range(searcher.view[side].searched.index.main.ntotal) if not searcher.view[side].searched.index.delta.hidden[at]])
+    rng = np.random.default_rng(0)
+    dimension = built.view["images"].searched.index.d
+    compared = 0
+    for _ in range(12):
+        vector = rng.standard_normal(dimension).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        for side in ("images", "prompts"):
+            for dedupe, filters, k, offset in ((1.0, {}, 30, 0), (0.9, {}, 5, 0), (1.0, {}, 4, 3),
+                                               (0.9, {"width": (None, 96)}, 10, 0), (1.0, {"seed": (3, 104)}, 10, 1)):
+                expected = results(built, side, vector, k, offset, dedupe, filters)
+                assert results(searcher, side, vector, k, offset, dedupe, filters) == expected, (side, dedupe, filters)
+                compared += len(expected)
+    assert compared > 500
+    # what the batch build holds, the live index finds by id, and describes alike
+    for side in ("images", "prompts"):
+        for item_id in ("a1111/zebra.png", "a1111/aardvark.png", "new/kite.png", "novelai/vixen.png"):
+            live, expected = searcher.by_ids([item_id]), built.by_ids([item_id])
+            assert [(s, h.prompt, h.extra.get("seed")) for s, h in live] == \
+                [(s, h.prompt, h.extra.get("seed")) for s, h in expected]
+    assert not searcher.by_ids(["fooocus/dragon.png"]) and not searcher.by_ids(["novelai/fox.png"])
+
+
+def test_a_fold_publishes_new_sets_and_the_server_switches_to_them(tmp_path, tiny_clip, capsys):
+    images, out = tmp_path / "images", tmp_path / "out"
+    for seed in range(6):
+        a1111(images / f"{seed:02d}.png", f"picture number {seed}", seed)
+    watch_settings, embed, index = settings_for(images, out, tiny_clip, compact_items=12)
+    fold(watch_settings, embed, index)
+    searcher = searcher_of(out, images, tiny_clip)
+    published = os.path.realpath(out / "knn_indices" / "visual")
+    watch = Watch(searcher, watch_settings, embed, index)
+    watch.start()
+    try:
+        for seed in range(6, 12):  # 6 images and 6 prompts: at 12 rows, a fold starts
+            shutil.copy(a1111(tmp_path / f"{seed}.png", f"picture number {seed}", seed), images / f"{seed:02d}.png")
+        wait_until(lambda: os.path.realpath(out / "knn_indices" / "visual") != published
+                   and watch.health()["delta"]["images"] == 0 and not watch.health()["compacting"],
+                   what="a fold published and switched to")
+        view = searcher.view["images"]
+        assert view.searched.index.ntotal == 12 and not view.searched.index.delta.hidden.any()
+        found = searcher.by_ids([f"{s:02d}.png" for s in range(12)])
+        assert [(side, hit.id) for side, hit in found] == [("images", f"{s:02d}.png") for s in range(12)]
+        prompts = searcher.view["prompts"]
+        assert prompts.searched.index.ntotal == 12 and all(prompts.ids.position(f"{s:02d}.png") is not None
+                                                           for s in range(12))
+        assert not watch.health()["error"]
+        folded = capsys.readouterr().out  # the fold encoded nothing again: the delta's vectors were reused
+        assert "visual_embeddings: 0 added, 12 reused, 0 removed" in folded, folded
+        assert "textual_embeddings: 0 added, 12 reused, 0 removed" in folded
+    finally:
+        watch.stop()
