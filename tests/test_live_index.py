@@ -146,3 +146,20 @@ def test_a_fold_publishes_new_sets_and_the_server_switches_to_them(tmp_path, tin
         assert "textual_embeddings: 0 added, 12 reused, 0 removed" in folded
     finally:
         watch.stop()
+
+
+def test_a_result_whose_file_vanished_before_the_watcher_saw_it_is_dropped(tmp_path, tiny_clip):
+    images, out = tmp_path / "images", tmp_path / "out"
+    for seed in range(5):
+        a1111(images / f"{seed}.png", f"picture number {seed}", seed)
+    watch_settings, embed, index = settings_for(images, out, tiny_clip)
+    fold(watch_settings, embed, index)
+    searcher = searcher_of(out, images, tiny_clip)
+    vector = np.asarray(searcher.view["images"].searched.vectors[0], np.float32)
+    before = results(searcher, "images", vector, 5, 0, 1.0, {})
+    Watch(searcher, watch_settings, embed, index)  # not started: it has not seen the deletion
+    os.remove(images / "3.png")
+    after = results(searcher, "images", vector, 5, 0, 1.0, {})
+    assert len(before) == 5 and after == [hit for hit in before if hit[0] != "3.png"]
+    position = searcher.view["images"].ids.position("3.png")
+    assert searcher.thumbnail("images", str(position)) is None
