@@ -16,6 +16,9 @@ import pytest
 import requests
 from conftest import REPO, run_script
 from generations import a1111_text, png
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
 
 from prompt_search.search.core import open_sides
 
@@ -162,3 +165,24 @@ def test_killed_mid_ingest_or_mid_fold_restarts_and_catches_up(folder, tiny_clip
         prompts = [prompt for _, prompt in listed(base, "prompts")]
         assert sorted(prompts) == sorted(set(prompts)) and len(prompts) == 44
     consistent(folder, tiny_clip)
+
+
+def test_the_page_says_when_new_images_arrived(folder, tiny_clip, browser):  # noqa: F811
+    with watching(folder, tiny_clip) as (base, _):
+        browser.get(base + "/")
+        wait = WebDriverWait(browser, 30)
+        browser.find_element(By.ID, "text").send_keys("first picture")
+
+        def shown(driver) -> int:
+            """Images the results stand for: each card, and those folded into it as near-identical."""
+            return driver.execute_script(  # in one go: the results may be replaced between two reads
+                "const alike = [...document.querySelectorAll('#results .alike')].map((e) => +e.textContent.split(' ')[1]);"
+                "return document.querySelectorAll('#results .card').length + alike.reduce((a, b) => a + b, 0);")
+
+        wait.until(lambda d: shown(d) == 4, "the four images")
+        assert not browser.find_element(By.ID, "fresh").is_displayed()
+        a1111(folder / "images" / "arrived.png", "a picture that arrived", 77)
+        wait.until(lambda d: d.find_element(By.ID, "fresh").is_displayed(), "the notice")
+        browser.find_element(By.ID, "refresh").click()
+        wait.until(lambda d: shown(d) == 5, "the new image among the results")
+        assert not browser.find_element(By.ID, "fresh").is_displayed()

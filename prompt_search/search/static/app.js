@@ -4,12 +4,15 @@
 "use strict";
 
 const DEBOUNCE_MS = 250;
+const WATCH_POLL_MS = 2000;  // how often the page asks a watching server (serve.py --WATCH) whether images arrived
 const NUM_RESULTS = 40;
 const $ = (id) => document.getElementById(id);
 let image = null;  // the query image, base64
 let like = null;  // {index, position} of the result to search like
 let timer = 0;
 let inflight = null;  // the AbortController of the request in flight: a newer query cancels it
+let generation = null;  // a watching server's count of changes taken in, as last seen
+let shown = null;  // that count when the results shown were searched
 
 function side() {
   return document.querySelector("input[name=index]:checked").value;
@@ -29,6 +32,8 @@ async function search() {
   }
   if (inflight) inflight.abort();
   inflight = new AbortController();
+  shown = generation;
+  $("fresh").hidden = true;
   const body = {text, index: side(), num_results: NUM_RESULTS, cards: true};
   if (image) body.image = image;
   if (like) body.like = like;
@@ -51,11 +56,16 @@ async function search() {
 
 // Open on an index that exists: after `make run` on data whose image links are dead, only the prompts index does.
 async function offerBuiltIndices() {
-  let indices;
+  let health;
   try {
-    indices = (await (await fetch("/health")).json()).indices || {};
+    health = await (await fetch("/health")).json();
   } catch (error) {
     return;  // the choices stay as they are; a query says what is missing
+  }
+  const indices = health.indices || {};
+  if (health.watch) {
+    generation = shown = health.watch.generation;
+    setInterval(checkFresh, WATCH_POLL_MS);
   }
   for (const input of document.querySelectorAll("input[name=index]")) {
     input.disabled = !(input.value in indices);
@@ -66,6 +76,16 @@ async function offerBuiltIndices() {
     open.checked = true;
     search();
   }
+}
+
+// A watching server took in new, changed or deleted images since the results shown were searched: say so.
+async function checkFresh() {
+  try {
+    generation = (await (await fetch("/health")).json()).watch.generation;
+  } catch (error) {
+    return;  // asked again at the next poll
+  }
+  $("fresh").hidden = generation === shown || !$("results").children.length;
 }
 
 function later() {
@@ -92,6 +112,7 @@ function useImage(file) {
 $("text").addEventListener("input", () => { like = null; later(); });
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("index").addEventListener("change", search);
+$("refresh").addEventListener("click", search);
 $("file").addEventListener("change", () => useImage($("file").files[0]));
 $("clear-image").addEventListener("click", () => {
   image = null;
