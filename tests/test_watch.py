@@ -176,7 +176,8 @@ def test_the_page_says_when_new_images_arrived(folder, tiny_clip, browser):  # n
         def shown(driver) -> int:
             """Images the results stand for: each card, and those folded into it as near-identical."""
             return driver.execute_script(  # in one go: the results may be replaced between two reads
-                "const alike = [...document.querySelectorAll('#results .alike')].map((e) => +e.textContent.split(' ')[1]);"
+                "const alike = [...document.querySelectorAll('#results .alike')]"
+                "  .map((e) => +e.textContent.split(' ')[1]);"
                 "return document.querySelectorAll('#results .card').length + alike.reduce((a, b) => a + b, 0);")
 
         wait.until(lambda d: shown(d) == 4, "the four images")

@@ -32,7 +32,8 @@ def listing_file(folder: str) -> str:
     return os.path.join(local_dir(parent), name)
 
 
-def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[Sequence[int]], settings: EmbedSettings) -> Iterator[Batch]:
+def encode_prompts(items: Sequence[tuple[str, str]], ranges: list[Sequence[int]],
+                   settings: EmbedSettings) -> Iterator[Batch]:
     """Load the model and yield each range's batch of (id, prompt) items: the encode_batches of set_writer.embed_items.
 
     A module function, not a closure, so that a Spark task can run it too (spark_embed.py).
