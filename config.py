@@ -75,4 +75,4 @@ ALLOWED_HOSTS = ""  # host names the server answers to (the Host header), comma-
 # --- serve.py --WATCH: the index kept in step with IMG_DIR as images arrive (README: Your own generations) ---
 WATCH = False  # True: new, changed, renamed and deleted images of IMG_DIR are searchable within seconds, without a rebuild or a restart
 WATCH_POLL_S = 0.0  # 0: the file system's events, and a look every 2 s on a network mount that sends none (NFS, SMB, sshfs...); > 0: look every WATCH_POLL_S seconds whatever the folder
-WATCH_COMPACT_ITEMS = 20000  # rows added since the published sets at which they are folded into new ones (steps 1, 3, 4, 3', 4') in the background; 20,000 keep a search of them under 5 ms
+WATCH_COMPACT_ITEMS = 10000  # rows added since the published sets at which they are folded into new ones (steps 1, 3, 4, 3', 4') in the background; 10,000 keep a search of them under 5 ms (benchmarks/bench_watch.py)

@@ -1,7 +1,7 @@
 """Where every output lives below OUT_DIR (README: The pipeline), spelled once: the steps, the scripts and the queries
 all find a set by these names.
 
-    metadata/            step 1's set: img_links.txt, metadata.parquet, rejects.csv
+    metadata/            step 1's set: img_links.txt, metadata.parquet, rejects.csv (a folder's: stamps.parquet)
     images/              step 2's downloads (what step 3 embeds when IMG_DIR is "")
     visual_embeddings/   step 3's set, textual_embeddings/ step 3''s
     knn_indices/visual/  step 4's index set over visual_embeddings, knn_indices/textual/ step 4''s
@@ -16,6 +16,9 @@ METADATA_SET = "metadata"  # OUT_DIR/metadata: the output set of step 1, these t
 LINKS_FILE = os.path.join(METADATA_SET, "img_links.txt")
 METADATA_FILE = os.path.join(METADATA_SET, "metadata.parquet")
 REJECTS_FILE = os.path.join(METADATA_SET, "rejects.csv")
+# step 1 for a folder: each image's stamp (sources/folder_metadata.py); step 4 joins it into the item table, so that
+# serve.py --WATCH knows what each indexed row was made from
+STAMPS_FILE = os.path.join(METADATA_SET, "stamps.parquet")
 IMAGES_FOLDER = "images"
 INDICES_FOLDER = "knn_indices"
 ONNX_FOLDER = "onnx"

@@ -12,11 +12,14 @@ import pytest
 from conftest import make_image
 from generations import a1111_text, png, write_folder
 
+from prompt_search.embedding.visual import embed_images
+from prompt_search.index.build import create_index
 from prompt_search.live.compaction import fold
 from prompt_search.live.watch import Watch
 from prompt_search.search.core import open_sides
 from prompt_search.search.service import Answer, DecodeLimits, Searcher
 from prompt_search.settings import EmbedSettings, IndexSettings, WatchSettings
+from prompt_search.sources.folder_metadata import extract_folder_metadata
 
 
 def settings_for(img_dir: Path, out_dir: Path, model: str, compact_items: int = 1000
@@ -39,7 +42,8 @@ def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:
 def settled(watch: Watch, generation: int) -> bool:
     """The watcher took in changes past generation, and nothing waits."""
     health = watch.health()
-    return health["generation"] > generation and not health["pending"] and not health["compacting"]
+    return (health["generation"] > generation and not health["pending"] and not health["prompts_pending"]
+            and not health["compacting"])
 
 
 def results(searcher: Searcher, side: str, vector: np.ndarray, k: int, offset: int, dedupe: float,
@@ -167,3 +171,35 @@ def test_a_result_whose_file_vanished_before_the_watcher_saw_it_is_dropped(tmp_p
     assert len(before) == 5 and after == [hit for hit in before if hit[0] != "3.png"]
     position = searcher.view["images"].ids.position("3.png")
     assert searcher.thumbnail("images", str(position)) is None
+
+
+@pytest.mark.parametrize("published", ["step 1", "steps 1, 3 and 4"])
+def test_a_fold_killed_part_way_leaves_sets_the_next_start_catches_up_from(tmp_path, tiny_clip, published):
+    """A fold killed after step 1 (or step 4) published leaves the metadata (and images) ahead of the other sets:
+    the next start takes the images index as the record and ingests, and moves prompts, as far as needed."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    for seed in range(4):
+        a1111(images / f"{seed:02d}.png", f"picture number {seed}", seed)
+    watch_settings, embed, index = settings_for(images, out, tiny_clip)
+    fold(watch_settings, embed, index)
+    for seed in range(4, 8):
+        a1111(images / f"{seed:02d}.png", f"picture number {seed}", seed)
+    a1111(images / "00.png", "picture number zero, changed", 50)
+    extract_folder_metadata(str(images), str(out), "a1111")
+    if published != "step 1":
+        embed_images(str(images), str(out / "visual_embeddings"), embed)
+        create_index(str(out), "visual", index)
+    searcher = searcher_of(out, images, tiny_clip)
+    watch = Watch(searcher, watch_settings, embed, index)
+    watch.start()
+    try:
+        wait_until(lambda: settled(watch, 0) and len(ids_of(searcher, "prompts")) == 8, what="caught up")
+        batch = tmp_path / "batch"
+        fold(*settings_for(images, batch, tiny_clip))
+        built = searcher_of(batch, images, tiny_clip)
+        for side in ("images", "prompts"):
+            assert sorted(ids_of(searcher, side)) == sorted(ids_of(built, side))
+            live = {hit.id: hit.prompt for _, hit in searcher.by_ids(ids_of(built, side))}
+            assert live == {hit.id: hit.prompt for _, hit in built.by_ids(ids_of(built, side))}
+    finally:
+        watch.stop()

@@ -84,10 +84,12 @@ def source_files(folder: str) -> list[SourceFile]:
     return files
 
 
-def build_index(embeddings: str, index_set: str, settings: IndexSettings, metadata_file: str = "") -> dict:
+def build_index(embeddings: str, index_set: str, settings: IndexSettings, metadata_file: str = "",
+                stamps_file: str = "") -> dict:
     """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned.
 
-    Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one.
+    Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one, and the stamps of
+    stamps_file (step 1 for a folder's), when there are some.
     distributor "pyspark": autofaiss adds the vectors in Spark tasks, in parts it merges (spark.py's session).
     index_key: a faiss index_factory string (autofaiss tunes its search time), or "" for choose_index's
     choice, whose nprobe is then tuned to index_recall (recall@10, tune_search).
@@ -125,7 +127,8 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
         if index is None or index.ntotal != total:
             raise UserError(f"the index holds {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         write_items(os.path.join(out, ITEMS_FILE), ids,
-                    [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file)], out)
+                    [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file),
+                     local_published_file(stamps_file) if stamps_file else ""], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
         if index_param:
             infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, settings.index_recall, chosen))
@@ -275,7 +278,7 @@ def create_index(out_dir: str, name: str, settings: IndexSettings) -> None:
     """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
     index_set = layout.index_set(out_dir, name)
     infos = build_index(layout.embeddings_set(out_dir, name), index_set, settings,
-                        os.path.join(out_dir, METADATA_FILE))
+                        os.path.join(out_dir, METADATA_FILE), os.path.join(out_dir, layout.STAMPS_FILE))
     recall = f", recall@10 {infos['recall@10']}" if "recall@10" in infos else ""
     print(f"{index_set}: {infos['index_key']} index ({infos['index_param']}{recall}) of {infos['nb vectors']} "
           f"vectors of dimension {infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "

@@ -1,10 +1,14 @@
-"""Which files of the watched folder changed: the file system's events through watchfiles (Rust's notify: inotify,
-FSEvents, ReadDirectoryChanges), or polling where the file system sends none (benchmarks/RESULTS.md, issue 29, has
-the measurements that chose watchfiles), and when a changed file is complete enough to read.
+"""Which files of the watched folder changed: the file system's events through watchdog (inotify on Linux,
+FSEvents, ReadDirectoryChanges), or polling where the file system sends none, and when a changed file is complete
+enough to read. benchmarks/RESULTS.md (issue 29) has the measurements that chose watchdog over watchfiles: on a
+burst of files into a folder made a moment before, watchfiles missed 18 of 30 and watchdog none; watchdog says when
+a file written is closed, and a rename's new name.
 
 A file is read once it is complete: A1111 and Forge write a temporary name and rename it (the new name appears
-whole), ComfyUI writes in place, a copy or a phone's sync grows a file for a while. So a changed path waits until
-its size and modification time stayed the same for SETTLE_S; a file still growing waits on.
+whole), ComfyUI writes in place and closes, a copy or a phone's sync grows a file for a while. A file closed after
+writing or renamed into place is ready at once; any other change waits until the file's size and modification
+time held still for SETTLE_S (where no close is reported: polling, other systems), and a file still growing waits
+on.
 """
 
 import os
@@ -12,10 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 
-import watchfiles
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
-DEBOUNCE_MS = 50  # watchfiles gathers the events of this long into one batch (its default, 1.6 s, would eat the 2 s)
-STEP_MS = 20  # how often watchfiles looks whether the batch is complete
 SETTLE_S = 0.25  # a changed file is read once its size and modification time stayed the same this long
 NETWORK_POLL_S = 2.0  # seconds between two looks at a folder on a network mount, which sends no events
 # File systems that send no inotify events for changes made elsewhere (another machine, a phone's sync)
@@ -48,33 +52,43 @@ def poll_interval(folder: str, poll_s: float) -> float:
     return NETWORK_POLL_S if mount_type(folder) in NO_EVENTS else 0.0
 
 
-class Arrivals:
-    """A thread that hands on_paths the set of paths below folder that changed, a batch at a time."""
+class Arrivals(FileSystemEventHandler):
+    """Hands on_paths the paths below folder that changed, complete or not (on_paths(paths, complete)), and
+    on_lost() when the events of a change may have been lost (a folder moved in or out, an overflow)."""
 
-    def __init__(self, folder: str, poll_s: float, on_paths: Callable[[set[str]], None]):
-        self.folder, self.on_paths = folder, on_paths
+    def __init__(self, folder: str, poll_s: float, on_paths: Callable[[set[str], bool], None],
+                 on_lost: Callable[[], None]):
+        self.folder, self.on_paths, self.on_lost = folder, on_paths, on_lost
         self.poll_s = poll_interval(folder, poll_s)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="watch-events", daemon=True)
+        self.observer = PollingObserver(timeout=self.poll_s) if self.poll_s else Observer()
 
     @property
     def mode(self) -> str:
         return f"polling every {self.poll_s:g} s" if self.poll_s else "events"
 
     def start(self) -> None:
-        self.thread.start()
+        self.observer.schedule(self, self.folder, recursive=True)
+        self.observer.start()
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=5)
+        self.observer.stop()
+        self.observer.join(timeout=5)
 
-    def _run(self) -> None:
-        changes = watchfiles.watch(self.folder, watch_filter=None, debounce=DEBOUNCE_MS, step=STEP_MS,
-                                   stop_event=self.stopping, raise_interrupt=False, rust_timeout=1000,
-                                   yield_on_timeout=False, force_polling=bool(self.poll_s),
-                                   poll_delay_ms=int(self.poll_s * 1000), ignore_permission_denied=True)
-        for batch in changes:
-            self.on_paths({path for _, path in batch})
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            if event.event_type in ("created", "deleted", "moved"):  # its files come or go with it
+                self.on_lost()
+            return
+        if event.event_type == "moved":  # the old name is gone, the new one whole (A1111's rename)
+            self.on_paths({os.fsdecode(event.src_path)}, False)
+            self.on_paths({os.fsdecode(event.dest_path)}, True)
+        elif event.event_type in ("created", "modified", "deleted"):
+            self.on_paths({os.fsdecode(event.src_path)}, False)
+        elif event.event_type == "closed":  # closed after writing: complete
+            self.on_paths({os.fsdecode(event.src_path)}, True)
+
+    def on_events_lost(self, event: FileSystemEvent) -> None:
+        self.on_lost()
 
 
 class Settling:
@@ -84,8 +98,9 @@ class Settling:
         self.waiting: dict[str, tuple[tuple[int, int] | None, float]] = {}  # path -> (last seen, since when)
         self.lock = threading.Lock()
 
-    def add(self, paths: set[str]) -> None:
-        now = time.monotonic()
+    def add(self, paths: set[str], complete: bool = False) -> None:
+        """Wait for paths; complete: they need no settling (closed after writing, renamed into place)."""
+        now = time.monotonic() - (SETTLE_S if complete else 0.0)
         with self.lock:
             for path in paths:
                 self.waiting[path] = (_seen(path), now)

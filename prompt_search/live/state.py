@@ -7,24 +7,22 @@ Both sides end as a batch build over the folder would make them (steps 1, 3, 3',
   prompts  one row per distinct prompt (embedding/listing.py's key: case and white space ignored), under the id of
            the first image in the folder's listing order that has it (image_files.list_images: sorted names, a
            folder's files before its subfolders): when that image changes or goes, the prompt moves to the next.
-Changes arrive as whole batches (apply); each ends in one new view of both sides, handed to the Searcher at once.
+Changes arrive as whole batches (apply): the images side takes them in at once; the prompts they move wait
+(`waiting`) until move_prompts takes them in, so that a burst of new images is searchable before its prompts are
+encoded (a prompt costs the CPU as much as its image). Each call ends in one new view of both sides, handed to the
+Searcher at once.
 """
 
 import bisect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from prompt_search.embedding.listing import prompt_keys
 from prompt_search.errors import UserError
-from prompt_search.layout import METADATA_FILE, METADATA_SET
-from prompt_search.output_sets import local_set
 from prompt_search.search.live_view import Delta, merged_side
 from prompt_search.search.service import OpenSide
-from prompt_search.sources.folder_metadata import STAMPS_FILE
 
 PromptEncoder = Callable[[list[str]], np.ndarray]
 
@@ -81,30 +79,39 @@ class LiveState:
         self.holders: dict[str, list[tuple[tuple, str]]] = {}  # prompt key -> (listing order, id), in order
         self.prompt_rows: dict[str, tuple[str, int]] = {}  # prompt key -> (id, position) of its row in prompts
         self.deltas = {side: SideDelta(opened.searched.index.ntotal) for side, opened in published.items()}
+        self.waiting: set[str] = set()  # prompt keys whose row may have to move, for move_prompts
+        self.touched: set[str] = set()  # ids changed since the prompts last caught up: their rows are read anew
         self.dimension = published["images"].searched.index.d
         self._read_published(out_dir)
 
     def _read_published(self, out_dir: str) -> None:
-        folder = local_set(os.path.join(out_dir, METADATA_SET))
-        stamps_file = os.path.join(folder or "", STAMPS_FILE)
-        if not folder or not os.path.isfile(stamps_file):
-            raise UserError(f"{out_dir}'s metadata was not read from a folder of images: --WATCH keeps the index of "
-                            "a folder (make own IMG_DIR=...) in step with it")
-        table = pq.read_table(os.path.join(folder, os.path.basename(METADATA_FILE)))
-        stamps = pq.read_table(stamps_file).column("stamp").to_pylist()
-        images = self.published["images"].ids
-        rows = table.to_pylist()
-        for row, stamp in zip(rows, stamps, strict=True):
-            state = FileState(stamp, row, image=images.position(row["id"]))
-            self.files[row["id"]] = state
+        """Each image's state as the published images index holds it: the row and stamp step 4 joined into its
+        item table. The index, not the metadata set, is the record: a fold killed after step 1 published leaves a
+        metadata set ahead of the index, and its images are ingested again. An image the index lacks (unreadable
+        then) is read again too. Prompt rows out of step with their images (a fold killed between steps 4 and 4')
+        are moved as changes are."""
+        items = self.published["images"].searched.items
+        if "stamp" not in items.reader.schema.names:
+            raise UserError(f"{out_dir}'s images index was not built from a folder read by step 1 for a folder (or "
+                            "by a version before its stamps were kept): --WATCH keeps the index of a folder (make own "
+                            "IMG_DIR=...) in step with it; run make own once")
+        for position, row in enumerate(items.reader.read_all().to_pylist()):
+            stamp, path = row.pop("stamp"), row.pop("path")
+            if stamp is None:  # an image step 1 did not list (added between steps 1 and 3): hidden, read again
+                self.deltas["images"].hidden.add(position)
+                continue
+            self.files[row["id"]] = FileState(stamp, row, path, image=position)
             self._hold(row["id"], prompt_key(row.get("prompt")))
         prompts = self.published.get("prompts")
-        if prompts is not None:
-            column = prompts.searched.items.column("prompt").combine_chunks()
-            ids = prompts.searched.items.column("id").to_pylist()
-            for position, (item_id, key) in enumerate(zip(ids, prompt_keys(column).to_pylist(), strict=True)):
-                if key:
-                    self.prompt_rows[key] = (item_id, position)
+        if prompts is None:
+            return
+        column = prompts.searched.items.column("prompt").combine_chunks()
+        ids = prompts.searched.items.column("id").to_pylist()
+        for position, (item_id, key) in enumerate(zip(ids, prompt_keys(column).to_pylist(), strict=True)):
+            if key:
+                self.prompt_rows[key] = (item_id, position)
+        self.waiting = {key for key in self.holders.keys() | self.prompt_rows.keys()
+                        if self.prompt_rows.get(key, ("",))[0] != self.holders.get(key, [((), None)])[0][1]}
 
     def _hold(self, item_id: str, key: str) -> None:
         if key:
@@ -126,43 +133,49 @@ class LiveState:
         return sum(len(delta.rows) for delta in self.deltas.values())
 
     def apply(self, changed: dict[str, FileState | None], vectors: dict[str, np.ndarray]) -> dict[str, OpenSide]:
-        """Take in a batch of changes (id -> its new state, None: deleted; vectors: the new images' by id) and return
-        the view of both sides after it."""
+        """Take in a batch of changes (id -> its new state, None: deleted; vectors: the new images' by id) on the
+        images side, the prompts they move left waiting; return the view after it."""
         images = self.deltas["images"]
-        keys = set()
         for item_id, new in changed.items():
             old = self.files.pop(item_id, None)
             if old is not None:
                 if old.image is not None:
                     images.hidden.add(old.image)
-                keys.add(prompt_key(old.row.get("prompt")))
+                self.waiting.add(prompt_key(old.row.get("prompt")))
                 self._let_go(item_id, prompt_key(old.row.get("prompt")))
             if new is None:
                 continue
             if item_id in vectors:
                 new.image = images.add({**new.row, "path": new.path}, vectors[item_id])
             self.files[item_id] = new
-            keys.add(prompt_key(new.row.get("prompt")))
+            self.waiting.add(prompt_key(new.row.get("prompt")))
             self._hold(item_id, prompt_key(new.row.get("prompt")))
-        if "prompts" in self.deltas:
-            self._move_prompts(keys - {""}, changed)
+        self.waiting.discard("")
+        self.touched.update(changed)
+        if "prompts" not in self.deltas:
+            self.waiting.clear()
         return self.view()
 
-    def _move_prompts(self, keys: set[str], changed: dict[str, FileState | None]) -> None:
-        """Each prompt key's row under its first holder now: hidden where its holder changed, added anew."""
+    def move_prompts(self, limit: int) -> dict[str, OpenSide]:
+        """Take in up to limit waiting prompt keys: each key's row under its first holder now, hidden where its
+        holder changed, added anew (its prompt encoded). Return the view after it."""
         prompts = self.deltas["prompts"]
         wanted: list[tuple[str, str]] = []  # (key, first holder) of each row to add
-        for key in sorted(keys):
+        for key in sorted(self.waiting)[:limit]:
+            self.waiting.discard(key)
             first = self.holders[key][0][1] if key in self.holders else None
             current = self.prompt_rows.get(key)
-            if current is not None and (current[0] != first or current[0] in changed):
+            if current is not None and (current[0] != first or current[0] in self.touched):
                 prompts.hidden.add(current[1])
                 del self.prompt_rows[key]
             if first is not None and key not in self.prompt_rows:
                 wanted.append((key, first))
+        if not self.waiting:
+            self.touched.clear()
         vectors = self.encode_prompts([self.files[first].row["prompt"] for _, first in wanted])
         for (key, first), vector in zip(wanted, vectors, strict=True):
             self.prompt_rows[key] = (first, prompts.add(dict(self.files[first].row), vector))
+        return self.view()
 
     def view(self) -> dict[str, OpenSide]:
         return {side: merged_side(opened, self.deltas[side].frozen(self.dimension))

@@ -43,7 +43,7 @@ class Watch:
         self.prompt_cache: dict[str, np.ndarray] = {}  # text_hash -> vector, of prompts embedded here
         self.state = LiveState(searcher.view, settings.out_dir, self._prompt_vectors)
         self.settling = Settling()
-        self.arrivals = Arrivals(self.img_dir, settings.watch_poll_s, self._changed)
+        self.arrivals = Arrivals(self.img_dir, settings.watch_poll_s, self._changed, self._lost)
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.rescan = True  # the whole folder is compared with the published sets first
         self.folding: threading.Thread | None = None
@@ -70,13 +70,14 @@ class Watch:
         """/health's watch: what the watcher is doing (README: Your own generations)."""
         deltas = self.state.deltas
         return {"folder": self.img_dir, "mode": self.arrivals.mode, "pending": len(self.settling),
+                "prompts_pending": len(self.state.waiting),
                 "delta": {side: len(delta.rows) for side, delta in deltas.items()},
                 "hidden": {side: len(delta.hidden) for side, delta in deltas.items()},
                 "compacting": self.folding is not None, "generation": self.generation, "last_indexed": self.last,
                 "error": self.error}
 
-    def _changed(self, paths: set[str]) -> None:
-        """The watcher's batch: images and .txt sidecars wait to settle; a folder moved or removed rescans."""
+    def _changed(self, paths: set[str], complete: bool) -> None:
+        """The watcher's paths: images and .txt sidecars wait to be complete; a folder removed makes a whole look."""
         waiting = set()
         for path in paths:
             stem, extension = os.path.splitext(path)
@@ -84,9 +85,13 @@ class Watch:
                 waiting.add(path)
             elif extension.lower() == ".txt":  # the image beside it has a new stamp: read again
                 waiting.update(stem + other for other in self._images_named(stem))
-            elif os.path.isdir(path) or self._held_below(path):
+            elif not os.path.exists(path) and self._held_below(path):
                 self.rescan = True
-        self.settling.add(waiting)
+        self.settling.add(waiting, complete)
+        self.wake.set()
+
+    def _lost(self) -> None:
+        self.rescan = True
         self.wake.set()
 
     def _images_named(self, stem: str) -> list[str]:
@@ -123,6 +128,8 @@ class Watch:
         paths = self.settling.ready(self.settings.batch_size)
         if paths:
             self._publish(self._ingest(paths))
+        elif self.state.waiting:  # the images first: their prompts when no image waits
+            self._publish(self.state.move_prompts(self.settings.batch_size))
         elif not self.wake.wait(self.settling.next_due() if len(self.settling) else 1.0):
             return
         else:
@@ -165,8 +172,8 @@ class Watch:
             changed[item_id] = FileState(stamp, {"id": item_id, **row}, text, content=content_hash(path))
             if changed[item_id].content and changed[item_id].content not in self.image_cache:
                 to_embed.append((item_id, text))
-        if to_embed:
-            vectors, ids, _ = self.encoders.images(to_embed)
+        for start in range(0, len(to_embed), self.settings.batch_size):  # a catch-up's thousands, a batch at a time
+            vectors, ids, _ = self.encoders.images(to_embed[start:start + self.settings.batch_size])
             for item_id, vector in zip(ids, vectors, strict=True):
                 self.image_cache[changed[item_id].content] = vector
         vectors = {item_id: self.image_cache[new.content] for item_id, new in changed.items()
@@ -207,10 +214,9 @@ class Watch:
                      for side, searched in open_sides(self.settings.out_dir, self.searcher.model).items()}
         self.state = LiveState(published, self.settings.out_dir, self._prompt_vectors)
         gone, waiting = self._differences()
-        view = self._ingest(waiting) if waiting else self.state.view()
-        if gone:
-            view = self.state.apply(dict.fromkeys(gone), {})
-        self._publish(view)
+        self._ingest(waiting)
+        self.state.apply(dict.fromkeys(gone), {})
+        self._publish(self.state.move_prompts(len(self.state.waiting)))
         contents = {state.content for state in self.state.files.values() if state.content}
         self.image_cache = {digest: vector for digest, vector in self.image_cache.items() if digest in contents}
         prompts = self.state.deltas["prompts"].rows if "prompts" in self.state.deltas else []

@@ -48,9 +48,9 @@ class MergedIndex:
             kept = found >= 0
             kept[kept] &= ~self.delta.hidden[found[kept]]
             scores, labels = found_scores[kept], found[kept].astype(np.int64)
-        if len(self.delta.rows):
+        if len(self.delta.rows):  # every row scored in one pass (no copy of the rows), the hidden ones then dropped
             alive = np.flatnonzero(~self.delta.hidden[main_n:])
-            scores = np.concatenate([scores, self.delta.vectors[alive] @ queries[0]])
+            scores = np.concatenate([scores, (self.delta.vectors @ queries[0])[alive]])
             labels = np.concatenate([labels, alive + main_n])
         order = np.argsort(-scores, kind="stable")[:k]
         out_scores = np.full((1, k), -np.inf, np.float32)

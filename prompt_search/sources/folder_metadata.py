@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
+from prompt_search import layout
 from prompt_search.errors import UserError
 from prompt_search.layout import METADATA_FILE, METADATA_SET, REJECTS_FILE
 from prompt_search.output_sets import local_set, output_set
@@ -51,7 +52,7 @@ EXIF_IFD, USER_COMMENT, MAKER_NOTE = 0x8769, 0x9286, 0x927C  # Fooocus's JPEG/We
 COMFYUI_EXIF_TAGS = (0x0110, 0x010F, 0x010E)
 MAX_TXT_BYTES = 1 << 20  # a .txt beside an image larger than this is not generation parameters
 ROW_GROUP_ROWS = 65_536
-STAMPS_FILE = "stamps.parquet"
+STAMPS_FILE = os.path.basename(layout.STAMPS_FILE)
 STAMPS_KEY = b"prompt_search"  # the stamps' schema metadata: the folder and setting the rows were read with
 
 
