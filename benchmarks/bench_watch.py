@@ -7,10 +7,12 @@ random weights (speed does not depend on the values).
             query finds it (clip-retrieval's /metadata by id, polled every 20 ms; then an image query of it must
             return it first): median and max over trials; target max < 2 s
   deletion  a file removed until no query finds it: max over trials; target < 2 s
-  burst     `burst` images copied in at once until all are searchable: images/s, against step 3's batch images/s
+  burst     `burst` images copied in at once (into a new subfolder) until all are searchable on the images side
+            (their prompts follow when no image waits): images/s, against step 3's batch images/s
             (extract_visual_clip_embeddings.py on as many other images, same model, batch and CPU, in this run,
             its rate after the first batch); target ratio >= 0.9
-  queries   p99 of text queries sent back to back during the burst, against the same while idle; target <= 2
+  queries   p99 of text queries sent back to back by one client during a second burst (half as many), against
+            the same while idle; target <= 2
   delta     one search of a delta of WATCH_COMPACT_ITEMS 512-d rows beside a published set (MergedIndex.search,
             in this process): median and p99; target p99 < 5 ms
 Requests go to 127.0.0.1 only, a bounded number. Prints a markdown report.
@@ -117,13 +119,13 @@ class Server:
         self.process.wait(timeout=60)
 
 
-def until(check, timeout: float = 60.0) -> float:
-    """Seconds until check() holds, polled every 20 ms."""
+def until(check, timeout: float = 60.0, every: float = 0.02) -> float:
+    """Seconds until check() holds, polled every `every` seconds."""
     start = time.perf_counter()
     while not check():
         if time.perf_counter() - start > timeout:
             raise SystemExit(f"not within {timeout} s")
-        time.sleep(0.02)
+        time.sleep(every)
     return time.perf_counter() - start
 
 
@@ -169,27 +171,31 @@ def idle_queries(server: Server, seconds: float) -> list[float]:
     return times
 
 
-def burst(server: Server, work: Path, count: int) -> tuple[float, list[float]]:
-    """(images/s of a burst of count copies, query times meanwhile)."""
-    sources = pictures(work / "staging" / "burst", range(2 * 10**6, 2 * 10**6 + count))
+def burst(server: Server, work: Path, name: str, count: int, queried: bool) -> tuple[float, list[float]]:
+    """(images/s of a burst of count copies into the new folder name, times of the queries sent meanwhile when
+    queried)."""
+    first = {"burst": 2 * 10**6, "queried": 3 * 10**6}[name]
+    sources = pictures(work / "staging" / name, range(first, first + count))
     before = server.watch()["delta"]["images"]
     stop, times = threading.Event(), []
-    thread = threading.Thread(target=query_times, args=(server, stop, times))
-    thread.start()
-    time.sleep(1.0)
+    thread = threading.Thread(target=query_times, args=(server, stop, times)) if queried else None
+    if thread:
+        thread.start()
+        time.sleep(1.0)
     start = time.perf_counter()
-    (work / "images" / "burst").mkdir()
+    (work / "images" / name).mkdir()
     for source in sources:
-        shutil.copy(source, work / "images" / "burst" / source.name)
+        shutil.copy(source, work / "images" / name / source.name)
 
     def absorbed() -> bool:
         watch = server.watch()
         return watch["delta"]["images"] - before >= count and not watch["pending"]
 
-    until(absorbed, timeout=3600)
+    until(absorbed, timeout=3600, every=0.2)  # seldom: the server's CPU is what is measured
     seconds = time.perf_counter() - start
     stop.set()
-    thread.join()
+    if thread:
+        thread.join()
     return count / seconds, times
 
 
@@ -238,8 +244,11 @@ def main() -> None:
     try:
         until(lambda: server.watch()["generation"] >= 0 and not server.watch()["pending"])
         added, deleted = latencies(server, work, args.trials)
-        idle = idle_queries(server, 15.0)
-        rate, during = burst(server, work, args.burst)
+        rate, _ = burst(server, work, "burst", args.burst, queried=False)
+        until(lambda: not server.watch()["prompts_pending"], timeout=3600, every=0.5)  # the burst's prompts, then quiet
+        idle_queries(server, 5.0)  # warm-up: the text session's first runs
+        idle = idle_queries(server, 20.0)
+        _, during = burst(server, work, "queried", args.burst // 2, queried=True)
         state = server.watch()
     finally:
         server.stop()
@@ -251,7 +260,8 @@ def main() -> None:
          max(deleted) < 2),
         (f"burst of {args.burst}: images/s (step 3: {step3:.1f})", f"{rate:.1f} = {rate / step3:.2f}x step 3",
          ">= 0.9x", rate / step3 >= 0.9),
-        (f"query p99 during the burst / idle (ms; {len(during)} / {len(idle)} queries)",
+        (f"query p99 during a burst of {args.burst // 2} / idle (ms; {len(during)} / {len(idle)} queries; "
+         f"medians {np.median(during) * 1e3:.0f} / {np.median(idle) * 1e3:.0f})",
          f"{p99(during) * 1e3:.0f} / {p99(idle) * 1e3:.0f} = {p99(during) / p99(idle):.2f}x", "<= 2x",
          p99(during) / p99(idle) <= 2),
         (f"delta search of {config.WATCH_COMPACT_ITEMS:,} rows (ms), median / p99",

@@ -14,6 +14,7 @@ from generations import a1111_text, png, write_folder
 
 from prompt_search.embedding.visual import embed_images
 from prompt_search.index.build import create_index
+from prompt_search.live.arrivals import NETWORK_POLL_S, poll_interval
 from prompt_search.live.compaction import fold
 from prompt_search.live.watch import Watch
 from prompt_search.search.core import open_sides
@@ -203,3 +204,14 @@ def test_a_fold_killed_part_way_leaves_sets_the_next_start_catches_up_from(tmp_p
             assert live == {hit.id: hit.prompt for _, hit in built.by_ids(ids_of(built, side))}
     finally:
         watch.stop()
+
+
+def test_a_folder_on_a_network_mount_is_polled(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\nnas:/export /mnt/nas nfs4 rw 0 0\n"
+                      "//pc/share /mnt/my\\040share cifs rw 0 0\n/dev/sdb1 /mnt/nas/local ext4 rw 0 0\n")
+    assert poll_interval("/mnt/nas/sd/outputs", 0.0, str(mounts)) == NETWORK_POLL_S
+    assert poll_interval("/mnt/my share/x", 0.0, str(mounts)) == NETWORK_POLL_S
+    assert poll_interval("/mnt/nas/local/x", 0.0, str(mounts)) == 0.0  # the deepest mount holding it counts
+    assert poll_interval("/home/me/outputs", 0.0, str(mounts)) == 0.0
+    assert poll_interval("/home/me/outputs", 5.0, str(mounts)) == 5.0

@@ -81,9 +81,12 @@ def folder(tmp_path) -> Path:
     return tmp_path
 
 
-def test_files_arriving_every_way_are_searchable_and_gone_ones_are_not(folder, tiny_clip):
+@pytest.mark.parametrize("mode", ["events", "polling every 0.5 s"])
+def test_files_arriving_every_way_are_searchable_and_gone_ones_are_not(folder, tiny_clip, mode):
+    """With the file system's events, and with polling (a network mount sends none; WATCH_POLL_S forces it)."""
     images = folder / "images"
-    with watching(folder, tiny_clip) as (base, _):  # first use: the batch steps build the index
+    poll = ["--WATCH_POLL_S=0.5"] if mode != "events" else []
+    with watching(folder, tiny_clip, *poll) as (base, _):  # first use: the batch steps build the index
         assert sorted(i for i, _ in listed(base)) == [f"first-{s}.png" for s in range(4)]
         # ComfyUI: written in place, in pieces
         data = a1111(folder / "comfy.png", "written in place", 10).read_bytes()
@@ -122,7 +125,7 @@ def test_files_arriving_every_way_are_searchable_and_gone_ones_are_not(folder, t
                    "written then renamed"}
         wait_for(lambda: {prompt for _, prompt in listed(base, "prompts")} == prompts, what="the prompts moved")
         state = health(base)
-        assert state["mode"] == "events" and state["generation"] > 0 and state["pending"] == 0
+        assert state["mode"] == mode and state["generation"] > 0 and state["pending"] == 0
         assert state["delta"]["images"] > 0 and state["last_indexed"]["at"] and not state["error"]
 
 

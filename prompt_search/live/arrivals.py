@@ -27,11 +27,11 @@ NO_EVENTS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "fuse.r
              "fuse.gcsfuse", "afs", "ceph", "glusterfs", "fuse.glusterfs", "lustre"}
 
 
-def mount_type(folder: str) -> str:
+def mount_type(folder: str, mounts_file: str = "/proc/mounts") -> str:
     """The file system type of the mount holding folder (/proc/mounts: Linux), or "" when unknown."""
     real, best, found = os.path.realpath(folder), "", ""
     try:
-        with open("/proc/mounts", encoding="utf-8", errors="replace") as mounts:
+        with open(mounts_file, encoding="utf-8", errors="replace") as mounts:
             for line in mounts:
                 parts = line.split()
                 if len(parts) < 3:
@@ -45,11 +45,11 @@ def mount_type(folder: str) -> str:
     return found
 
 
-def poll_interval(folder: str, poll_s: float) -> float:
+def poll_interval(folder: str, poll_s: float, mounts_file: str = "/proc/mounts") -> float:
     """Seconds between polls of folder, or 0 to use its events (WATCH_POLL_S: README, Your own generations)."""
     if poll_s > 0:
         return poll_s
-    return NETWORK_POLL_S if mount_type(folder) in NO_EVENTS else 0.0
+    return NETWORK_POLL_S if mount_type(folder, mounts_file) in NO_EVENTS else 0.0
 
 
 class Arrivals(FileSystemEventHandler):
