@@ -7,17 +7,20 @@ import shutil
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from conftest import make_image
 from generations import a1111_text, png, write_folder
 
 from prompt_search.embedding.visual import embed_images
+from prompt_search.errors import UserError
 from prompt_search.index.build import create_index
 from prompt_search.live.arrivals import NETWORK_POLL_S, poll_interval
 from prompt_search.live.compaction import fold
 from prompt_search.live.watch import Watch
 from prompt_search.search.core import open_sides
+from prompt_search.search.live_view import Delta, MergedIndex
 from prompt_search.search.service import Answer, DecodeLimits, Searcher
 from prompt_search.settings import EmbedSettings, IndexSettings, WatchSettings
 from prompt_search.sources.folder_metadata import extract_folder_metadata
@@ -75,7 +78,7 @@ def watched(tmp_path, tiny_clip):
     searcher = searcher_of(out, images, tiny_clip)
     watch = Watch(searcher, watch_settings, embed, index)
     watch.start()
-    wait_until(lambda: watch.health()["generation"] >= 0 and not watch.health()["pending"], what="the first look")
+    wait_until(lambda: watch.health()["ready"] and not watch.health()["pending"], what="the first look")
     yield tmp_path, images, searcher, watch
     watch.stop()
 
@@ -170,8 +173,8 @@ def test_a_result_whose_file_vanished_before_the_watcher_saw_it_is_dropped(tmp_p
     os.remove(images / "3.png")
     after = results(searcher, "images", vector, 5, 0, 1.0, {})
     assert len(before) == 5 and after == [hit for hit in before if hit[0] != "3.png"]
-    position = searcher.view["images"].ids.position("3.png")
-    assert searcher.thumbnail("images", str(position)) is None
+    assert searcher.view["images"].ids.position("3.png") is not None  # still indexed: dropped as its file is gone
+    assert len(results(searcher_of(out, images, tiny_clip), "images", vector, 5, 0, 1.0, {})) == 5  # not live: kept
 
 
 @pytest.mark.parametrize("published", ["step 1", "steps 1, 3 and 4"])
@@ -215,3 +218,42 @@ def test_a_folder_on_a_network_mount_is_polled(tmp_path):
     assert poll_interval("/mnt/nas/local/x", 0.0, str(mounts)) == 0.0  # the deepest mount holding it counts
     assert poll_interval("/home/me/outputs", 0.0, str(mounts)) == 0.0
     assert poll_interval("/home/me/outputs", 5.0, str(mounts)) == 5.0
+
+
+def test_a_watch_refuses_another_folder_and_sidecar_ids(tmp_path, tiny_clip):
+    images, out = tmp_path / "images", tmp_path / "out"
+    for seed in range(3):
+        a1111(images / f"{seed}.png", f"picture number {seed}", seed)
+    watch_settings, embed, index = settings_for(images, out, tiny_clip)
+    fold(watch_settings, embed, index)
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(UserError, match="holds the index of .*images, not of .*other"):
+        Watch(searcher_of(out, images, tiny_clip), settings_for(other, out, tiny_clip)[0], embed, index)
+    (images / "1.json").write_text('{"id": "row-17"}')  # img2dataset's sidecar: the id is not the path
+    fold(watch_settings, embed, index)
+    with pytest.raises(UserError, match="has the id 'row-17' from its sidecar"):
+        Watch(searcher_of(out, images, tiny_clip), watch_settings, embed, index)
+
+
+@pytest.mark.parametrize("lossy", [False, True])
+def test_merged_index_leaves_hidden_rows_out_and_keeps_a_lossy_index_candidates_whole(lossy):
+    rng = np.random.default_rng(1)
+    published, added = rng.standard_normal((200, 16), dtype=np.float32), rng.standard_normal((50, 16), np.float32)
+    main = faiss.IndexFlatIP(16)
+    main.add(published)
+    hidden = np.zeros(250, bool)
+    hidden[rng.choice(250, 60, replace=False)] = True
+    merged = MergedIndex(main, Delta(added, tuple({} for _ in range(50)), hidden), lossy)
+    query = rng.standard_normal((1, 16), dtype=np.float32)
+    scores, labels = merged.search(query, 10)
+    every = np.concatenate([published, added]) @ query[0]
+    alive = np.flatnonzero(~hidden)
+    if lossy:  # the published index's alive rows among its top 10 + hidden ones, and the delta's top 10 alive, for
+        # the re-rank to order
+        top_main = [p for p in np.argsort(-every[:200])[:10 + int(hidden[:200].sum())] if not hidden[p]]
+        top_delta = [p for p in 200 + np.argsort(-every[200:]) if not hidden[p]][:10]
+        assert set(labels[0]) == set(top_main) | set(top_delta)
+    else:
+        assert list(labels[0]) == list(alive[np.argsort(-every[alive], kind="stable")][:10])
+    assert np.allclose(scores[0], every[labels[0]], atol=1e-5)

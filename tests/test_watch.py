@@ -129,8 +129,13 @@ def test_files_arriving_every_way_are_searchable_and_gone_ones_are_not(folder, t
         assert state["delta"]["images"] > 0 and state["last_indexed"]["at"] and not state["error"]
 
 
-def test_a_second_writer_is_refused_in_one_line(folder, tiny_clip):
-    with watching(folder, tiny_clip):
+def test_a_second_writer_is_refused_in_one_line_and_health_says_little_without_the_token(folder, tiny_clip):
+    token = "a-token-of-sixteen-or-more"
+    with watching(folder, tiny_clip, f"--SERVE_TOKEN={token}") as (base, _):
+        open_health = requests.get(f"{base}/health", timeout=10).json()["watch"]
+        private = requests.get(f"{base}/health", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+        assert "folder" not in open_health and "last_indexed" not in open_health and "generation" in open_health
+        assert private["watch"]["folder"] == str(folder / "images")
         second = subprocess.run([sys.executable, str(REPO / "serve.py"), "--IMG_DIR=images", "--OUT_DIR=out",
                                  f"--MODEL={tiny_clip}", "--WATCH=True", "--SERVE_PORT=0"], cwd=folder,
                                 env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
@@ -169,6 +174,9 @@ def test_killed_mid_ingest_or_mid_fold_restarts_and_catches_up(folder, tiny_clip
                  seen=lambda: f"{sorted(i for i, _ in listed(base))} {health(base)}")
         wanted = sorted([f"first picture {s}" for s in range(4)] + [f"new picture {s}" for s in range(100, 140)])
         wait_for(lambda: sorted(prompt for _, prompt in listed(base, "prompts")) == wanted, what="every prompt once")
+        if moment == "fold":  # and the restarted server folds too, with no error
+            wait_for(lambda: health(base)["delta"]["images"] < 8 and not health(base)["compacting"], what="a fold")
+            assert not health(base)["error"]
     consistent(folder, tiny_clip)
 
 

@@ -75,6 +75,13 @@ class Arrivals(FileSystemEventHandler):
         self.observer.join(timeout=5)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._event(event)
+        except Exception as error:  # noqa: BLE001 (an exception here would end watchdog's thread: look again instead)
+            print(f"watch: {type(error).__name__}: {error}; looking at the whole folder", flush=True)
+            self.on_lost()
+
+    def _event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
             if event.event_type in ("created", "deleted", "moved"):  # its files come or go with it
                 self.on_lost()

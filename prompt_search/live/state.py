@@ -14,6 +14,7 @@ Searcher at once.
 """
 
 import bisect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from prompt_search.embedding.listing import prompt_keys
 from prompt_search.errors import UserError
 from prompt_search.search.live_view import Delta, merged_side
 from prompt_search.search.service import OpenSide
+from prompt_search.sources.image_files import path_from_text
 
 PromptEncoder = Callable[[list[str]], np.ndarray]
 
@@ -97,6 +99,9 @@ class LiveState:
                             "IMG_DIR=...) in step with it; run make own once")
         for position, row in enumerate(items.reader.read_all().to_pylist()):
             stamp, path = row.pop("stamp"), row.pop("path")
+            if not path_from_text(path).replace(os.sep, "/").endswith("/" + path_from_text(row["id"])):
+                raise UserError(f"{path} has the id {row['id']!r} from its sidecar: --WATCH keeps a folder whose ids "
+                                "are the images' paths below it (step 3's ids without sidecars)")
             if stamp is None:  # an image step 1 did not list (added between steps 1 and 3): hidden, read again
                 self.deltas["images"].hidden.add(position)
                 continue
@@ -130,7 +135,9 @@ class LiveState:
         return {item_id: state.stamp for item_id, state in self.files.items()}
 
     def delta_size(self) -> int:
-        return sum(len(delta.rows) for delta in self.deltas.values())
+        """Rows added and rows hidden since the published sets: what a fold would make new (a hidden row costs every
+        query one more candidate)."""
+        return sum(len(delta.rows) + len(delta.hidden) for delta in self.deltas.values())
 
     def apply(self, changed: dict[str, FileState | None], vectors: dict[str, np.ndarray]) -> dict[str, OpenSide]:
         """Take in a batch of changes (id -> its new state, None: deleted; vectors: the new images' by id) on the
@@ -158,23 +165,27 @@ class LiveState:
 
     def move_prompts(self, limit: int) -> dict[str, OpenSide]:
         """Take in up to limit waiting prompt keys: each key's row under its first holder now, hidden where its
-        holder changed, added anew (its prompt encoded). Return the view after it."""
+        holder changed, added anew (its prompt encoded first: an encoder that fails leaves the state as it was).
+        Return the view after it."""
         prompts = self.deltas["prompts"]
-        wanted: list[tuple[str, str]] = []  # (key, first holder) of each row to add
-        for key in sorted(self.waiting)[:limit]:
-            self.waiting.discard(key)
+        keys = sorted(self.waiting)[:limit]
+        moves = []  # (key, position to hide or None, first holder to add or None)
+        for key in keys:
             first = self.holders[key][0][1] if key in self.holders else None
             current = self.prompt_rows.get(key)
-            if current is not None and (current[0] != first or current[0] in self.touched):
-                prompts.hidden.add(current[1])
+            stale = current is not None and (current[0] != first or current[0] in self.touched)
+            moves.append((key, current[1] if stale else None, first if current is None or stale else None))
+        adding = [(key, first) for key, _, first in moves if first is not None]
+        vectors = self.encode_prompts([self.files[first].row["prompt"] for _, first in adding])
+        for key, hidden, _ in moves:
+            if hidden is not None:
+                prompts.hidden.add(hidden)
                 del self.prompt_rows[key]
-            if first is not None and key not in self.prompt_rows:
-                wanted.append((key, first))
+        for (key, first), vector in zip(adding, vectors, strict=True):
+            self.prompt_rows[key] = (first, prompts.add(dict(self.files[first].row), vector))
+        self.waiting.difference_update(keys)
         if not self.waiting:
             self.touched.clear()
-        vectors = self.encode_prompts([self.files[first].row["prompt"] for _, first in wanted])
-        for (key, first), vector in zip(wanted, vectors, strict=True):
-            self.prompt_rows[key] = (first, prompts.add(dict(self.files[first].row), vector))
         return self.view()
 
     def view(self) -> dict[str, OpenSide]:

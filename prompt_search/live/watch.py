@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from prompt_search.embedding.reuse import content_hash, text_hash
+from prompt_search.errors import UserError
 from prompt_search.live.arrivals import Arrivals, Settling
 from prompt_search.live.compaction import fold
 from prompt_search.live.encoders import Encoders
@@ -27,8 +28,10 @@ from prompt_search.live.state import FileState, LiveState
 from prompt_search.search.core import open_sides
 from prompt_search.search.service import OpenSide, Searcher
 from prompt_search.settings import EmbedSettings, IndexSettings, WatchSettings
-from prompt_search.sources.folder_metadata import file_stamp, image_row
-from prompt_search.sources.image_files import IMAGE_EXTENSIONS, image_id, list_images, path_as_text, path_from_text
+from prompt_search.sources.folder_metadata import file_stamp, image_row, read_with
+from prompt_search.sources.image_files import IMAGE_EXTENSIONS, list_images, path_as_text, path_from_text
+
+FOLD_RETRY_S = 60.0  # a fold that failed is tried again this long after
 
 
 class Watch:
@@ -38,6 +41,10 @@ class Watch:
         self.searcher, self.settings, self.index = searcher, settings, index
         self.embed = replace(embed, num_workers=0)  # a fold's step 3 loads in this process: no fork of a server
         self.img_dir = os.path.abspath(settings.img_dir)
+        indexed = (read_with(settings.out_dir) or {}).get("img_dir")
+        if indexed != self.img_dir:
+            raise UserError(f"{settings.out_dir} holds the index of {indexed or 'no folder'}, not of {self.img_dir}: "
+                            "give that --IMG_DIR, or another --OUT_DIR for this folder")
         self.encoders = Encoders(embed)
         self.image_cache: dict[str, np.ndarray] = {}  # content hash -> vector, of images embedded here
         self.prompt_cache: dict[str, np.ndarray] = {}  # text_hash -> vector, of prompts embedded here
@@ -46,8 +53,10 @@ class Watch:
         self.arrivals = Arrivals(self.img_dir, settings.watch_poll_s, self._changed, self._lost)
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.rescan = True  # the whole folder is compared with the published sets first
+        self.ready = False  # that first comparison is done
         self.folding: threading.Thread | None = None
         self.folded = False  # a fold published new sets: the loop switches to them
+        self.retry_at = 0.0  # no fold before then (monotonic clock): a failed one is tried again a minute later
         self.generation = 0  # changes applied so far: the page compares it to tell that new results arrived
         self.last: dict = {}
         self.error = ""
@@ -62,31 +71,29 @@ class Watch:
         self.stopping.set()
         self.wake.set()
         self.arrivals.stop()
-        self.loop.join(timeout=10)
-        if self.folding is not None:
-            self.folding.join()
+        self.loop.join(timeout=10)  # a fold under way is left to stop with the process: its set is never published
 
-    def health(self) -> dict:
-        """/health's watch: what the watcher is doing (README: Your own generations)."""
+    def health(self, private: bool = True) -> dict:
+        """/health's watch: what the watcher is doing (README: Your own generations). Not private (a client without
+        the server's token): the counts only, not the folder, a file's name or an error's words."""
         deltas = self.state.deltas
-        return {"folder": self.img_dir, "mode": self.arrivals.mode, "pending": len(self.settling),
-                "prompts_pending": len(self.state.waiting),
-                "delta": {side: len(delta.rows) for side, delta in deltas.items()},
-                "hidden": {side: len(delta.hidden) for side, delta in deltas.items()},
-                "compacting": self.folding is not None, "generation": self.generation, "last_indexed": self.last,
-                "error": self.error}
+        counts = {"ready": self.ready, "mode": self.arrivals.mode, "pending": len(self.settling),
+                  "prompts_pending": len(self.state.waiting),
+                  "delta": {side: len(delta.rows) for side, delta in deltas.items()},
+                  "hidden": {side: len(delta.hidden) for side, delta in deltas.items()},
+                  "compacting": self.folding is not None, "generation": self.generation}
+        return {**counts, "folder": self.img_dir, "last_indexed": self.last, "error": self.error} if private else counts
 
     def _changed(self, paths: set[str], complete: bool) -> None:
-        """The watcher's paths: images and .txt sidecars wait to be complete; a folder removed makes a whole look."""
+        """The watcher's paths (in its thread: the state is the loop's alone): images and .txt sidecars wait to be
+        complete. Folders come and go as arrivals.py's on_lost."""
         waiting = set()
         for path in paths:
             stem, extension = os.path.splitext(path)
             if extension.lower() in IMAGE_EXTENSIONS:
                 waiting.add(path)
             elif extension.lower() == ".txt":  # the image beside it has a new stamp: read again
-                waiting.update(stem + other for other in self._images_named(stem))
-            elif not os.path.exists(path) and self._held_below(path):
-                self.rescan = True
+                waiting.update(self._images_named(stem))
         self.settling.add(waiting, complete)
         self.wake.set()
 
@@ -94,21 +101,16 @@ class Watch:
         self.rescan = True
         self.wake.set()
 
-    def _images_named(self, stem: str) -> list[str]:
-        folder, name = os.path.split(stem)
-        try:
-            return [entry[len(name):] for entry in os.listdir(folder)
-                    if os.path.splitext(entry)[0] == name and os.path.splitext(entry)[1].lower() in IMAGE_EXTENSIONS]
-        except OSError:
-            return []
+    @staticmethod
+    def _images_named(stem: str) -> list[str]:
+        """The images beside a .txt of this stem (a few stats, not a listing of the folder)."""
+        return [stem + extension for known in IMAGE_EXTENSIONS for extension in (known, known.upper())
+                if os.path.isfile(stem + extension)]
 
-    def _held_below(self, path: str) -> bool:
-        """Whether path is a folder the index holds images of (one just removed or renamed)."""
-        prefix = self._id(path) + "/"
-        return any(item_id.startswith(prefix) for item_id in self.state.files)
-
-    def _id(self, path: str) -> str:
-        return image_id(path, self.img_dir)[0]
+    def _id(self, path: str) -> tuple[str, str]:
+        """(id, path as step 3 lists it) of a file below the folder: its path below IMG_DIR, IMG_DIR as given."""
+        below = os.path.relpath(path, self.img_dir)
+        return path_as_text(below.replace(os.sep, "/")), path_as_text(os.path.join(self.settings.img_dir, below))
 
     def _run(self) -> None:
         while not self.stopping.is_set():
@@ -117,12 +119,14 @@ class Watch:
             except Exception as error:  # noqa: BLE001 (the server goes on; /health says what failed)
                 self.error = f"{type(error).__name__}: {error}"
                 print(f"watch: {self.error}", flush=True)
+                self.rescan = True  # what the failed step had taken from the queue is found again
                 self.stopping.wait(1.0)
 
     def _step(self) -> None:
         if self.rescan:
             self.rescan = False
             self._reconcile()
+            self.ready = True
         if self.folded:
             self._switch()
         paths = self.settling.ready(self.settings.batch_size)
@@ -157,7 +161,7 @@ class Watch:
         changed: dict[str, FileState | None] = {}
         to_embed: list[tuple[str, str]] = []
         for path in paths:
-            item_id = self._id(path)
+            item_id, text = self._id(path)
             if not os.path.isfile(path):
                 if item_id in self.state.files:
                     changed[item_id] = None
@@ -167,8 +171,6 @@ class Watch:
             if known is not None and known.stamp == stamp:
                 continue
             row, _ = image_row(path, self.settings.preferred_metadata)
-            # the path as step 3 lists it, below IMG_DIR as given
-            text = path_as_text(os.path.join(self.settings.img_dir, *item_id.split("/")))
             changed[item_id] = FileState(stamp, {"id": item_id, **row}, text, content=content_hash(path))
             if changed[item_id].content and changed[item_id].content not in self.image_cache:
                 to_embed.append((item_id, text))
@@ -188,7 +190,8 @@ class Watch:
     def _publish(self, view: dict[str, OpenSide]) -> None:
         self.searcher.replace(view)
         self.generation += 1
-        if self.state.delta_size() >= self.settings.watch_compact_items and self.folding is None:
+        due = self.state.delta_size() >= self.settings.watch_compact_items and time.monotonic() >= self.retry_at
+        if due and self.folding is None and not self.folded:
             self.folding = threading.Thread(target=self._fold, args=(dict(self.image_cache), dict(self.prompt_cache)),
                                             name="watch-fold", daemon=True)
             self.folding.start()
@@ -200,23 +203,30 @@ class Watch:
             self.folded = True
             print(f"watch: folded the delta into new published sets in {time.perf_counter() - started:.1f} s",
                   flush=True)
-        except Exception as error:  # noqa: BLE001 (the delta still answers; the next change tries again)
+        except Exception as error:  # noqa: BLE001 (the delta still answers; a change a minute later tries again)
             self.error = f"fold: {type(error).__name__}: {error}"
+            self.retry_at = time.monotonic() + FOLD_RETRY_S
             print(f"watch: {self.error}", flush=True)
         finally:
             self.folding = None
             self.wake.set()
 
     def _switch(self) -> None:
-        """Answer from the sets a fold published, with what changed since it read the folder applied on top."""
-        self.folded = False
+        """Answer from the sets a fold published, with what changed since it read the folder applied on top. Should
+        it fail, the state before stays and the switch is tried again."""
         published = {side: OpenSide.of(searched)
                      for side, searched in open_sides(self.settings.out_dir, self.searcher.model).items()}
-        self.state = LiveState(published, self.settings.out_dir, self._prompt_vectors)
-        gone, waiting = self._differences()
-        self._ingest(waiting)
-        self.state.apply(dict.fromkeys(gone), {})
-        self._publish(self.state.move_prompts(len(self.state.waiting)))
+        before, self.state = self.state, LiveState(published, self.settings.out_dir, self._prompt_vectors)
+        try:
+            gone, waiting = self._differences()
+            self._ingest(waiting)
+            self.state.apply(dict.fromkeys(gone), {})
+            view = self.state.move_prompts(len(self.state.waiting))
+        except BaseException:
+            self.state = before
+            raise
+        self.folded = False
+        self._publish(view)
         contents = {state.content for state in self.state.files.values() if state.content}
         self.image_cache = {digest: vector for digest, vector in self.image_cache.items() if digest in contents}
         prompts = self.state.deltas["prompts"].rows if "prompts" in self.state.deltas else []

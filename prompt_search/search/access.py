@@ -131,6 +131,14 @@ class TokenGate:
     def matches(self, given: str) -> bool:
         return _equal(given, self.token)
 
+    def admits(self, request: Request) -> bool:
+        """Whether the request carries the token (or its cookie), on an open path too; nothing counted: an open
+        path only says less to a client without it."""
+        if not self.token:
+            return True
+        given, cookie = _bearer(request), request.cookies.get(COOKIE)
+        return given is not None and self.matches(given) or cookie is not None and _equal(cookie, self.session)
+
     def waiting(self, request: Request) -> bool:
         recent = self.failures.get(_address(request))
         now = time.monotonic()

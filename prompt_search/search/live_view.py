@@ -32,8 +32,8 @@ class Delta:
 class MergedIndex:
     """The published index and the delta as one index: top k by inner product, hidden positions left out."""
 
-    def __init__(self, main, delta: Delta):
-        self.main, self.delta = main, delta
+    def __init__(self, main, delta: Delta, lossy: bool = False):
+        self.main, self.delta, self.lossy = main, delta, lossy
         self.d = main.d
         self.ntotal = main.ntotal + len(delta.rows)
         self.hidden_main = int(np.count_nonzero(delta.hidden[:main.ntotal]))
@@ -50,9 +50,16 @@ class MergedIndex:
             scores, labels = found_scores[kept], found[kept].astype(np.int64)
         if len(self.delta.rows):  # every row scored in one pass (no copy of the rows), the hidden ones then dropped
             alive = np.flatnonzero(~self.delta.hidden[main_n:])
-            scores = np.concatenate([scores, (self.delta.vectors @ queries[0])[alive]])
+            added = (self.delta.vectors @ queries[0])[alive]
+            if len(added) > k:  # its scores are exact: only its top k can be among the merged top k
+                top = np.argpartition(-added, k - 1)[:k]
+                added, alive = added[top], alive[top]
+            scores = np.concatenate([scores, added])
             labels = np.concatenate([labels, alive + main_n])
-        order = np.argsort(-scores, kind="stable")[:k]
+        # an exact index's top k is a batch build's; a lossy one's approximate scores are not compared with the delta's
+        # exact ones here: every candidate of both goes on to be re-ranked by its stored vector (core.find_hits)
+        order = np.argsort(-scores, kind="stable")[:len(scores) if self.lossy else k]
+        k = len(order) if self.lossy else k
         out_scores = np.full((1, k), -np.inf, np.float32)
         out_labels = np.full((1, k), -1, np.int64)
         out_scores[0, :len(order)], out_labels[0, :len(order)] = scores[order], labels[order]
@@ -117,7 +124,8 @@ class LiveIds:
 def merged_side(main: OpenSide, delta: Delta) -> OpenSide:
     """The side main with delta: what queries of a live index search."""
     searched: SearchIndex = main.searched
-    merged = replace(searched, index=MergedIndex(searched.index, delta), items=MergedItems(searched.items, delta),
+    merged = replace(searched, index=MergedIndex(searched.index, delta, searched.rerank),
+                     items=MergedItems(searched.items, delta),
                      vectors=MergedVectors(searched.vectors, delta))
     schema = searched.items.reader.schema
     columns = {}

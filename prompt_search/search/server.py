@@ -136,7 +136,13 @@ async def health(request: Request) -> dict:
     return {"status": "ok", "model": searcher.model,
             "indices": {side: opened.searched.index.ntotal for side, opened in view.items()},
             "filters": {side: sorted(opened.columns) for side, opened in view.items()},
-            **({"watch": request.app.state.watch()} if getattr(request.app.state, "watch", None) else {})}
+            **({"watch": _watch_state(request)} if getattr(request.app.state, "watch", None) else {})}
+
+
+def _watch_state(request: Request) -> dict:
+    """serve.py --WATCH's state: its folder, files and errors only for a client the token lets in (/health is open)."""
+    settings: ServerSettings = request.app.state.settings
+    return request.app.state.watch(private=settings.gate.admits(request))
 
 
 async def gallery_css() -> PlainTextResponse:

@@ -89,6 +89,16 @@ def file_stamp(path: str) -> str:
     return " ".join(stamps)
 
 
+def read_with(out_dir: str) -> dict | None:
+    """The settings (folder, preferred format) the published metadata set was read with; None when it was not read
+    from a folder."""
+    folder = local_set(os.path.join(out_dir, METADATA_SET))
+    stamps_path = os.path.join(folder or "", STAMPS_FILE)
+    if not folder or not os.path.isfile(stamps_path):
+        return None
+    return json.loads((pq.read_schema(stamps_path).metadata or {}).get(STAMPS_KEY, b"{}"))
+
+
 def previous_rows(out_dir: str, settings: dict) -> PreviousRows | None:
     """The current set's rows, if they were read with these settings (folder, preferred format), else None."""
     folder = local_set(os.path.join(out_dir, METADATA_SET))
