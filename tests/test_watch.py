@@ -124,6 +124,9 @@ def test_files_arriving_every_way_are_searchable_and_gone_ones_are_not(folder, t
         prompts = {"first picture changed", "first picture 1", "first picture 3", "written in place",
                    "written then renamed"}
         wait_for(lambda: {prompt for _, prompt in listed(base, "prompts")} == prompts, what="the prompts moved")
+        thumbnail = requests.get(base + requests.post(f"{base}/api/search", json={"text": "a", "num_results": 1},
+                                                      timeout=30).json()["results"][0]["thumbnail"], timeout=30)
+        assert thumbnail.status_code == 200 and thumbnail.headers["Cache-Control"] == "no-cache"  # a fold renumbers
         state = health(base)
         assert state["mode"] == mode and state["generation"] > 0 and state["pending"] == 0
         assert state["delta"]["images"] > 0 and state["last_indexed"]["at"] and not state["error"]

@@ -127,7 +127,9 @@ async def thumbnail(request: Request, index: str, position: str) -> Response:
     data = await run_in_threadpool(searcher.thumbnail, index, position)
     if data is None:
         return JSONResponse({"error": "no such thumbnail"}, status_code=404)
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+    # A live index's fold renumbers positions: the browser asks again each time (the server's own cache is by file)
+    cache = "no-cache" if searcher.live else "max-age=3600"
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache})
 
 
 async def health(request: Request) -> dict:
