@@ -74,7 +74,7 @@ def list_images(img_dir: str) -> tuple[list[tuple[str, str]], list[Refused], lis
             if kind:
                 refused.append(Refused(path_as_text(path), "not_a_file", f"not a regular file ({kind}): not opened"))
                 continue
-            found, problem = image_id(path, img_dir)
+            found, problem = _image_id(path, img_dir)
             if problem:
                 problems.append(problem)
             if found in first_path:
@@ -108,7 +108,7 @@ def print_unreadable_folders(refused: list[Refused]) -> None:
               f"are missing; first: {folders[0].path}: {folders[0].reason}")
 
 
-def image_id(path: str, img_dir: str) -> tuple[str, tuple[str, str] | None]:
+def _image_id(path: str, img_dir: str) -> tuple[str, tuple[str, str] | None]:
     """The image's id, from its sidecar when it has a usable one, else its relative path; and the sidecar's problem."""
     path_id = path_as_text(os.path.relpath(path, img_dir).replace(os.sep, "/"))
     sidecar = os.path.splitext(path)[0] + ".json"
