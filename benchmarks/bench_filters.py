@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
-from prompt_search.search.service import FilterColumn  # noqa: E402
+from prompt_search.search.filters import FilterColumn  # noqa: E402
 
 ROWS, CANDIDATES, CALLS = 1_000_000, 4096, 200
 

@@ -13,7 +13,8 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from prompt_search.search.service import FILTER_COLUMNS, BadInput, Bound
+from prompt_search.search.filters import FILTER_COLUMNS, Bound
+from prompt_search.search.service import BadInput
 
 INDICE_NAME = "prompt-search"  # the one name /indices-list gives; clip-retrieval's modality picks images or prompts
 DAY_SECONDS = 86_400

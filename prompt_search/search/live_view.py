@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from prompt_search.search.core import SearchIndex
-from prompt_search.search.service import FILTER_COLUMNS, FilterColumn, OpenSide
+from prompt_search.search.filters import FILTER_COLUMNS, FilterColumn
+from prompt_search.search.service import OpenSide
 
 
 @dataclass(frozen=True)
