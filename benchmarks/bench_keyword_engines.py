@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Keyword (BM25) engines over Stable Diffusion prompts: tantivy, SQLite FTS5, bm25s (issue 30, the engine choice).
 
-Run:  .venv/bin/python benchmarks/bench_keyword_engines.py --sizes=1000,1000000 --work=/tmp/kwbench
+Run:  .venv/bin/pip install tantivy==0.27.0 bm25s==0.3.16   (not in requirements yet: issue 30 picks one)
+      .venv/bin/python benchmarks/bench_keyword_engines.py --sizes=1000,1000000 --work=/tmp/kwbench
       (options: --engines=tantivy,fts5,bm25s --queries=200 --exact=20 --no-exact)
 
 Data: N prompts generated from the real open-prompts sample (the `prompt` column of /work/shared/data/1k.csv):

@@ -68,6 +68,17 @@ def a1111(path: Path, prompt: str, seed: int) -> Path:
     return png(path, {"parameters": a1111_text(prompt, seed)}, seed)
 
 
+def indexed(tmp_path: Path, model: str, count: int, compact_items: int = 1000
+            ) -> tuple[Path, Path, tuple[WatchSettings, EmbedSettings, IndexSettings]]:
+    """A folder of count A1111 pictures ("picture number N"), indexed by a fold: (folder, OUT_DIR, settings)."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    for seed in range(count):
+        a1111(images / f"{seed:02d}.png", f"picture number {seed}", seed)
+    settings = settings_for(images, out, model, compact_items)
+    fold(*settings)
+    return images, out, settings
+
+
 @pytest.fixture
 def watched(tmp_path, tiny_clip):
     """A folder of every format, indexed by the batch steps, and a Watch over it (its threads running)."""
@@ -130,11 +141,7 @@ def test_live_index_equals_a_batch_build_of_the_folder(watched, tiny_clip):
 
 
 def test_a_fold_publishes_new_sets_and_the_server_switches_to_them(tmp_path, tiny_clip, capsys):
-    images, out = tmp_path / "images", tmp_path / "out"
-    for seed in range(6):
-        a1111(images / f"{seed:02d}.png", f"picture number {seed}", seed)
-    watch_settings, embed, index = settings_for(images, out, tiny_clip, compact_items=12)
-    fold(watch_settings, embed, index)
+    images, out, (watch_settings, embed, index) = indexed(tmp_path, tiny_clip, 6, 12)
     searcher = searcher_of(out, images, tiny_clip)
     published = os.path.realpath(out / "knn_indices" / "visual")
     watch = Watch(searcher, watch_settings, embed, index)
@@ -161,19 +168,15 @@ def test_a_fold_publishes_new_sets_and_the_server_switches_to_them(tmp_path, tin
 
 
 def test_a_result_whose_file_vanished_before_the_watcher_saw_it_is_dropped(tmp_path, tiny_clip):
-    images, out = tmp_path / "images", tmp_path / "out"
-    for seed in range(5):
-        a1111(images / f"{seed}.png", f"picture number {seed}", seed)
-    watch_settings, embed, index = settings_for(images, out, tiny_clip)
-    fold(watch_settings, embed, index)
+    images, out, (watch_settings, embed, index) = indexed(tmp_path, tiny_clip, 5)
     searcher = searcher_of(out, images, tiny_clip)
     vector = np.asarray(searcher.view["images"].searched.vectors[0], np.float32)
     before = results(searcher, "images", vector, 5, 0, 1.0, {})
     Watch(searcher, watch_settings, embed, index)  # not started: it has not seen the deletion
-    os.remove(images / "3.png")
+    os.remove(images / "03.png")
     after = results(searcher, "images", vector, 5, 0, 1.0, {})
-    assert len(before) == 5 and after == [hit for hit in before if hit[0] != "3.png"]
-    assert searcher.view["images"].ids.position("3.png") is not None  # still indexed: dropped as its file is gone
+    assert len(before) == 5 and after == [hit for hit in before if hit[0] != "03.png"]
+    assert searcher.view["images"].ids.position("03.png") is not None  # still indexed: dropped as its file is gone
     assert len(results(searcher_of(out, images, tiny_clip), "images", vector, 5, 0, 1.0, {})) == 5  # not live: kept
 
 
@@ -181,11 +184,7 @@ def test_a_result_whose_file_vanished_before_the_watcher_saw_it_is_dropped(tmp_p
 def test_a_fold_killed_part_way_leaves_sets_the_next_start_catches_up_from(tmp_path, tiny_clip, published):
     """A fold killed after step 1 (or step 4) published leaves the metadata (and images) ahead of the other sets:
     the next start takes the images index as the record and ingests, and moves prompts, as far as needed."""
-    images, out = tmp_path / "images", tmp_path / "out"
-    for seed in range(4):
-        a1111(images / f"{seed:02d}.png", f"picture number {seed}", seed)
-    watch_settings, embed, index = settings_for(images, out, tiny_clip)
-    fold(watch_settings, embed, index)
+    images, out, (watch_settings, embed, index) = indexed(tmp_path, tiny_clip, 4)
     for seed in range(4, 8):
         a1111(images / f"{seed:02d}.png", f"picture number {seed}", seed)
     a1111(images / "00.png", "picture number zero, changed", 50)
@@ -221,16 +220,12 @@ def test_a_folder_on_a_network_mount_is_polled(tmp_path):
 
 
 def test_a_watch_refuses_another_folder_and_sidecar_ids(tmp_path, tiny_clip):
-    images, out = tmp_path / "images", tmp_path / "out"
-    for seed in range(3):
-        a1111(images / f"{seed}.png", f"picture number {seed}", seed)
-    watch_settings, embed, index = settings_for(images, out, tiny_clip)
-    fold(watch_settings, embed, index)
+    images, out, (watch_settings, embed, index) = indexed(tmp_path, tiny_clip, 3)
     other = tmp_path / "other"
     other.mkdir()
     with pytest.raises(UserError, match="holds the index of .*images, not of .*other"):
         Watch(searcher_of(out, images, tiny_clip), settings_for(other, out, tiny_clip)[0], embed, index)
-    (images / "1.json").write_text('{"id": "row-17"}')  # img2dataset's sidecar: the id is not the path
+    (images / "01.json").write_text('{"id": "row-17"}')  # img2dataset's sidecar: the id is not the path
     fold(watch_settings, embed, index)
     with pytest.raises(UserError, match="has the id 'row-17' from its sidecar"):
         Watch(searcher_of(out, images, tiny_clip), watch_settings, embed, index)
