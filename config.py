@@ -52,6 +52,7 @@ INPUT_IMG_PATH = "data/prompt-search.png"  # image query; the default is downloa
 INPUT_IMG_URL = "https://raw.githubusercontent.com/krea-ai/prompt-search/master/prompt-search.png"  # source of the default INPUT_IMG_PATH
 INPUT_IMG_SHA256 = "8577ecb206cb7a7ec185427285f8a96a51052bd0dca5cea15c705c2bd200e0f5"  # checksum of the default INPUT_IMG_PATH
 NUM_RESULTS = 5  # results shown per query
+SEARCH_MODE = "hybrid"  # the text query's ranking: "hybrid" (CLIP and the prompts' words, fused by reciprocal rank), "semantic" (CLIP only) or "keyword" (the prompts' words only, BM25); README: Queries
 DEDUPE_THRESHOLD = 0.94  # results whose cosine similarity to a better result is at least this are shown as one result (clip-retrieval's default); 1 shows every result
 COMPARE_WITH_TORCH = True  # also run torch CLIP on the queries and say whether its top results agree
 QUANTIZE_INT8 = False  # query with int8 models (onnxruntime dynamic quantisation, made on first use): faster, slightly different results

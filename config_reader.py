@@ -74,6 +74,7 @@ ALLOWED: dict[str, Allowed] = {
     "BATCH_SIZE": at_least(1),
     "NUM_WORKERS": minus_one_or_at_least(0, "one per CPU core"),
     "DECODE": one_of("", "cpu", "gpu"),
+    "SEARCH_MODE": one_of("hybrid", "semantic", "keyword"),
     "MAX_INDEX_MEMORY": _MEMORY,
     "CURRENT_MEMORY_AVAILABLE": _MEMORY,
     "MAX_INDEX_QUERY_TIME_MS": more_than(0),

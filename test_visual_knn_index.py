@@ -1,6 +1,7 @@
 """Step 5: search the indices in OUT_DIR/knn_indices by text and by image, with ONNX CLIP on the CPU.
 
     python test_visual_knn_index.py [--INPUT_PROMPT="a red car"] [--INPUT_IMG_PATH=my.png] [--NUM_RESULTS=10]
+                                    [--SEARCH_MODE=hybrid|semantic|keyword]
 
 The ONNX models are exported from MODEL into OUT_DIR/onnx on first use (that step needs torch).
 """
@@ -10,8 +11,15 @@ from config_reader import load_config
 from prompt_search.cli import run
 from prompt_search.data_files import ensure_data_file
 from prompt_search.layout import onnx_folder, results_page
-from prompt_search.search.console import check_prompt, compare_with_torch, encode_queries, print_results, read_image
-from prompt_search.search.core import open_sides, search
+from prompt_search.search.console import (
+    check_prompt,
+    compare_with_torch,
+    encode_queries,
+    print_results,
+    read_image,
+    search_queries,
+)
+from prompt_search.search.core import open_sides
 from prompt_search.search.encoder import ensure_export, open_encoder
 from prompt_search.search.gallery import write_gallery
 from prompt_search.settings import QuerySettings
@@ -27,10 +35,8 @@ def main(argv: list[str]) -> None:
     ensure_export(onnx_dir, settings)
     check_prompt(cfg.INPUT_PROMPT)
     encoder = open_encoder(onnx_dir, settings)
-    queries = encode_queries(encoder, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH)
-    for query in queries:
-        for side, searched in sides.items():
-            query.hits[side] = search(searched, query.vector, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
+    queries = encode_queries(encoder, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH, cfg.SEARCH_MODE)
+    search_queries(queries, sides, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
     print_results(queries)
     gallery = results_page(cfg.OUT_DIR)
     write_gallery(queries, gallery)

@@ -32,6 +32,7 @@ INFOS_FILE = "infos.json"
 ITEMS_FILE = "items.arrow"
 VECTORS_FILE = "vectors.npy"
 SOURCE_FILE = "source.json"
+KEYWORDS_FOLDER = "keywords"  # the keyword index over the rows' prompts (index/keyword_index.py)
 
 
 def images_folder(out_dir: str, img_dir: str = "") -> str:

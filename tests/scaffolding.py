@@ -7,6 +7,8 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from prompt_search.data_files import check_sha256
 from prompt_search.embedding.set_writer import MANIFEST, save_batch
@@ -75,11 +77,16 @@ def data_file_from_env(name: str, sha256: str, dest_dir: str) -> str:
     return path
 
 
-def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], model_name: str) -> None:
+def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], model_name: str,
+                  prompts: list[str | None] | None = None) -> None:
     """out_dir/{name}_embeddings holding these vectors and ids as one batch, and its index set built by
-    step 4: for tests and benchmarks that have their vectors already."""
+    step 4: for tests and benchmarks that have their vectors already. prompts: each id's, as step 1's metadata."""
     folder = os.path.join(out_dir, f"{name}_embeddings")
     save_batch(folder, 0, vectors, ids, [])
     with open(os.path.join(folder, MANIFEST), "w") as f:
         json.dump({"model": model_fingerprint(model_name)}, f)
-    build_index(folder, os.path.join(out_dir, "knn_indices", name), IndexSettings("1G", "2G", 10.0))
+    metadata = ""
+    if prompts is not None:
+        metadata = os.path.join(out_dir, f"{name}_metadata.parquet")
+        pq.write_table(pa.table({"id": ids, "prompt": pa.array(prompts, pa.string())}), metadata)
+    build_index(folder, os.path.join(out_dir, "knn_indices", name), IndexSettings("1G", "2G", 10.0), metadata)

@@ -20,6 +20,7 @@ from prompt_search.live.arrivals import NETWORK_POLL_S, poll_interval
 from prompt_search.live.compaction import fold
 from prompt_search.live.watch import Watch
 from prompt_search.search.core import open_sides
+from prompt_search.search.hybrid import Wanted
 from prompt_search.search.live_view import Delta, MergedIndex
 from prompt_search.search.service import Answer, DecodeLimits, Searcher
 from prompt_search.settings import EmbedSettings, IndexSettings, WatchSettings
@@ -52,7 +53,7 @@ def settled(watch: Watch, generation: int) -> bool:
 
 def results(searcher: Searcher, side: str, vector: np.ndarray, k: int, offset: int, dedupe: float,
             filters: dict) -> list[tuple[str, float, int]]:
-    answer = searcher.search(side, vector, k, offset, dedupe, filters, Answer([]))
+    answer = searcher.search(side, vector, Wanted(k, offset, dedupe), filters, Answer([]))
     return [(hit.id, round(hit.score, 4), hit.alike) for hit in answer.hits]
 
 

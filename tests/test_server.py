@@ -133,7 +133,8 @@ def test_text_finds_its_prompt_with_metadata_and_timings(server):
     assert answer.status_code == 200, answer.text
     body = answer.json()
     top = body["results"][0]
-    assert top["prompt"] == PROMPTS[3] and top["score"] > 0.99 and top["seed"] == "3" and top["width"] == 512
+    assert body["mode"] == "hybrid" and set(top["found_by"]) == {"clip", "keywords"}  # a text's default: both
+    assert top["prompt"] == PROMPTS[3] and top["found_by"]["clip"] > 0.99 and top["seed"] == "3" and top["width"] == 512
     assert top["date"].startswith("2022-08-") and set(body["timings_ms"]) == {"encode", "search", "lookup"}
     timing = dict(part.strip().split(";dur=") for part in answer.headers["Server-Timing"].split(","))
     assert set(timing) == {"encode", "search", "lookup", "app"} and float(timing["app"]) >= float(timing["encode"])
@@ -356,7 +357,7 @@ def test_server_with_an_open_clip_model(tmp_path, tiny_open_clip):
         answer = post(base, "/api/search", text=PROMPTS[4], index="prompts", num_results=2)
         assert answer.status_code == 200, answer.text
         top = answer.json()["results"][0]
-        assert top["prompt"] == PROMPTS[4] and top["score"] > 0.99
+        assert top["prompt"] == PROMPTS[4] and top["found_by"]["clip"] > 0.99
 
 
 def test_connections_to_the_listening_socket_send_without_delay():

@@ -5,6 +5,7 @@ Output set OUT_DIR/knn_indices/NAME (NAME visual or textual; published as one: s
   infos.json    autofaiss's account of what it built
   items.arrow   row i describes vector i: id, image path, prompt, link and metadata (see items.py)
   vectors.npy   float16 N x D, row i the stored vector i: to re-rank candidates and fold near-duplicates
+  keywords/     the keyword index over each row's prompt (tantivy, BM25: see keyword_index.py)
   source.json   the model the vectors came from, their dimension and count, whether the index's codes are
                 lossy (then queries re-rank that many candidates against vectors.npy), and the embeddings' manifest
 
@@ -17,6 +18,7 @@ of the vector (exact under ties, and tolerant of lossy codes such as PQ).
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -35,6 +37,7 @@ from prompt_search.index.choice import (
     tune_search,
 )
 from prompt_search.index.fast_scan import build_fast_scan
+from prompt_search.index.keyword_index import build_keywords
 from prompt_search.items import ItemTable, write_items
 from prompt_search.layout import (
     IMAGES_FILE,
@@ -130,6 +133,9 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
                     [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file),
                      local_published_file(stamps_file) if stamps_file else ""], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
+        keyword_start = time.perf_counter()
+        infos["keyword documents"] = build_keywords(os.path.join(out, ITEMS_FILE), out)
+        infos["keyword seconds"] = round(time.perf_counter() - keyword_start, 3)
         if index_param:
             infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, settings.index_recall, chosen))
             _write_index(index, os.path.join(out, INDEX_FILE))
@@ -282,4 +288,5 @@ def create_index(out_dir: str, name: str, settings: IndexSettings) -> None:
     recall = f", recall@10 {infos['recall@10']}" if "recall@10" in infos else ""
     print(f"{index_set}: {infos['index_key']} index ({infos['index_param']}{recall}) of {infos['nb vectors']} "
           f"vectors of dimension {infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
-          f"(memory budget {settings.max_index_memory})")
+          f"(memory budget {settings.max_index_memory}); keyword index of {infos['keyword documents']} prompts "
+          f"in {infos['keyword seconds']:.1f} s")

@@ -82,7 +82,9 @@ def _decimal(seed: int | None) -> str | None:
 
 
 def result(searcher: Searcher, settings: ServerSettings, hit: Hit, index: str) -> dict:
-    """One /api/search result: described, with its rank, score, index position and thumbnail."""
+    """One /api/search result: described, with its rank, score (the mode's: cosine, BM25, or fused), the score of
+    each ranking that found it, index position and thumbnail."""
     return {"rank": hit.rank, "score": round(hit.score, 6), "alike": hit.alike, "index": index,
+            "found_by": {name: round(score, 6) for name, score in hit.found_by.items()},
             "position": hit.position, "thumbnail": picture(searcher, hit, index),
             **described(searcher, settings, hit, index)}

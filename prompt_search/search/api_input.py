@@ -13,6 +13,8 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
+from prompt_search.index.keyword_index import KeywordIndex
+from prompt_search.index.keywords import KeywordQuery
 from prompt_search.search.filters import FILTER_COLUMNS, Bound
 from prompt_search.search.service import BadInput
 
@@ -76,11 +78,37 @@ class SearchRequest(BaseModel):
     image_weight: float = 1.0
     negative_weight: float = 1.0
     index: Literal["images", "prompts"] = "images"
+    mode: Literal["hybrid", "semantic", "keyword"] | None = None  # None: hybrid for a text, semantic without one
     num_results: int = Field(20, ge=1)
     offset: int = Field(0, ge=0)
     dedupe: bool = True
     filters: Filters = Filters()
     cards: bool = False  # also the results as the page's card markup, escaped by gallery.card
+
+
+def search_mode(query: SearchRequest, keywords: KeywordQuery, index: KeywordIndex | None, notes: list[str]) -> str:
+    """The mode a request is ranked in: its own, else hybrid for a text with words, else semantic. A side without a
+    keyword index (built before step 4 made one) answers a text semantically, and says so; so does a side whose
+    rows have no prompt (images of one's own without metadata)."""
+    if query.mode == "keyword":
+        if query.image or query.like:
+            raise BadInput("the keyword mode searches by words only: send no image or result to search like, or use "
+                           "the hybrid mode", 422)
+        if not keywords:
+            raise BadInput("the text has no words to search for (the keyword mode reads words, not punctuation)", 422)
+        return "keyword"
+    if query.mode == "semantic" or not keywords:
+        return "semantic"
+    if index is not None and not index.documents:
+        notes.append(f"the {query.index} index has no prompts to search by words: searched by CLIP only")
+        return "semantic"
+    if index is None:
+        if query.mode == "hybrid":
+            raise BadInput(f"the {query.index} index has no keyword index: rebuild it with step 4, or use the "
+                           "semantic mode", 409)
+        notes.append(f"the {query.index} index has no keyword index (rebuild it with step 4): searched by CLIP only")
+        return "semantic"
+    return "hybrid"
 
 
 def filter_ranges(filters: Filters) -> dict[str, tuple[Bound, Bound]]:

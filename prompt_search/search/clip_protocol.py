@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from prompt_search.search.answers import check_count, described, link, state
 from prompt_search.search.api_input import INDICE_NAME, KnnRequest, decode_base64, read_json, validated
 from prompt_search.search.core import combine
+from prompt_search.search.hybrid import Wanted
 from prompt_search.search.service import Answer, BadInput
 
 MAX_METADATA_IDS = 1000  # ids one /metadata request may name (the front asks 40 at a time)
@@ -44,8 +45,9 @@ async def knn_service(request: Request) -> JSONResponse:
             vector = searcher.encode_image(decode_base64(query.image, settings.max_upload_bytes))
         else:
             vector = combine([(np.asarray(query.embedding_input, dtype=np.float32), 1.0)])
-        return searcher.search(side, vector, query.num_images, 0,
-                               settings.dedupe_threshold if query.deduplicate else 1.0, {}, Answer([]))
+        # CLIP only, whatever the page's default: clip-retrieval's clients expect its ranking
+        wanted = Wanted(query.num_images, 0, settings.dedupe_threshold if query.deduplicate else 1.0, "semantic")
+        return searcher.search(side, vector, wanted, {}, Answer([]))
 
     answer = await run_in_threadpool(run)
     return JSONResponse([{"id": hit.id, "similarity": hit.score, "url": link(searcher, settings, hit, side),

@@ -3,12 +3,15 @@ CLIP's own answers (torch imported only for it: the query path needs none)."""
 
 import os
 
+import numpy as np
 from PIL import Image
 
 from prompt_search.errors import UserError
+from prompt_search.index.keywords import parse_query
 from prompt_search.pixels import UNREADABLE, open_rgb
-from prompt_search.search.core import Query, SearchIndex, details, search
+from prompt_search.search.core import Hit, Query, SearchIndex, describe, details
 from prompt_search.search.encoder import QueryEncoder
+from prompt_search.search.hybrid import Wanted, ranked
 from prompt_search.sources.image_files import not_a_file
 
 
@@ -32,22 +35,40 @@ def check_prompt(prompt: str) -> None:
         raise UserError("the text query is empty: set --INPUT_PROMPT to some text")
 
 
-def encode_queries(encoder: QueryEncoder, prompt: str, image: Image.Image, image_path: str) -> list[Query]:
-    """The text query and the image query, each as an L2-normalised ONNX CLIP embedding."""
+def encode_queries(encoder: QueryEncoder, prompt: str, image: Image.Image, image_path: str, mode: str) -> list[Query]:
+    """The text query (ranked in mode: search/hybrid.py) and the image query (by CLIP), each with its L2-normalised
+    ONNX CLIP embedding."""
+    keywords = parse_query(prompt)
+    if mode == "keyword" and not keywords:
+        raise UserError(f"the text query {prompt!r} has no words for --SEARCH_MODE=keyword to search for")
     text, note = encoder.text(prompt)
-    return [Query("text", prompt, text, note), Query("image", image_path, encoder.image(encoder.pixels(image)))]
+    return [Query("text", prompt, text, note, mode=mode if keywords else "semantic", keywords=keywords),
+            Query("image", image_path, encoder.image(encoder.pixels(image)))]
+
+
+def search_queries(queries: list[Query], sides: dict[str, SearchIndex], k: int, dedupe_threshold: float) -> None:
+    """Each query's top k in each side, in its mode, described."""
+    for query in queries:
+        for side, searched in sides.items():
+            query.hits[side] = rank_query(searched, query, query.vector, k, dedupe_threshold)
+
+
+def rank_query(searched: SearchIndex, query: Query, vector: np.ndarray, k: int, dedupe_threshold: float) -> list[Hit]:
+    """The query's top k in searched by vector (the ONNX one, or torch's to compare), in the query's mode."""
+    return describe(searched, ranked(searched, vector, Wanted(k, 0, dedupe_threshold, query.mode, query.keywords)))
 
 
 def print_results(queries: list[Query]) -> None:
     for query in queries:
         for side, hits in query.hits.items():
-            print(f"\nSIMILAR {side.upper()} TO THE {query.kind.upper()} {query.value!r}")
+            print(f"\nSIMILAR {side.upper()} TO THE {query.kind.upper()} {query.value!r} ({query.mode})")
             if query.note:
                 print(f"  (the prompt is {query.note})")
             for hit in hits:
                 where = hit.url or hit.path
                 alike = f"  (and {hit.alike} near-identical)" if hit.alike else ""
-                print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}")
+                found = f"  [{' + '.join(hit.found_by)}]" if query.mode == "hybrid" else ""
+                print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}{found}")
                 if shown := details(hit):  # a line of its own: the result line keeps its layout for scripts
                     print(f"      {shown}")
 
@@ -67,7 +88,7 @@ def compare_with_torch(queries: list[Query], sides: dict[str, SearchIndex], mode
     for query, vector in zip(queries, vectors, strict=True):
         for side, searched in sides.items():
             onnx_ids = [hit.id for hit in query.hits[side]]
-            torch_ids = [hit.id for hit in search(searched, vector, k, dedupe_threshold)]
+            torch_ids = [hit.id for hit in rank_query(searched, query, vector, k, dedupe_threshold)]
             same = onnx_ids == torch_ids
             agree &= same
             verdict = "the same" if same else f"different: torch {torch_ids}, onnx {onnx_ids}"

@@ -12,6 +12,8 @@ import numpy as np
 
 from prompt_search.errors import UserError
 from prompt_search.index.choice import RERANK_CANDIDATES
+from prompt_search.index.keyword_index import KeywordIndex
+from prompt_search.index.keywords import KeywordQuery
 from prompt_search.items import ItemTable
 from prompt_search.layout import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE, indices_folder
 from prompt_search.models.names import model_fingerprint
@@ -32,6 +34,7 @@ class Hit:
     alike: int = 0  # lower-ranked results near-identical to this one (DEDUPE_THRESHOLD), shown as this one
     position: int = -1  # the vector's position in its index, and its row in the item table
     extra: dict = field(default_factory=dict)  # the item table's other columns (width, height, seed...)
+    found_by: dict[str, float] = field(default_factory=dict)  # each ranking that found it ("clip", "keywords"): score
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Query:
     vector: np.ndarray
     note: str = ""
     hits: dict[str, list[Hit]] = field(default_factory=dict)  # per index: "images", "prompts"
+    mode: str = "semantic"  # its ranking (search/hybrid.py): an image query's is always semantic
+    keywords: KeywordQuery = KeywordQuery()  # a text query's words, for the keyword and hybrid modes
 
 
 @dataclass
@@ -53,6 +58,7 @@ class SearchIndex:
     model: str  # fingerprint of the model whose vectors it holds
     rerank: bool  # the index's codes are lossy: its candidates are re-ranked against the stored vectors
     candidates: int = RERANK_CANDIDATES  # how many, as step 4 tuned them to its recall target
+    keywords: KeywordIndex | None = None  # the rows' prompts by their words; None in a set built before step 4 made it
 
 
 def open_index(index_set: str) -> SearchIndex | None:
@@ -69,7 +75,7 @@ def open_index(index_set: str) -> SearchIndex | None:
         raise UserError(f"{index_set} has {len(items)} items and {len(vectors)} vectors for {index.ntotal} indexed: "
                         "rebuild the index")
     return SearchIndex(index_set, index, items, vectors, source["model"], source.get("lossy", False),
-                       source.get("candidates", RERANK_CANDIDATES))
+                       source.get("candidates", RERANK_CANDIDATES), KeywordIndex.open(folder))
 
 
 def _scattered_rows(path: str) -> np.ndarray:
@@ -134,7 +140,7 @@ def find_hits(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshol
         if keep is not None:
             kept = keep(labels.clip(0)) & (labels >= 0)
             scores, labels, rows = scores[kept], labels[kept], None if rows is None else rows[kept]
-        hits = _collapse(searched, scores, labels, k, dedupe_threshold, rows)
+        hits = collapse(searched, scores, labels, k, dedupe_threshold, rows)
         if len(hits) >= k or searched_k >= min(searched.index.ntotal, MAX_CANDIDATES):
             return hits
         wanted *= 4
@@ -161,7 +167,7 @@ def combine(parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
 def _rerank(searched: SearchIndex, vector: np.ndarray, labels: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The candidates in the order of their exact similarity to vector, by the stored vectors: their scores,
-    positions and stored vectors (float32, for _collapse to fold without reading them again)."""
+    positions and stored vectors (float32, for collapse to fold without reading them again)."""
     positions = np.sort(labels)
     rows = np.asarray(searched.vectors[positions], dtype=np.float32)
     scores = rows @ vector.astype(np.float32)
@@ -169,7 +175,7 @@ def _rerank(searched: SearchIndex, vector: np.ndarray, labels: np.ndarray
     return scores[order], positions[order], rows[order]
 
 
-def _collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: int, threshold: float,
+def collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: int, threshold: float,
               rows: np.ndarray | None = None) -> list[Hit]:
     """The first k candidates not alike to an earlier one; rows: their stored vectors when already read."""
     found = labels >= 0

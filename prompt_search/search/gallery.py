@@ -3,10 +3,14 @@
 import html
 import os
 import urllib.parse
+from collections.abc import Sequence
 
+from prompt_search.index.keywords import matched_spans
 from prompt_search.search.core import Hit, Query, details
 from prompt_search.sources.image_files import path_from_text
 from prompt_search.storage import atomic_path, is_http_url
+
+FOUND_BY = {"keywords": "words", "clip": "CLIP"}  # a ranking (Hit.found_by) as a card names it
 
 # The page runs nothing: prompts are arbitrary user text, so even if escaping ever missed, no script may execute.
 CSP = "default-src 'none'; img-src * data: file:; style-src 'unsafe-inline'"
@@ -27,6 +31,8 @@ h2 { font-size: 1.15em; margin: 2em 0 .3em; }
 .score { font-variant-numeric: tabular-nums; color: #2563eb; }
 .alike { margin: 2px 10px 0; font-size: .85em; color: #a16207; }
 .prompt { margin: 4px 10px; max-height: 9.8em; overflow: auto; overflow-wrap: anywhere; white-space: pre-wrap; }
+.prompt mark { background: #fde68a; color: inherit; border-radius: 2px; }
+.found-by { margin: 2px 10px 0; font-size: .8em; color: #047857; }
 .details { margin: 0 10px 4px; font-size: .85em; color: #52525b; }
 .link { margin: auto 10px 8px; font-size: .85em; color: #71717a; overflow-wrap: anywhere; }
 """
@@ -56,16 +62,31 @@ def _details(hit: Hit) -> str:
     return f'<p class="details">{_text(shown)}</p>' if shown else ""
 
 
-def card(hit: Hit, src: str, actions: str = "") -> str:
-    """One result's card: thumbnail at src (none when ""), score, prompt, link, details; actions is trusted markup."""
+def marked_prompt(prompt: str, marked: Sequence[str]) -> str:
+    """The prompt escaped, each run of it that reads as one of the marked words (keywords.py) in <mark>."""
+    parts, done = [], 0
+    for start, end in matched_spans(prompt, marked) if marked else []:
+        parts += [_text(prompt[done:start]), f"<mark>{_text(prompt[start:end])}</mark>"]
+        done = end
+    return "".join(parts) + _text(prompt[done:])
+
+
+def _found_by(hit: Hit) -> str:
+    names = [FOUND_BY[name] for name in FOUND_BY if name in hit.found_by]
+    return f'<p class="found-by">found by {" and ".join(names)}</p>' if names else ""
+
+
+def card(hit: Hit, src: str, actions: str = "", marked: Sequence[str] = (), found_by: bool = False) -> str:
+    """One result's card: thumbnail at src (none when ""), score, prompt (the marked words highlighted), link,
+    details, and (found_by) which rankings found it; actions is trusted markup."""
     image = f'<img src="{_text(src)}" alt="result {hit.rank}">' if src else '<div class="no-image">no image</div>'
     link = ""
     if is_http_url(hit.url):
         link = f'<a class="link" href="{_text(hit.url)}" rel="noopener noreferrer">{_text(hit.url)}</a>'
     alike = f'<p class="alike">and {hit.alike} near-identical</p>' if hit.alike else ""
     return (f'<li class="card" title="{_text(hit.id)}">{image}<div class="meta"><span>#{hit.rank}</span>'
-            f'<span class="score">{hit.score:.4f}</span></div>{alike}<p class="prompt">{_text(hit.prompt)}</p>'
-            f'{_details(hit)}{actions}{link}</li>')
+            f'<span class="score">{hit.score:.4f}</span></div>{alike}{_found_by(hit) if found_by else ""}'
+            f'<p class="prompt">{marked_prompt(hit.prompt, marked)}</p>{_details(hit)}{actions}{link}</li>')
 
 
 def _section(query: Query, side: str, hits: list[Hit], folder: str) -> str:
@@ -74,9 +95,11 @@ def _section(query: Query, side: str, hits: list[Hit], folder: str) -> str:
         heading = f"{side.capitalize()} similar to the image {_text(query.value)}"
     else:
         shown = ""
-        heading = f"{side.capitalize()} similar to the text “{_text(query.value)}”"
+        heading = f"{side.capitalize()} similar to the text “{_text(query.value)}” ({_text(query.mode)})"
     note = f'<p class="note">The prompt is {_text(query.note)}.</p>' if query.note else ""
-    cards = "".join(card(hit, _thumbnail_src(hit, folder)) for hit in hits) or "<li>no results</li>"
+    marked = query.keywords.all_words() if query.mode != "semantic" else ()
+    cards = "".join(card(hit, _thumbnail_src(hit, folder), "", marked, query.mode == "hybrid")
+                    for hit in hits) or "<li>no results</li>"
     return f'<section class="{_text(side)}"><h2>{heading}</h2>{shown}{note}<ul class="grid">{cards}</ul></section>'
 
 

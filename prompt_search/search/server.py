@@ -10,6 +10,7 @@ import socket
 import time
 import urllib.parse
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -17,11 +18,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from prompt_search.errors import UserError
+from prompt_search.index.keywords import parse_query
 from prompt_search.search import clip_protocol, gallery
 from prompt_search.search.access import cors_headers, host_refusal, login_page, preflight
 from prompt_search.search.answers import ServerSettings, check_count, picture, result, state
-from prompt_search.search.api_input import SearchRequest, decode_base64, filter_ranges, read_body, read_json, validated
+from prompt_search.search.api_input import (
+    SearchRequest,
+    decode_base64,
+    filter_ranges,
+    read_body,
+    read_json,
+    search_mode,
+    validated,
+)
 from prompt_search.search.core import Hit, combine
+from prompt_search.search.hybrid import Wanted
 from prompt_search.search.service import Answer, BadInput, Searcher, split_negatives
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -85,7 +96,8 @@ async def http_error(request: Request, error: HTTPException) -> JSONResponse:
 
 
 async def api_search(request: Request) -> JSONResponse:
-    """Our query (README: API): the weighted sum of its parts, filtered, paged, optionally as the page's cards."""
+    """Our query (README: API): the weighted sum of its parts, ranked in its mode, filtered, paged, optionally as the
+    page's cards."""
     searcher, settings = state(request)
     query = validated(SearchRequest, await read_json(request, settings.max_upload_bytes, settings.upload_timeout))
     check_count(settings, query.num_results, query.offset)
@@ -95,31 +107,42 @@ async def api_search(request: Request) -> JSONResponse:
         raise BadInput(f"at most {settings.max_negatives} negative phrases, got {len(negatives)}", 422)
     if not (positive or query.image or query.like):
         raise BadInput("give a text, an image or a result to search like")
+    notes: list[str] = []
+    keywords = parse_query(positive, negatives)
+    mode = search_mode(query, keywords, searcher.side(query.index).keywords, notes)
 
     def run() -> Answer:
-        answer = Answer([])
+        answer = Answer([], notes)
         start = time.perf_counter()
-        parts = [(searcher.encode_text(positive, answer.notes), query.text_weight)] if positive else []
-        parts += [(searcher.encode_text(text, answer.notes), -query.negative_weight) for text in negatives]
-        if query.image:
-            image = decode_base64(query.image, settings.max_upload_bytes)
-            parts.append((searcher.encode_image(image), query.image_weight))
-        if query.like:
-            parts.append((searcher.stored_vector(query.like.index, query.like.position), 1.0))
-        vector = combine(parts)
+        vector = None if mode == "keyword" else combine(_vector_parts(searcher, settings, query, positive, negatives,
+                                                                      answer.notes))
         answer.timings["encode"] = (time.perf_counter() - start) * 1e3
-        return searcher.search(query.index, vector, query.num_results, query.offset,
-                               settings.dedupe_threshold if query.dedupe else 1.0, filter_ranges(query.filters), answer)
+        wanted = Wanted(query.num_results, query.offset, settings.dedupe_threshold if query.dedupe else 1.0, mode,
+                        keywords)
+        return searcher.search(query.index, vector, wanted, filter_ranges(query.filters), answer)
 
     answer = await run_in_threadpool(run)
-    body = {"index": query.index, "offset": query.offset, "notes": answer.notes,
+    body = {"index": query.index, "mode": mode, "offset": query.offset, "notes": answer.notes,
             "negative": negatives, "timings_ms": {name: round(ms, 3) for name, ms in answer.timings.items()},
             "results": [result(searcher, settings, hit, query.index) for hit in answer.hits]}
     if query.cards:
-        body["cards"] = "".join(gallery.card(hit, picture(searcher, hit, query.index), _actions(hit, query.index))
-                                for hit in answer.hits)
+        marked = keywords.all_words() if mode != "semantic" else ()
+        body["cards"] = "".join(gallery.card(hit, picture(searcher, hit, query.index), _actions(hit, query.index),
+                                             marked, found_by=mode == "hybrid") for hit in answer.hits)
     timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in answer.timings.items())
     return JSONResponse(body, headers={"Server-Timing": timing})
+
+
+def _vector_parts(searcher: Searcher, settings: ServerSettings, query: SearchRequest, positive: str,
+                  negatives: list[str], notes: list[str]) -> list[tuple[np.ndarray, float]]:
+    """The query's weighted unit vectors: its text, its negative texts (subtracted), its image, its liked result."""
+    parts = [(searcher.encode_text(positive, notes), query.text_weight)] if positive else []
+    parts += [(searcher.encode_text(text, notes), -query.negative_weight) for text in negatives]
+    if query.image:
+        parts.append((searcher.encode_image(decode_base64(query.image, settings.max_upload_bytes)), query.image_weight))
+    if query.like:
+        parts.append((searcher.stored_vector(query.like.index, query.like.position), 1.0))
+    return parts
 
 
 async def thumbnail(request: Request, index: str, position: str) -> Response:

@@ -19,9 +19,10 @@ from prompt_search import storage
 from prompt_search.errors import UserError
 from prompt_search.item_ids import IdPositions
 from prompt_search.pixels import UNREADABLE, open_rgb
-from prompt_search.search.core import Hit, SearchIndex, describe, find_hits
+from prompt_search.search.core import Hit, SearchIndex, describe
 from prompt_search.search.encoder import QueryEncoder
 from prompt_search.search.filters import FILTER_COLUMNS, Bound, FilterColumn
+from prompt_search.search.hybrid import Wanted, ranked
 from prompt_search.sources.image_files import path_from_text
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
@@ -167,16 +168,20 @@ class Searcher:
                 found.append((side, describe(view[side].searched, [Hit(0, 0.0, item_id, position=position)])[0]))
         return found
 
-    def search(self, side: str, vector: np.ndarray, k: int, offset: int, dedupe_threshold: float,
-               filters: dict[str, tuple[Bound, Bound]], answer: Answer) -> Answer:
-        """Hits offset to offset + k of vector in side, only rows whose filter columns lie in the (low, high) ranges."""
+    def search(self, side: str, vector: np.ndarray | None, wanted: Wanted, filters: dict[str, tuple[Bound, Bound]],
+               answer: Answer) -> Answer:
+        """The hits wanted of the query in side (hybrid.ranked), only rows whose filter columns lie in the (low, high)
+        ranges. vector: the query's CLIP vector (None in the keyword mode)."""
         opened = self.open_side(side)
         searched = opened.searched
-        if len(vector) != searched.index.d:
+        if vector is not None and len(vector) != searched.index.d:
             raise BadInput(f"the query vector has {len(vector)} dimensions, the {side} index {searched.index.d}")
         keep = self._keep(side, opened.columns, filters) if filters else None
         start = time.perf_counter()
-        hits = find_hits(searched, vector, offset + k, dedupe_threshold, keep)[offset:]
+        try:
+            hits = ranked(searched, vector, wanted, keep)
+        except UserError as error:  # a set without a keyword index: the client asks again in the semantic mode
+            raise BadInput(str(error), 409) from None
         middle = time.perf_counter()
         describe(searched, hits)
         answer.hits = [hit for hit in hits if self._still_there(hit)] if self.live else hits
