@@ -16,13 +16,14 @@ from generations import a1111_text, png, write_folder
 from prompt_search.embedding.visual import embed_images
 from prompt_search.errors import UserError
 from prompt_search.index.build import create_index
+from prompt_search.index.keywords import parse_query
 from prompt_search.live.arrivals import NETWORK_POLL_S, poll_interval
 from prompt_search.live.compaction import fold
 from prompt_search.live.watch import Watch
 from prompt_search.search.core import open_sides
 from prompt_search.search.hybrid import Wanted
 from prompt_search.search.live_view import Delta, MergedIndex
-from prompt_search.search.service import Answer, DecodeLimits, Searcher
+from prompt_search.search.service import Answer, DecodeLimits, Searcher, split_negatives
 from prompt_search.settings import EmbedSettings, IndexSettings, WatchSettings
 from prompt_search.sources.folder_metadata import extract_folder_metadata
 
@@ -133,6 +134,18 @@ def test_live_index_equals_a_batch_build_of_the_folder(watched, tiny_clip):
                 assert results(searcher, side, vector, k, offset, dedupe, filters) == expected, (side, dedupe, filters)
                 compared += len(expected)
     assert compared > 500
+    # by words: a delta row matches as it would in a rebuilt index, a hidden one no more (scores use the published
+    # index's statistics, so only the rows found are compared; the rows of exactly a pasted prompt come first)
+    found = {}
+    for text in ("robot", '"red background"', "castle clouds", "owl -hat", "a kite over the sea", "fox"):
+        keywords = parse_query(*split_negatives(text))
+        for side in ("images", "prompts"):
+            live, expected = (opened.search(side, None, Wanted(50, mode="keyword", keywords=keywords), {},
+                                            Answer([])).hits for opened in (searcher, built))
+            assert {hit.id for hit in live} == {hit.id for hit in expected}, (text, side)
+            found[text, side] = [hit.id for hit in live]
+    assert found["a kite over the sea", "images"][0] == "new/kite.png" and found["owl -hat", "images"] == []
+    assert "a1111/robot.png" in found["robot", "images"] and found["fox", "images"] == ["novelai/vixen.png"]
     # what the batch build holds, the live index finds by id, and describes alike
     for item_id in ("a1111/zebra.png", "a1111/aardvark.png", "new/kite.png", "novelai/vixen.png"):
         live, expected = searcher.by_ids([item_id]), built.by_ids([item_id])

@@ -89,7 +89,8 @@ def source_files(folder: str) -> list[SourceFile]:
 
 def build_index(embeddings: str, index_set: str, settings: IndexSettings, metadata_file: str = "",
                 stamps_file: str = "") -> dict:
-    """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned.
+    """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned. Returns
+    autofaiss's infos, with ours (the keyword index's account: keyword_index.build_keywords).
 
     Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one, and the stamps of
     stamps_file (step 1 for a folder's), when there are some.
@@ -134,7 +135,7 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
                      local_published_file(stamps_file) if stamps_file else ""], out)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
         keyword_start = time.perf_counter()
-        infos["keyword documents"] = build_keywords(os.path.join(out, ITEMS_FILE), out)
+        keywords = infos["keywords"] = build_keywords(os.path.join(out, ITEMS_FILE), out)
         infos["keyword seconds"] = round(time.perf_counter() - keyword_start, 3)
         if index_param:
             infos.update(_tuned(index, os.path.join(out, VECTORS_FILE), lossy, settings.index_recall, chosen))
@@ -142,7 +143,8 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
             with open(os.path.join(out, INFOS_FILE), "w") as f:
                 json.dump(infos, f)
         source = {"model": manifest["model"], "dimension": int(index.d), "count": total, "lossy": lossy,
-                  "candidates": infos.get("candidates", RERANK_CANDIDATES), "embeddings": manifest}
+                  "candidates": infos.get("candidates", RERANK_CANDIDATES), "keywords": keywords,
+                  "embeddings": manifest}
         with open(os.path.join(out, SOURCE_FILE), "w") as f:
             json.dump(source, f, indent=1)
         infos["size on disk"] = os.path.getsize(os.path.join(out, INDEX_FILE))
@@ -288,5 +290,5 @@ def create_index(out_dir: str, name: str, settings: IndexSettings) -> None:
     recall = f", recall@10 {infos['recall@10']}" if "recall@10" in infos else ""
     print(f"{index_set}: {infos['index_key']} index ({infos['index_param']}{recall}) of {infos['nb vectors']} "
           f"vectors of dimension {infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "
-          f"(memory budget {settings.max_index_memory}); keyword index of {infos['keyword documents']} prompts "
+          f"(memory budget {settings.max_index_memory}); keyword index of {infos['keywords']['documents']} prompts "
           f"in {infos['keyword seconds']:.1f} s")

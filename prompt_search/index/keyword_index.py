@@ -12,10 +12,12 @@ Why tantivy: at 10M prompts its p50 query was 6.7 ms, with exact phrases, and it
 p99 was 2.3 s at 1M and bm25s has no phrases (benchmarks/RESULTS.md, issue 30).
 """
 
+import functools
+import math
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -29,6 +31,22 @@ WRITER_HEAP_BYTES = 256_000_000  # tantivy's indexing memory (split between its 
 PARALLEL_ROWS = 100_000  # from this many rows, prompts are read into words by one child process per core
 EXACT_ROWS = 100_000  # rows of one exact prompt looked at (one prompt's images, a safety filter's black pictures...)
 PHRASE_BOOST = 4.0  # a prompt holding the query's words in order ranks above those holding them apart
+BM25_K1, BM25_B = 1.2, 0.75  # tantivy's BM25 constants, for scoring rows outside the index as it does (scan)
+
+
+def _clauses(query: KeywordQuery) -> list[tuple[tantivy.Occur, tuple[str, ...], float]]:
+    """The query as clauses of (occur, phrase, boost): any of the words (BM25), the words in order boosted; every
+    quoted phrase required; no excluded phrase."""
+    clauses = [(tantivy.Occur.Should, (word,), 1.0) for word in dict.fromkeys(query.words)]
+    if len(query.words) > 1:
+        clauses.append((tantivy.Occur.Should, query.words, PHRASE_BOOST))
+    clauses += [(tantivy.Occur.Must, phrase, 1.0) for phrase in query.phrases]
+    return clauses + [(tantivy.Occur.MustNot, phrase, 1.0) for phrase in query.excluded]
+
+
+def _occurrences(row: tuple[str, ...], phrase: tuple[str, ...]) -> int:
+    size = len(phrase)
+    return sum(1 for start in range(len(row) - size + 1) if row[start:start + size] == phrase)
 
 
 def _schema() -> tantivy.Schema:
@@ -67,8 +85,9 @@ def _bounded_map(pool: ProcessPoolExecutor, batches: Iterator[list]) -> Iterator
         yield pending.popleft().result()
 
 
-def build_keywords(items_path: str, set_folder: str) -> int:
-    """Write the keyword index of the item table at items_path into set_folder/keywords; return its documents.
+def build_keywords(items_path: str, set_folder: str) -> dict:
+    """Write the keyword index of the item table at items_path into set_folder/keywords; return its documents and
+    their words in all (source.json keeps them: a live delta's rows are scored with them, KeywordIndex.scan).
 
     An item table without a prompt column (images of one's own without metadata) gets an empty index.
     """
@@ -77,7 +96,7 @@ def build_keywords(items_path: str, set_folder: str) -> int:
     os.makedirs(folder)
     index = tantivy.Index(_schema(), path=folder)
     writer = index.writer(heap_size=WRITER_HEAP_BYTES)
-    documents = 0
+    documents = total_words = 0
     if "prompt" in items.reader.schema.names:
         batches = _prompt_batches(items)
         pool = None
@@ -92,29 +111,33 @@ def build_keywords(items_path: str, set_folder: str) -> int:
                     if entry is not None:
                         writer.add_document(tantivy.Document(position=position, words=entry[0], key=entry[1]))
                         documents += 1
+                        total_words += entry[0].count(" ") + 1
                     position += 1
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
     writer.commit()
     writer.wait_merging_threads()
-    return documents
+    return {"documents": documents, "words": total_words}
 
 
 class KeywordIndex:
     """An index set's keyword index, opened for queries (memory-mapped, read-only)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, total_words: int):
         self.index = tantivy.Index.open(folder)
         self.schema = self.index.schema
         self.searcher = self.index.searcher()
         self.documents = self.searcher.num_docs
+        self.average_words = total_words / max(self.documents, 1)
+        self.document_frequency = functools.lru_cache(maxsize=65_536)(self._document_frequency)
 
     @classmethod
-    def open(cls, set_folder: str) -> "KeywordIndex | None":
-        """The keyword index of the set in set_folder; None for a set step 4 built before it made one."""
+    def open(cls, set_folder: str, built: dict | None) -> "KeywordIndex | None":
+        """The keyword index of the set in set_folder, as build_keywords described it (built); None for a set step
+        4 built before it made one."""
         folder = os.path.join(set_folder, KEYWORDS_FOLDER)
-        return cls(folder) if os.path.isdir(folder) else None
+        return cls(folder, built["words"]) if built and os.path.isdir(folder) else None
 
     def search(self, query: KeywordQuery, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """The positions of the top `limit` rows for query, best first, and their BM25 scores."""
@@ -141,14 +164,43 @@ class KeywordIndex:
     def _positions(self, hits: list) -> list[int]:
         return self.searcher.fast_field_values("position", [address for _, address in hits]) if hits else []
 
+    def scan(self, query: KeywordQuery, rows: Sequence[tuple[str, ...]]) -> np.ndarray:
+        """The BM25 score of each row (its words) that query matches, -inf for the others: rows not in this index (a
+        live delta's), scored as tantivy scores this index's own, with its statistics (row count, average length,
+        each word's rows), so that they rank among its rows as they would in a rebuilt index (up to tantivy's
+        rounding of lengths)."""
+        clauses = _clauses(query)
+        idf = {phrase: sum(self._idf(word) for word in phrase) for _, phrase, _ in clauses}
+        must = any(occur == tantivy.Occur.Must for occur, _, _ in clauses)
+        scores = np.full(len(rows), -np.inf, np.float32)
+        for number, row in enumerate(rows):
+            length_norm = BM25_K1 * (1 - BM25_B + BM25_B * len(row) / self.average_words)
+            total, matched = 0.0, must
+            for occur, phrase, boost in clauses:
+                count = _occurrences(row, phrase)
+                if occur == tantivy.Occur.MustNot and count or occur == tantivy.Occur.Must and not count:
+                    break
+                if count and occur != tantivy.Occur.MustNot:
+                    total += boost * idf[phrase] * count * (BM25_K1 + 1) / (count + length_norm)
+                    matched = True
+            else:
+                if matched and row:
+                    scores[number] = total
+        return scores
+
+    def _idf(self, word: str) -> float:
+        frequency = self.document_frequency(word)
+        return math.log(1 + (self.documents - frequency + 0.5) / (frequency + 0.5))
+
+    def _document_frequency(self, word: str) -> int:
+        return self.searcher.doc_freq("words", word)
+
     def _query(self, query: KeywordQuery) -> tantivy.Query:
-        """Any of the words (BM25), the words in order boosted; every quoted phrase required; no excluded phrase."""
-        clauses = [(tantivy.Occur.Should, self._phrase((word,))) for word in dict.fromkeys(query.words)]
-        if len(query.words) > 1:
-            clauses.append((tantivy.Occur.Should, tantivy.Query.boost_query(self._phrase(query.words), PHRASE_BOOST)))
-        clauses += [(tantivy.Occur.Must, self._phrase(phrase)) for phrase in query.phrases]
-        clauses += [(tantivy.Occur.MustNot, self._phrase(phrase)) for phrase in query.excluded]
-        return tantivy.Query.boolean_query(clauses)
+        def clause(phrase: tuple[str, ...], boost: float) -> tantivy.Query:
+            found = self._phrase(phrase)
+            return found if boost == 1 else tantivy.Query.boost_query(found, boost)
+
+        return tantivy.Query.boolean_query([(occur, clause(phrase, boost)) for occur, phrase, boost in _clauses(query)])
 
     def _phrase(self, phrase: tuple[str, ...]) -> tantivy.Query:
         if len(phrase) == 1:

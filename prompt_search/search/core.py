@@ -75,7 +75,7 @@ def open_index(index_set: str) -> SearchIndex | None:
         raise UserError(f"{index_set} has {len(items)} items and {len(vectors)} vectors for {index.ntotal} indexed: "
                         "rebuild the index")
     return SearchIndex(index_set, index, items, vectors, source["model"], source.get("lossy", False),
-                       source.get("candidates", RERANK_CANDIDATES), KeywordIndex.open(folder))
+                       source.get("candidates", RERANK_CANDIDATES), KeywordIndex.open(folder, source.get("keywords")))
 
 
 def _scattered_rows(path: str) -> np.ndarray:

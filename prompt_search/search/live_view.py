@@ -2,17 +2,21 @@
 were deleted or changed since), and a delta of the rows added since, searched exactly in memory.
 
 The merged side answers as an index set step 4 would build over the same rows: one index (MergedIndex), one item
-table (MergedItems), one vectors array (MergedVectors), positions 0..n-1 the published set's and n.. the delta's.
+table (MergedItems), one vectors array (MergedVectors), one keyword index (MergedKeywords), positions 0..n-1 the
+published set's and n.. the delta's.
 find_hits then folds, filters and pages over it unchanged, so dedupe, filters and paging are those of a batch
 build. A delta row once added keeps its position until the delta is folded into new published sets
 (live/compaction.py): a hidden one is masked, never removed.
 """
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 
+from prompt_search.index.keyword_index import KeywordIndex
+from prompt_search.index.keywords import KeywordQuery, words
 from prompt_search.search.core import SearchIndex
 from prompt_search.search.filters import FILTER_COLUMNS, FilterColumn
 from prompt_search.search.service import OpenSide
@@ -65,6 +69,41 @@ class MergedIndex:
         out_labels = np.full((1, k), -1, np.int64)
         out_scores[0, :len(order)], out_labels[0, :len(order)] = scores[order], labels[order]
         return out_scores, out_labels
+
+
+class MergedKeywords:
+    """The published keyword index, its hidden rows left out, and the delta's rows read word by word: a delta row
+    matches as it would in the index, and is scored with the index's statistics (KeywordIndex.scan)."""
+
+    def __init__(self, main: KeywordIndex, delta: Delta):
+        self.main, self.hidden = main, delta.hidden
+        self.published = len(delta.hidden) - len(delta.rows)
+        self.hidden_main = int(np.count_nonzero(delta.hidden[:self.published]))
+        self.added = [prompt_words(row.get("prompt")) for row in delta.rows]
+        self.documents = main.documents + sum(1 for found in self.added if found)
+
+    def search(self, query: KeywordQuery, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        positions, scores = self.main.search(query, limit + self.hidden_main)  # limit are left after the hidden
+        shown = ~self.hidden[positions]
+        positions, scores = positions[shown], scores[shown]
+        if self.added:
+            added = self.main.scan(query, self.added)
+            found = np.flatnonzero(np.isfinite(added) & ~self.hidden[self.published:])
+            positions = np.concatenate([positions, found + self.published])
+            scores = np.concatenate([scores, added[found]])
+        order = np.argsort(-scores, kind="stable")[:limit]
+        return positions[order], scores[order]
+
+    def exact(self, whole: tuple[str, ...]) -> np.ndarray:
+        published = self.main.exact(whole)
+        added = [self.published + i for i, found in enumerate(self.added) if found == whole]
+        positions = np.concatenate([published, np.asarray(added, np.int64)])
+        return positions[~self.hidden[positions]]
+
+
+@functools.lru_cache(maxsize=65_536)  # the delta is read again at each change: each prompt's words once
+def prompt_words(prompt: str | None) -> tuple[str, ...]:
+    return tuple(words(prompt)) if prompt else ()
 
 
 class MergedVectors:
@@ -127,7 +166,8 @@ def merged_side(main: OpenSide, delta: Delta) -> OpenSide:
     searched: SearchIndex = main.searched
     merged = replace(searched, index=MergedIndex(searched.index, delta, searched.rerank),
                      items=MergedItems(searched.items, delta),
-                     vectors=MergedVectors(searched.vectors, delta))
+                     vectors=MergedVectors(searched.vectors, delta),
+                     keywords=searched.keywords and MergedKeywords(searched.keywords, delta))
     schema = searched.items.reader.schema
     columns = {}
     for name, published in main.columns.items():

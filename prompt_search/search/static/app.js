@@ -18,6 +18,10 @@ function side() {
   return document.querySelector("input[name=index]:checked").value;
 }
 
+function mode() {
+  return document.querySelector("input[name=mode]:checked").value;
+}
+
 function status(text, isError) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
@@ -35,6 +39,8 @@ async function search() {
   shown = generation;
   $("fresh").hidden = true;
   const body = {text, index: side(), num_results: NUM_RESULTS, cards: true};
+  // a text is ranked in the chosen mode; an image or a result has no words, so with one "words only" is "both"
+  if (text.trim()) body.mode = (image || like) && mode() === "keyword" ? "hybrid" : mode();
   if (image) body.image = image;
   if (like) body.like = like;
   try {
@@ -48,7 +54,7 @@ async function search() {
     $("results").innerHTML = answer.cards;  // escaped by the server; the CSP runs no inline script anyway
     const timings = Object.entries(answer.timings_ms).map(([name, ms]) => `${name} ${ms.toFixed(1)} ms`).join(", ");
     const notes = answer.notes.length ? ` (${answer.notes.join("; ")})` : "";
-    status(`${answer.results.length} results: ${timings}${notes}`, false);
+    status(`${answer.results.length} results (${answer.mode}): ${timings}${notes}`, false);
   } catch (error) {
     if (error.name !== "AbortError") status(`search failed: ${error.message}`, true);
   }
@@ -112,6 +118,7 @@ function useImage(file) {
 $("text").addEventListener("input", () => { like = null; later(); });
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("index").addEventListener("change", search);
+$("mode").addEventListener("change", search);
 $("refresh").addEventListener("click", search);
 $("file").addEventListener("change", () => useImage($("file").files[0]));
 $("clear-image").addEventListener("click", () => {
