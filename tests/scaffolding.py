@@ -78,15 +78,16 @@ def data_file_from_env(name: str, sha256: str, dest_dir: str) -> str:
 
 
 def index_vectors(out_dir: str, name: str, vectors: np.ndarray, ids: list[str], model_name: str,
-                  prompts: list[str | None] | None = None) -> None:
+                  columns: dict[str, list] | None = None) -> None:
     """out_dir/{name}_embeddings holding these vectors and ids as one batch, and its index set built by
-    step 4: for tests and benchmarks that have their vectors already. prompts: each id's, as step 1's metadata."""
+    step 4: for tests and benchmarks that have their vectors already. columns: each id's metadata (prompt, seed...),
+    as step 1's table."""
     folder = os.path.join(out_dir, f"{name}_embeddings")
     save_batch(folder, 0, vectors, ids, [])
     with open(os.path.join(folder, MANIFEST), "w") as f:
         json.dump({"model": model_fingerprint(model_name)}, f)
     metadata = ""
-    if prompts is not None:
+    if columns is not None:
         metadata = os.path.join(out_dir, f"{name}_metadata.parquet")
-        pq.write_table(pa.table({"id": ids, "prompt": pa.array(prompts, pa.string())}), metadata)
+        pq.write_table(pa.table({"id": ids, **columns}), metadata)
     build_index(folder, os.path.join(out_dir, "knn_indices", name), IndexSettings("1G", "2G", 10.0), metadata)

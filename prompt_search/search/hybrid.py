@@ -4,7 +4,8 @@ BM25 over the set's keyword index) or `hybrid` (both, merged by reciprocal rank 
 Every mode then folds near-identical results and pages as a semantic query always has, and answers Hits that say
 which ranking found each (Hit.found_by). Filters narrow each ranking before fusion, as they narrow a semantic search
 before its top k: a narrow filter still fills its page. The rows of exactly the words of the query (a pasted prompt)
-come first in the keyword and hybrid modes, in the order the ranking gave them.
+come first in the keyword mode (in position order, as they have the same words) and in the hybrid mode (in fused
+order).
 """
 
 from collections.abc import Callable
@@ -45,21 +46,22 @@ def ranked(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
     if searched.keywords is None:
         raise UserError(f"{searched.folder} has no keyword index (step 4 built it before it made one): rebuild it "
                         "with step 4 to search by words, or search in the semantic mode (--SEARCH_MODE=semantic)")
+    depth = wanted.offset + wanted.k if wanted.mode == "keyword" else FUSION_DEPTH
+    by_words, words_scores, exact = _keyword_ranking(searched, wanted, keep, depth)
     if wanted.mode == "keyword":
-        positions, scores = _keyword_ranking(searched, wanted, keep, wanted.offset + wanted.k)
+        positions, scores = by_words, words_scores
         found_by = [{"keywords": float(score)} for score in scores]
     else:
         clip = find_hits(searched, vector, FUSION_DEPTH, 1.0, keep)
-        clip_positions = [hit.position for hit in clip]
-        words_positions, words_scores = _keyword_ranking(searched, wanted, keep, FUSION_DEPTH)
-        fused = fuse([clip_positions, words_positions.tolist()])
+        fused = fuse([[hit.position for hit in clip], by_words.tolist()])
         positions = np.asarray([position for position, _ in fused], np.int64)
         scores = np.asarray([score for _, score in fused], np.float32)
-        clip_scores = {hit.position: hit.score for hit in clip}
-        words_found = dict(zip(words_positions.tolist(), words_scores.tolist(), strict=True))
-        found_by = [{name: float(of[int(position)]) for name, of in (("clip", clip_scores), ("keywords", words_found))
-                     if int(position) in of} for position in positions]
-    positions, scores, found_by = _exact_first(searched, wanted.keywords, positions, scores, found_by)
+        first = np.argsort(~np.isin(positions, by_words[:exact]), kind="stable")  # a pasted prompt's rows first
+        positions, scores = positions[first], scores[first]
+        of = {"clip": {hit.position: hit.score for hit in clip},
+              "keywords": dict(zip(by_words.tolist(), words_scores.tolist(), strict=True))}
+        found_by = [{name: float(scored[position]) for name, scored in of.items() if position in scored}
+                    for position in positions.tolist()]
     hits = collapse(searched, scores, positions, wanted.offset + wanted.k, wanted.dedupe_threshold)
     by_position = dict(zip(positions.tolist(), found_by, strict=True))
     for hit in hits:
@@ -68,9 +70,10 @@ def ranked(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
 
 
 def _keyword_ranking(searched: SearchIndex, wanted: Wanted, keep: Callable[[np.ndarray], np.ndarray] | None,
-                     depth: int) -> tuple[np.ndarray, np.ndarray]:
+                     depth: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The top positions by BM25 and their scores: depth of them that keep marks (more when folding may merge some),
-    searching deeper while a filter drops rows, up to MAX_CANDIDATES."""
+    searching deeper while a filter drops rows, up to MAX_CANDIDATES; the rows of exactly the query's words first
+    (_exact_first), and how many those are."""
     wanted_rows = depth if wanted.dedupe_threshold >= 1 or wanted.mode == "hybrid" else 4 * depth
     limit = wanted_rows
     while True:
@@ -80,16 +83,24 @@ def _keyword_ranking(searched: SearchIndex, wanted: Wanted, keep: Callable[[np.n
             kept = keep(positions)
             positions, scores = positions[kept], scores[kept]
         if len(positions) >= wanted_rows or searched_all or limit >= MAX_CANDIDATES:
-            return positions[:wanted_rows], scores[:wanted_rows]
+            return _exact_first(searched, wanted.keywords, positions[:wanted_rows], scores[:wanted_rows], keep)
         limit = min(4 * limit, MAX_CANDIDATES)
 
 
 def _exact_first(searched: SearchIndex, keywords: KeywordQuery, positions: np.ndarray, scores: np.ndarray,
-                 found_by: list[dict]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """The ranking with the rows whose prompt has exactly the query's words (when it is only words) moved first."""
+                 keep: Callable[[np.ndarray], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The ranking with the rows whose prompt has exactly the query's words (when it is only words: a pasted prompt)
+    first, in position order, each with the best score of one of them: prompts that repeat the query's words may
+    outscore them in BM25, and could push some of them out of the ranking."""
     whole = keywords.whole()
-    if whole is None or not len(positions):
-        return positions, scores, found_by
-    exact = np.isin(positions, searched.keywords.exact(whole))
-    order = np.argsort(~exact, kind="stable")
-    return positions[order], scores[order], [found_by[i] for i in order]
+    exact = searched.keywords.exact(whole) if whole and len(positions) else np.zeros(0, np.int64)
+    if keep is not None and len(exact):
+        exact = exact[keep(exact)]
+    if not len(exact):
+        return positions, scores, 0
+    exact = exact[:len(positions)]
+    held = np.isin(positions, exact)
+    best = float(scores[held].max()) if held.any() else float(searched.keywords.scan(keywords, [whole])[0])
+    rest = ~np.isin(positions, exact)
+    return (np.concatenate([exact, positions[rest]])[:len(positions)],
+            np.concatenate([np.full(len(exact), best, np.float32), scores[rest]])[:len(positions)], len(exact))
