@@ -1,0 +1,111 @@
+"""The server's three ranking modes (hybrid, semantic, keyword) through a real HTTP client and the page in a real
+browser: which ranking found each result, the matched words highlighted and escaped, clip-retrieval's /knn-service
+by CLIP alone."""
+
+import base64
+
+import pytest
+import requests
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
+from test_server import PROMPTS, SCRIPT_PROMPT, built, load_clip_client, post, server  # noqa: F401  (fixtures)
+
+from prompt_search.index.keywords import words
+
+
+def search(base: str, **body) -> dict:
+    answer = post(base, "/api/search", **{"index": "prompts", "num_results": 8, "dedupe": False, **body})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def holding(word: str) -> set[str]:
+    return {prompt for prompt in PROMPTS if word in words(prompt)}
+
+
+def test_keyword_mode_finds_only_the_prompts_with_the_words(server):  # noqa: F811
+    body = search(server, text="red", mode="keyword", cards=True)
+    assert body["mode"] == "keyword" and {hit["prompt"] for hit in body["results"]} == holding("red")
+    assert all(set(hit["found_by"]) == {"keywords"} and hit["score"] == hit["found_by"]["keywords"]
+               for hit in body["results"])
+    assert body["cards"].count("<mark>red</mark>") == len(holding("red")) and "found by" not in body["cards"]
+    phrase = search(server, text='"red background"', mode="keyword")["results"]
+    assert [hit["prompt"] for hit in phrase] == [PROMPTS[0]]
+    assert search(server, text="red -rain", mode="keyword")["results"][0]["prompt"] == PROMPTS[0]
+    assert len(search(server, text="red -rain", mode="keyword")["results"]) == 1
+
+
+def test_semantic_mode_is_clip_alone(server):  # noqa: F811
+    body = search(server, text="red", mode="semantic", cards=True)
+    assert body["mode"] == "semantic" and len(body["results"]) == len(PROMPTS)
+    assert all(set(hit["found_by"]) == {"clip"} and hit["score"] == hit["found_by"]["clip"] for hit in body["results"])
+    assert "<mark>" not in body["cards"]
+
+
+def test_hybrid_mode_fuses_both_and_says_which_found_each(server):  # noqa: F811
+    body = search(server, text="red", cards=True)  # the default for a text
+    assert body["mode"] == "hybrid" and len(body["results"]) == len(PROMPTS)
+    by_words = {hit["prompt"] for hit in body["results"] if "keywords" in hit["found_by"]}
+    assert by_words == holding("red") and all("clip" in hit["found_by"] for hit in body["results"])
+    # every prompt is in the CLIP ranking, so those the words found too rank first (RRF adds their two ranks)
+    assert {hit["prompt"] for hit in body["results"][:len(by_words)]} == by_words
+    assert body["cards"].count("found by words and CLIP") == len(by_words)
+    pasted = search(server, text="A NEON city, at night")  # a prompt written another way: its own row first
+    assert pasted["results"][0]["prompt"] == "neon city at night"
+    whole = search(server, text="a red", filters={"seed": {"min": 1}})["results"]
+    pages = [hit for offset in (0, 3) for hit in search(server, text="a red", filters={"seed": {"min": 1}},
+                                                        num_results=3, offset=offset)["results"]]
+    assert [hit["id"] for hit in pages] == [hit["id"] for hit in whole[:6]] and all(
+        int(hit["seed"]) >= 1 for hit in whole)
+
+
+def test_an_image_query_is_ranked_by_clip(server, built):  # noqa: F811
+    work, _ = built
+    image = sorted((work / "out" / "images").rglob("*.jpg"))[0]
+    body = post(server, "/api/search", image=base64.b64encode(image.read_bytes()).decode(), index="images").json()
+    assert body["mode"] == "semantic" and all(set(hit["found_by"]) == {"clip"} for hit in body["results"])
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"text": "red", "mode": "fuzzy"}, "mode"),
+    ({"text": "!!! ???", "mode": "keyword"}, "no words"),
+    ({"text": "red", "mode": "keyword", "like": {"index": "prompts", "position": 0}}, "words only"),
+])
+def test_bad_modes_get_a_422_and_a_message(server, body, message):  # noqa: F811
+    answer = requests.post(f"{server}/api/search", json=body, timeout=30)
+    assert answer.status_code == 422 and message in answer.json()["error"], answer.text
+
+
+def test_knn_service_stays_clip_only(server):  # noqa: F811
+    client_module = load_clip_client()
+    client = client_module.ClipClient(url=f"{server}/knn-service", indice_name="prompt-search", num_images=8,
+                                      modality=client_module.Modality.TEXT)
+    semantic = {hit["id"]: hit["score"] for hit in search(server, text="red", mode="semantic")["results"]}
+    found = client.query(text="red")
+    assert len(found) == len(PROMPTS) and all(hit["similarity"] == pytest.approx(semantic[hit["id"]], abs=1e-5)
+                                              for hit in found)
+
+
+def test_page_switches_modes_and_highlights_matched_words_escaped(server, browser):  # noqa: F811
+    wait = WebDriverWait(browser, 30)
+    browser.get(server + "/")
+    browser.find_element(By.CSS_SELECTOR, "input[value=prompts]").click()
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=keyword]").click()
+    browser.find_element(By.ID, "text").send_keys("script planted")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .prompt mark"))
+    prompt = browser.find_element(By.CSS_SELECTOR, "#results .prompt")
+    assert prompt.text == SCRIPT_PROMPT  # the markup in the prompt is text, the marks around its words
+    assert [mark.text for mark in prompt.find_elements(By.TAG_NAME, "mark")] == ["script", "script", "planted"]
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results script")
+    assert browser.execute_script("return window.__pwned") is None
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results .card")) == 1  # words only: one prompt has them
+    assert "(keyword)" in browser.find_element(By.ID, "status").text
+
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=hybrid]").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card")) > 1)
+    labels = [found.text for found in browser.find_elements(By.CSS_SELECTOR, "#results .found-by")]
+    assert labels[0] == "found by words and CLIP" and set(labels[1:]) == {"found by CLIP"}
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=semantic]").click()
+    wait.until(lambda d: "(semantic)" in d.find_element(By.ID, "status").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results mark, #results .found-by")
