@@ -6,6 +6,7 @@ import base64
 
 import pytest
 import requests
+from conftest import run_script
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
@@ -109,3 +110,25 @@ def test_page_switches_modes_and_highlights_matched_words_escaped(server, browse
     browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=semantic]").click()
     wait.until(lambda d: "(semantic)" in d.find_element(By.ID, "status").text)
     assert not browser.find_elements(By.CSS_SELECTOR, "#results mark, #results .found-by")
+
+
+def test_step_5_ranks_its_text_query_in_search_mode(built):  # noqa: F811
+    work, common = built
+    image = str(sorted((work / "out" / "images").rglob("*.jpg"))[0])
+    printed = {}
+    for mode in ("keyword", "hybrid", "semantic"):
+        result = printed[mode] = run_script(
+            "test_visual_knn_index.py", *common, "--INPUT_PROMPT=red", f"--SEARCH_MODE={mode}",
+            f"--INPUT_IMG_PATH={image}", "--NUM_RESULTS=8", f"--COMPARE_WITH_TORCH={mode == 'hybrid'}", cwd=work)
+        section = result.stdout.split(f"SIMILAR PROMPTS TO THE TEXT 'red' ({mode})", 1)[1].split("\n\n", 1)[0]
+        shown = {prompt for prompt in PROMPTS if f"{prompt[:80]!r}" in section}
+        page = (work / "out" / "results.html").read_text(encoding="utf-8")
+        if mode == "keyword":
+            assert shown == holding("red") and page.count("<mark>red</mark>") >= 2 * len(holding("red"))
+        else:  # every prompt, those holding the word marked by the hybrid mode only
+            assert shown == set(PROMPTS) and ("<mark>red</mark>" in page) == (mode == "hybrid")
+        assert "SIMILAR IMAGES TO THE IMAGE" in result.stdout and "(semantic)" in result.stdout.split("TO THE IMAGE")[1]
+    # torch CLIP's vector ranked the same way (the same keyword ranking fused) gives the same top 8
+    assert "torch CLIP and ONNX CLIP top 8 prompts for the text query: the same" in printed["hybrid"].stdout
+    refused = run_script("test_visual_knn_index.py", *common, "--SEARCH_MODE=fuzzy", cwd=work, check=False)
+    assert refused.returncode == 1 and "SEARCH_MODE" in refused.stderr and "Traceback" not in refused.stderr
