@@ -132,18 +132,41 @@ def find_hits(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshol
     """
     wanted = k if dedupe_threshold >= 1 and keep is None else 4 * k
     while True:
-        searched_k = min(max(wanted, searched.candidates) if searched.rerank else wanted, searched.index.ntotal)
-        scores, labels = searched.index.search(vector[None].astype(np.float32), searched_k)
-        scores, labels, rows = scores[0], labels[0], None
-        if searched.rerank:
-            scores, labels, rows = _rerank(searched, vector, labels[labels >= 0])
-        if keep is not None:
-            kept = keep(labels.clip(0)) & (labels >= 0)
-            scores, labels, rows = scores[kept], labels[kept], None if rows is None else rows[kept]
+        scores, labels, rows, exhausted = _candidates(searched, vector, wanted, keep)
         hits = collapse(searched, scores, labels, k, dedupe_threshold, rows)
-        if len(hits) >= k or searched_k >= min(searched.index.ntotal, MAX_CANDIDATES):
+        if len(hits) >= k or exhausted:
             return hits
         wanted *= 4
+
+
+def clip_ranking(searched: SearchIndex, vector: np.ndarray, n: int,
+                 keep: Callable[[np.ndarray], np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The top n candidates for vector that keep marks, nothing folded: their scores, positions and (when a lossy
+    index's re-ranking read them) stored vectors, float32. Searched deeper while a filter drops rows, as find_hits."""
+    wanted = n if keep is None else 4 * n
+    while True:
+        scores, labels, rows, exhausted = _candidates(searched, vector, wanted, keep)
+        if len(labels) >= n or exhausted:
+            return scores[:n], labels[:n], None if rows is None else rows[:n]
+        wanted *= 4
+
+
+def _candidates(searched: SearchIndex, vector: np.ndarray, wanted: int,
+                keep: Callable[[np.ndarray], np.ndarray] | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """The index's top `wanted` (a lossy index's re-ranked), those keep marks; whether no more can be searched."""
+    searched_k = min(max(wanted, searched.candidates) if searched.rerank else wanted, searched.index.ntotal)
+    scores, labels = searched.index.search(vector[None].astype(np.float32), searched_k)
+    scores, labels, rows = scores[0], labels[0], None
+    if searched.rerank:
+        scores, labels, rows = _rerank(searched, vector, labels[labels >= 0])
+    else:
+        scores, labels = scores[labels >= 0], labels[labels >= 0]
+    if keep is not None:
+        kept = keep(labels)
+        scores, labels, rows = scores[kept], labels[kept], None if rows is None else rows[kept]
+    return scores, labels, rows, searched_k >= min(searched.index.ntotal, MAX_CANDIDATES)
 
 
 def describe(searched: SearchIndex, hits: list[Hit]) -> list[Hit]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from prompt_search.errors import UserError
 from prompt_search.index.keywords import KeywordQuery
-from prompt_search.search.core import MAX_CANDIDATES, Hit, SearchIndex, collapse, find_hits
+from prompt_search.search.core import MAX_CANDIDATES, Hit, SearchIndex, clip_ranking, collapse, find_hits
 from prompt_search.search.fusion import fuse
 
 MODES = ("hybrid", "semantic", "keyword")
@@ -48,25 +48,43 @@ def ranked(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
                         "with step 4 to search by words, or search in the semantic mode (--SEARCH_MODE=semantic)")
     depth = wanted.offset + wanted.k if wanted.mode == "keyword" else FUSION_DEPTH
     by_words, words_scores, exact = _keyword_ranking(searched, wanted, keep, depth)
+    rankings = {"keywords": (by_words, words_scores)}
+    rows = None
     if wanted.mode == "keyword":
         positions, scores = by_words, words_scores
-        found_by = [{"keywords": float(score)} for score in scores]
     else:
-        clip = find_hits(searched, vector, FUSION_DEPTH, 1.0, keep)
-        fused = fuse([[hit.position for hit in clip], by_words.tolist()])
-        positions = np.asarray([position for position, _ in fused], np.int64)
-        scores = np.asarray([score for _, score in fused], np.float32)
+        clip_scores, clip_positions, clip_rows = clip_ranking(searched, vector, FUSION_DEPTH, keep)
+        rankings["clip"] = (clip_positions, clip_scores)
+        positions, scores = fuse([clip_positions, by_words])
         first = np.argsort(~np.isin(positions, by_words[:exact]), kind="stable")  # a pasted prompt's rows first
         positions, scores = positions[first], scores[first]
-        of = {"clip": {hit.position: hit.score for hit in clip},
-              "keywords": dict(zip(by_words.tolist(), words_scores.tolist(), strict=True))}
-        found_by = [{name: float(scored[position]) for name, scored in of.items() if position in scored}
-                    for position in positions.tolist()]
-    hits = collapse(searched, scores, positions, wanted.offset + wanted.k, wanted.dedupe_threshold)
-    by_position = dict(zip(positions.tolist(), found_by, strict=True))
-    for hit in hits:
-        hit.found_by = by_position[hit.position]
-    return hits[wanted.offset:]
+        rows = _known_rows(searched, positions, clip_positions, clip_rows) if wanted.dedupe_threshold < 1 else None
+    hits = collapse(searched, scores, positions, wanted.offset + wanted.k, wanted.dedupe_threshold, rows)
+    hits = hits[wanted.offset:]
+    for name in ("clip", "keywords"):  # which ranking found each hit, and its score there
+        if name in rankings:
+            found, found_scores = rankings[name]
+            score_of = dict(zip(found.tolist(), found_scores.tolist(), strict=True))
+            for hit in hits:
+                if hit.position in score_of:
+                    hit.found_by[name] = score_of[hit.position]
+    return hits
+
+
+def _known_rows(searched: SearchIndex, positions: np.ndarray, clip_positions: np.ndarray,
+                clip_rows: np.ndarray | None) -> np.ndarray:
+    """The stored vectors of positions (float32) for folding: those the CLIP ranking's re-ranking read already
+    taken from it, the others read."""
+    rows = np.empty((len(positions), searched.vectors.shape[1]), np.float32)
+    known = np.zeros(len(positions), bool)
+    if clip_rows is not None and len(clip_positions):
+        order = np.argsort(clip_positions)
+        at = np.searchsorted(clip_positions, positions, sorter=order).clip(0, len(clip_positions) - 1)
+        known = clip_positions[order[at]] == positions
+        rows[known] = clip_rows[order[at[known]]]
+    if (~known).any():
+        rows[~known] = np.asarray(searched.vectors[positions[~known]], np.float32)
+    return rows
 
 
 def _keyword_ranking(searched: SearchIndex, wanted: Wanted, keep: Callable[[np.ndarray], np.ndarray] | None,
