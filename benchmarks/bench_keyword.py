@@ -1,7 +1,8 @@
 """Issue 30's targets for step 4's keyword index and the hybrid mode, ratios against baselines of the same run.
 
 Run:  .venv/bin/python benchmarks/bench_keyword.py --work=/tmp/kwbench --sizes=1000,1000000,10000000 --hybrid=1000000
-      (--queries=200 --exact=100; the prompts are cached in --work between runs)
+      (--queries=200 --exact=100; the prompts are cached in --work between runs; --keep reuses what the last run
+      built, and its build measurements, to time the queries again)
 
 Data: N prompts generated as bench_keyword_engines.py makes them (the 998 real prompts of 1k.csv, then prompts of
 3-15 of their comma-separated phrases drawn with a seeded RNG), in an item table as step 4 writes it (items.arrow).
@@ -150,7 +151,7 @@ def keyword_queries(keywords: KeywordIndex, queries: list[tuple[str, str]]) -> d
     return {"all": percentiles(everything)} | {kind: percentiles(times) for kind, times in by_kind.items()}
 
 
-def hybrid(work: Path, n: int, queries: list[tuple[str, str]], exact: int) -> dict:
+def hybrid(work: Path, n: int, queries: list[tuple[str, str]], exact: int, keep: bool) -> dict:
     """Step 4' at n (random vectors, the generated prompts): its time and the keyword index's share; then the
     semantic and the hybrid mode over the same queries; then the exactness checks."""
     from scaffolding import index_vectors
@@ -161,7 +162,7 @@ def hybrid(work: Path, n: int, queries: list[tuple[str, str]], exact: int) -> di
     vectors = rng.standard_normal((n, DIMENSION), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     infos_file = out / "build.json"
-    if not infos_file.exists():
+    if not (keep and infos_file.exists()):
         start = time.perf_counter()
         index_vectors(str(out), "textual", vectors, [f"{i:016x}" for i in range(n)], "ViT-B/32", {"prompt": prompts})
         step = time.perf_counter() - start
@@ -233,6 +234,8 @@ def main() -> None:
     parser.add_argument("--hybrid", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--exact", type=int, default=100)
+    parser.add_argument("--keep", action="store_true", help="reuse the keyword indices and step 4' set the last run "
+                        "built, and its measurements of them (to time queries again after a change of the query path)")
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
     if args.child:
@@ -245,9 +248,14 @@ def main() -> None:
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for n in map(int, args.sizes.split(",")):
         folder = item_table(work, n).parent
-        if (folder / "keywords").exists():  # built again: its time is what is measured
-            shutil.rmtree(folder / "keywords")
-        built = child(["build", str(folder)])
+        built_file = folder / "build.json"
+        if args.keep and built_file.exists() and (folder / "keywords").exists():  # the last run's build, as measured
+            built = json.loads(built_file.read_text())
+        else:
+            if (folder / "keywords").exists():  # built again: its time is what is measured
+                shutil.rmtree(folder / "keywords")
+            built = child(["build", str(folder)])
+            built_file.write_text(json.dumps(built))
         opened = child(["open", str(folder)])
         keywords = KeywordIndex.open(str(folder), {"words": built["words"]})
         size = sum(f.stat().st_size for f in (folder / "keywords").iterdir()) / 1e6
@@ -257,7 +265,7 @@ def main() -> None:
     small, large = min(sizes), max(sizes)
     report["open_ratio_large_to_small"] = report[large]["open"]["open_ms"] / report[small]["open"]["open_ms"]
     if args.hybrid:
-        report["hybrid"] = hybrid(work, args.hybrid, queries, args.exact)
+        report["hybrid"] = hybrid(work, args.hybrid, queries, args.exact, args.keep)
         report["keyword_share_of_step4"] = report["hybrid"]["keyword_s"] / (
             report["hybrid"]["step4_s"] - report["hybrid"]["keyword_s"])
     print(json.dumps(report, indent=1))

@@ -13,6 +13,7 @@ from scaffolding import index_vectors
 
 from prompt_search.errors import UserError
 from prompt_search.index import build
+from prompt_search.index.keyword_index import COMMON_SHARE
 from prompt_search.index.keywords import parse_query, words
 from prompt_search.layout import KEYWORDS_FOLDER
 from prompt_search.output_sets import current_set, withdraw_set
@@ -239,3 +240,14 @@ def test_the_keyword_index_is_replaced_and_withdrawn_with_its_set(tmp_path, monk
     # withdrawn: no set, no keyword index left behind
     assert withdraw_set(str(out / "knn_indices" / "textual"))
     assert open_index(str(out / "knn_indices" / "textual")) is None and keyword_folders(out) == []
+
+
+def test_a_word_most_prompts_hold_does_not_match_alone_beside_rarer_ones(tmp_path):
+    prompts = [f"a picture, number {i}" for i in range(100)] + ["a robot", "(a red robot:1.2)", "robot", "the sea"]
+    searched, _ = indexed(tmp_path, prompts)
+    common, rare = holding(prompts, ("a",)), holding(prompts, ("robot",))
+    assert len(common) > COMMON_SHARE * len(prompts) >= len(rare) > 0
+    found = ranked(searched, None, Wanted(1000, 0, 1.0, "keyword", parse_query("a robot")))
+    assert {hit.position for hit in found} == rare  # "a" alone no longer makes a row a match: "robot" does
+    assert found[0].position == 100  # the row of exactly these words first
+    assert searched.keywords.count(parse_query("a")) == len(common)  # alone, it is the query: every row holding it

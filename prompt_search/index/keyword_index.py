@@ -30,18 +30,13 @@ from prompt_search.layout import KEYWORDS_FOLDER
 WRITER_HEAP_BYTES = 256_000_000  # tantivy's indexing memory (split between its threads): fewer, larger segments
 PARALLEL_ROWS = 100_000  # from this many rows, prompts are read into words by one child process per core
 EXACT_ROWS = 100_000  # rows of one exact prompt looked at (one prompt's images, a safety filter's black pictures...)
+# A word more than this share of the rows hold ("a", "of", "masterpiece") is left out of a query's any-of words when
+# it has rarer ones, as Lucene's common-terms query does: its BM25 weight is small, and matching it costs a pass over
+# most rows (a pasted 20-word prompt took 38 ms at 1M prompts with them, 5 ms without: RESULTS.md, issue 30). It
+# still counts in phrases and in the words-in-order boost.
+COMMON_SHARE = 0.05
 PHRASE_BOOST = 4.0  # a prompt holding the query's words in order ranks above those holding them apart
 BM25_K1, BM25_B = 1.2, 0.75  # tantivy's BM25 constants, for scoring rows outside the index as it does (scan)
-
-
-def _clauses(query: KeywordQuery) -> list[tuple[tantivy.Occur, tuple[str, ...], float]]:
-    """The query as clauses of (occur, phrase, boost): any of the words (BM25), the words in order boosted; every
-    quoted phrase required; no excluded phrase."""
-    clauses = [(tantivy.Occur.Should, (word,), 1.0) for word in dict.fromkeys(query.words)]
-    if len(query.words) > 1:
-        clauses.append((tantivy.Occur.Should, query.words, PHRASE_BOOST))
-    clauses += [(tantivy.Occur.Must, phrase, 1.0) for phrase in query.phrases]
-    return clauses + [(tantivy.Occur.MustNot, phrase, 1.0) for phrase in query.excluded]
 
 
 def _occurrences(row: tuple[str, ...], phrase: tuple[str, ...]) -> int:
@@ -169,7 +164,7 @@ class KeywordIndex:
         live delta's), scored as tantivy scores this index's own, with its statistics (row count, average length,
         each word's rows), so that they rank among its rows as they would in a rebuilt index (up to tantivy's
         rounding of lengths)."""
-        clauses = _clauses(query)
+        clauses = self._clauses(query)
         idf = {phrase: sum(self._idf(word) for word in phrase) for _, phrase, _ in clauses}
         must = any(occur == tantivy.Occur.Must for occur, _, _ in clauses)
         scores = np.full(len(rows), -np.inf, np.float32)
@@ -195,12 +190,24 @@ class KeywordIndex:
     def _document_frequency(self, word: str) -> int:
         return self.searcher.doc_freq("words", word)
 
+    def _clauses(self, query: KeywordQuery) -> list[tuple[tantivy.Occur, tuple[str, ...], float]]:
+        """The query as clauses of (occur, phrase, boost): any of its words (BM25), leaving out those most rows hold
+        when it has rarer ones (COMMON_SHARE); its words in order, boosted; every quoted phrase; no excluded one."""
+        unique = list(dict.fromkeys(query.words))
+        rare = [word for word in unique if self.document_frequency(word) <= COMMON_SHARE * self.documents]
+        clauses = [(tantivy.Occur.Should, (word,), 1.0) for word in rare or unique]
+        if len(query.words) > 1:
+            clauses.append((tantivy.Occur.Should, query.words, PHRASE_BOOST))
+        clauses += [(tantivy.Occur.Must, phrase, 1.0) for phrase in query.phrases]
+        return clauses + [(tantivy.Occur.MustNot, phrase, 1.0) for phrase in query.excluded]
+
     def _query(self, query: KeywordQuery) -> tantivy.Query:
         def clause(phrase: tuple[str, ...], boost: float) -> tantivy.Query:
             found = self._phrase(phrase)
             return found if boost == 1 else tantivy.Query.boost_query(found, boost)
 
-        return tantivy.Query.boolean_query([(occur, clause(phrase, boost)) for occur, phrase, boost in _clauses(query)])
+        clauses = self._clauses(query)
+        return tantivy.Query.boolean_query([(occur, clause(phrase, boost)) for occur, phrase, boost in clauses])
 
     def _phrase(self, phrase: tuple[str, ...]) -> tantivy.Query:
         if len(phrase) == 1:
