@@ -132,3 +132,17 @@ def test_step_5_ranks_its_text_query_in_search_mode(built):  # noqa: F811
     assert "torch CLIP and ONNX CLIP top 8 prompts for the text query: the same" in printed["hybrid"].stdout
     refused = run_script("test_visual_knn_index.py", *common, "--SEARCH_MODE=fuzzy", cwd=work, check=False)
     assert refused.returncode == 1 and "SEARCH_MODE" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_set_without_keyword_index_answers_by_clip_and_says_so():
+    from prompt_search.index.keywords import parse_query
+    from prompt_search.search.api_input import SearchRequest, search_mode
+    from prompt_search.search.service import BadInput
+
+    keywords, notes = parse_query("red car"), []
+    assert search_mode(SearchRequest(text="red car"), keywords, None, notes) == "semantic"
+    assert notes == ["the images index has no keyword index (rebuild it with step 4): searched by CLIP only"]
+    for mode, status in (("hybrid", 409), ("keyword", 409)):
+        with pytest.raises(BadInput, match="no keyword index") as refused:
+            search_mode(SearchRequest(text="red car", mode=mode), keywords, None, [])
+        assert refused.value.status == status

@@ -96,19 +96,18 @@ def search_mode(query: SearchRequest, keywords: KeywordQuery, index: KeywordInde
                            "the hybrid mode", 422)
         if not keywords:
             raise BadInput("the text has no words to search for (the keyword mode reads words, not punctuation)", 422)
-        return "keyword"
-    if query.mode == "semantic" or not keywords:
+    elif query.mode == "semantic" or not keywords:
         return "semantic"
-    if index is not None and not index.documents:
+    elif index is not None and not index.documents:
         notes.append(f"the {query.index} index has no prompts to search by words: searched by CLIP only")
         return "semantic"
     if index is None:
-        if query.mode == "hybrid":
+        if query.mode:
             raise BadInput(f"the {query.index} index has no keyword index: rebuild it with step 4, or use the "
                            "semantic mode", 409)
         notes.append(f"the {query.index} index has no keyword index (rebuild it with step 4): searched by CLIP only")
         return "semantic"
-    return "hybrid"
+    return query.mode or "hybrid"
 
 
 def filter_ranges(filters: Filters) -> dict[str, tuple[Bound, Bound]]:
