@@ -44,6 +44,7 @@ MAX_INDEX_MEMORY = "4G"  # largest index autofaiss may build
 CURRENT_MEMORY_AVAILABLE = "8G"  # memory autofaiss may use while building
 MAX_INDEX_QUERY_TIME_MS = 10.0  # query-time budget: exact search while a scan of every vector fits it, then 4-bit codes all scanned while that fits, then inverted lists (README: step 4)
 INDEX_RECALL = 0.995  # recall@10 step 4 tunes nprobe to, measured after the build on noisy and shifted copies of stored vectors against exact search
+AESTHETIC_MODEL = ""  # step 4: a checkpoint of LAION's aesthetic predictor for MODEL (README: Triage) scoring every image; "" = no aesthetic score
 INDEX_KEY = ""  # "" = step 4's choice by size (README: step 4); or a faiss index_factory string autofaiss accepts, e.g. "IVF4096,Flat"
 
 # --- step 5: queries --------------------------------------------------------------------

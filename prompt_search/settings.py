@@ -62,6 +62,7 @@ class IndexSettings(StepSettings):
     spark_master: str = ""
     index_key: str = ""
     index_recall: float = 0.995
+    aesthetic_model: str = ""  # step 4: LAION's aesthetic predictor scoring each image (index/aesthetic.py); "": none
 
 
 @dataclass(frozen=True)

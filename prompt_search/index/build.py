@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -36,8 +36,10 @@ from prompt_search.index.choice import (
     distributed_choice,
     tune_search,
 )
+from prompt_search.index.embedding_files import SourceFile, source_files
 from prompt_search.index.fast_scan import build_fast_scan
 from prompt_search.index.keyword_index import build_keywords
+from prompt_search.index.scores import Prompts, scores_table
 from prompt_search.items import ItemTable, write_items
 from prompt_search.layout import (
     IMAGES_FILE,
@@ -49,7 +51,7 @@ from prompt_search.layout import (
     VECTORS_FILE,
 )
 from prompt_search.output_sets import beside_set, local_copy, local_published_file, output_set, published_set
-from prompt_search.settings import IndexSettings
+from prompt_search.settings import EmbedSettings, IndexSettings
 from prompt_search.spark import session_for
 from prompt_search.storage import is_url
 
@@ -59,41 +61,14 @@ PARTS_FOLDER = "parts"  # autofaiss's distributed parts, in the set (at a URL: b
 NEAR_DUPLICATE = 0.99  # source vectors this similar are the same picture to the alignment check
 
 
-@dataclass
-class SourceFile:
-    vectors: str  # embeddings/NNNNNNNNN.npy
-    ids: str  # ids/NNNNNNNNN.npy
-    start: int  # index position of its first vector
-    count: int
-
-
-def source_files(folder: str) -> list[SourceFile]:
-    """The embeddings files of an embeddings set in the order autofaiss reads them, with their ids files."""
-    from embedding_reader.get_file_list import get_file_list
-
-    _, paths = get_file_list(os.path.join(folder, "embeddings"), "npy")
-    files, start = [], 0
-    for path in paths:
-        ids_path = os.path.join(folder, "ids", os.path.basename(path))
-        if not os.path.isfile(ids_path):
-            raise UserError(f"{ids_path} is missing: rerun the embeddings step to complete {folder}")
-        count = np.load(path, mmap_mode="r").shape[0]
-        id_count = np.load(ids_path, mmap_mode="r").shape[0]
-        if count != id_count:
-            raise UserError(f"{path} holds {count} vectors but {ids_path} {id_count} ids")
-        if count:  # autofaiss skips empty files
-            files.append(SourceFile(path, ids_path, start, count))
-            start += count
-    return files
-
-
 def build_index(embeddings: str, index_set: str, settings: IndexSettings, metadata_file: str = "",
-                stamps_file: str = "") -> dict:
+                stamps_file: str = "", prompts: Prompts | None = None) -> dict:
     """Build the index set at index_set from the embeddings set at embeddings; publish it only if aligned. Returns
     autofaiss's infos, with ours (the keyword index's account: keyword_index.build_keywords).
 
-    Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one, and the stamps of
-    stamps_file (step 1 for a folder's), when there are some.
+    Its item table joins in the rows of metadata_file (step 1's table) by id, when there is one, the stamps of
+    stamps_file (step 1 for a folder's), when there are some, and each image's scores (scores.py): its adherence to
+    its prompt when prompts says where the prompts' vectors are, its aesthetic score with settings.aesthetic_model.
     distributor "pyspark": autofaiss adds the vectors in Spark tasks, in parts it merges (spark.py's session).
     index_key: a faiss index_factory string (autofaiss tunes its search time), or "" for choose_index's
     choice, whose nprobe is then tuned to index_recall (recall@10, tune_search).
@@ -130,9 +105,13 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
             ids = write_vectors(files, dimension, out)
         if index is None or index.ntotal != total:
             raise UserError(f"the index holds {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
+        metadata = local_published_file(metadata_file)
+        scores = scores_table(ids, out, metadata, manifest["model"], settings.aesthetic_model, prompts)
         write_items(os.path.join(out, ITEMS_FILE), ids,
-                    [os.path.join(folder, IMAGES_FILE), local_published_file(metadata_file),
-                     local_published_file(stamps_file) if stamps_file else ""], out)
+                    [os.path.join(folder, IMAGES_FILE), metadata,
+                     local_published_file(stamps_file) if stamps_file else "", scores], out)
+        if scores:
+            os.remove(scores)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
         keyword_start = time.perf_counter()
         keywords = infos["keywords"] = build_keywords(os.path.join(out, ITEMS_FILE), out)
@@ -282,11 +261,14 @@ def _reconstruction_misses(index, positions: np.ndarray, source: np.ndarray) -> 
     return int(np.count_nonzero((nearest != own) & ~same_picture)), lossy
 
 
-def create_index(out_dir: str, name: str, settings: IndexSettings) -> None:
-    """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built."""
+def create_index(out_dir: str, name: str, settings: IndexSettings, embed: EmbedSettings | None = None) -> None:
+    """Build the set out_dir/knn_indices/{name} from out_dir/{name}_embeddings and say what was built. For the
+    images (visual), with embed: each image's adherence to its prompt, its prompts' vectors from step 3''s set or
+    embedded with embed."""
     index_set = layout.index_set(out_dir, name)
+    prompts = Prompts(layout.embeddings_set(out_dir, "textual"), embed) if embed and name == "visual" else None
     infos = build_index(layout.embeddings_set(out_dir, name), index_set, settings,
-                        os.path.join(out_dir, METADATA_FILE), os.path.join(out_dir, layout.STAMPS_FILE))
+                        os.path.join(out_dir, METADATA_FILE), os.path.join(out_dir, layout.STAMPS_FILE), prompts)
     recall = f", recall@10 {infos['recall@10']}" if "recall@10" in infos else ""
     print(f"{index_set}: {infos['index_key']} index ({infos['index_param']}{recall}) of {infos['nb vectors']} "
           f"vectors of dimension {infos['vectors dimension']}, {infos['size on disk'] / 1e6:.2f} MB on disk "

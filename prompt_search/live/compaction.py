@@ -49,7 +49,7 @@ def fold(watch: WatchSettings, embed: EmbedSettings, index: IndexSettings,
     out_dir = watch.out_dir
     extract_folder_metadata(watch.img_dir, out_dir, watch.preferred_metadata)
     embed_images(watch.img_dir, embeddings_set(out_dir, "visual"), embed, known=known_images)
-    create_index(out_dir, "visual", index)
+    create_index(out_dir, "visual", index, embed)
     embedded, _ = embed_prompts(os.path.join(out_dir, METADATA_FILE), embeddings_set(out_dir, "textual"), embed,
                                 by_text=True, known=known_prompts)
     if embedded:
