@@ -146,3 +146,26 @@ def test_a_set_without_keyword_index_answers_by_clip_and_says_so():
         with pytest.raises(BadInput, match="no keyword index") as refused:
             search_mode(SearchRequest(text="red car", mode=mode), keywords, None, [])
         assert refused.value.status == status
+
+
+def test_results_sort_and_filter_by_adherence_within_the_candidates(server):  # noqa: F811
+    by_relevance = post(server, "/api/search", text="a picture", index="images", num_results=8, dedupe=False).json()
+    adherence = {hit["id"]: hit["adherence"] for hit in by_relevance["results"]}
+    assert len(adherence) == len(PROMPTS) and all(isinstance(value, float) for value in adherence.values())
+    ordered = post(server, "/api/search", text="a picture", index="images", num_results=8, dedupe=False,
+                   sort="adherence").json()
+    assert ordered["sort"] == "adherence"
+    assert [hit["id"] for hit in ordered["results"]] == sorted(adherence, key=lambda item: -adherence[item])
+    assert [hit["rank"] for hit in ordered["results"]] == list(range(1, 9))
+    pages = [hit["id"] for offset in (0, 4) for hit in post(
+        server, "/api/search", text="a picture", index="images", num_results=4, offset=offset, dedupe=False,
+        sort="adherence").json()["results"]]
+    assert pages == [hit["id"] for hit in ordered["results"]]
+    values = sorted(adherence.values())
+    middle = (values[3] + values[4]) / 2  # between two results (the answer rounds to 4 decimals)
+    kept = post(server, "/api/search", text="a picture", index="images", num_results=8, dedupe=False,
+                filters={"adherence": {"min": middle}}).json()["results"]
+    assert {hit["id"] for hit in kept} == {item for item, value in adherence.items() if value >= middle}
+    refused = post(server, "/api/search", text="a picture", index="images", sort="aesthetic")
+    assert refused.status_code == 422 and "no aesthetic to sort by" in refused.json()["error"]
+    assert post(server, "/api/search", text="a picture", index="prompts", sort="adherence").status_code == 422

@@ -73,7 +73,12 @@ def described(searcher: Searcher, settings: ServerSettings, hit: Hit, index: str
     return {"id": hit.id, "prompt": hit.prompt, "url": link(searcher, settings, hit, index),
             "width": extra.get("width"), "height": extra.get("height"), "seed": _decimal(extra.get("seed")),
             "cfg_scale": extra.get("cfg_scale"), "steps": extra.get("num_steps"),
-            "date": date.isoformat() if isinstance(date, datetime.datetime) else None}
+            "date": date.isoformat() if isinstance(date, datetime.datetime) else None,
+            "adherence": _rounded(extra.get("adherence")), "aesthetic": _rounded(extra.get("aesthetic"))}
+
+
+def _rounded(score: float | None) -> float | None:
+    return None if score is None else round(score, 4)
 
 
 def _decimal(seed: int | None) -> str | None:

@@ -59,6 +59,8 @@ class Filters(BaseModel):
     cfg_scale: Range | None = None
     seed: Range | None = None
     date: DateRange | None = None
+    adherence: Range | None = None
+    aesthetic: Range | None = None
 
 
 class Like(BaseModel):
@@ -79,6 +81,7 @@ class SearchRequest(BaseModel):
     negative_weight: float = 1.0
     index: Literal["images", "prompts"] = "images"
     mode: Literal["hybrid", "semantic", "keyword"] | None = None  # None: hybrid for a text, semantic without one
+    sort: Literal["relevance", "adherence", "aesthetic", "date"] = "relevance"
     num_results: int = Field(20, ge=1)
     offset: int = Field(0, ge=0)
     dedupe: bool = True

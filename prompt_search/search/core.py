@@ -227,12 +227,15 @@ def collapse(searched: SearchIndex, scores: np.ndarray, labels: np.ndarray, k: i
 
 
 def details(hit: Hit) -> str:
-    """Seed (exact, whatever its size), size, steps and cfg scale, those the hit's item table row has."""
+    """Seed (exact, whatever its size), size, steps, cfg scale and step 4's scores, those the hit's item table row
+    has."""
     extra = hit.extra
     parts = [f"seed {extra['seed']}" if extra.get("seed") is not None else "",
              f"{extra['width']}×{extra['height']}" if extra.get("width") and extra.get("height") else "",
              f"{extra['num_steps']} steps" if extra.get("num_steps") else "",
-             f"cfg {extra['cfg_scale']:g}" if extra.get("cfg_scale") is not None else ""]
+             f"cfg {extra['cfg_scale']:g}" if extra.get("cfg_scale") is not None else "",
+             f"adherence {extra['adherence']:.3f}" if extra.get("adherence") is not None else "",
+             f"aesthetic {extra['aesthetic']:.2f}" if extra.get("aesthetic") is not None else ""]
     return " · ".join(part for part in parts if part)
 
 

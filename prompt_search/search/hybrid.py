@@ -9,7 +9,7 @@ order).
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from prompt_search.search.fusion import fuse
 
 MODES = ("hybrid", "semantic", "keyword")
 FUSION_DEPTH = 1000  # results of each ranking fused: the deepest page a request may ask for (answers.MAX_RESULT_DEPTH)
+SORT_DEPTH = 1000  # results by relevance a sort orders, whatever the page: pages of one sorted list follow each other
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,31 @@ class Wanted:
     dedupe_threshold: float = 1.0
     mode: str = "semantic"
     keywords: KeywordQuery = KeywordQuery()
+    sort_by: Callable[[np.ndarray], np.ndarray] | None = None  # positions -> values, highest first (NaN last)
 
 
 def ranked(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
            keep: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Hit]:
     """Hits offset to offset + k of the query in searched (positions, scores and found_by; describe reads the rest).
-    keep: only positions it marks True. vector may be None in the keyword mode only. A side whose rows have no
-    prompt (images of one's own without metadata) has no words to fuse: its hybrid ranking is the semantic one."""
+    keep: only positions it marks True. With sort_by, the first SORT_DEPTH results by relevance are ordered by its
+    values (ties and rows without one keep their relevance order, those without one last), then paged: sorted
+    within the candidates, as filters apply, never by scanning the table."""
+    if wanted.sort_by is None:
+        return _by_relevance(searched, vector, wanted, keep)
+    candidates = _by_relevance(searched, vector, replace(wanted, k=SORT_DEPTH, offset=0), keep)
+    values = wanted.sort_by(np.asarray([hit.position for hit in candidates], np.int64))
+    order = np.lexsort((np.arange(len(values)), -np.nan_to_num(values, nan=-np.inf)))
+    hits = [candidates[i] for i in order[wanted.offset:wanted.offset + wanted.k]]
+    for rank, hit in enumerate(hits, wanted.offset + 1):
+        hit.rank = rank
+    return hits
+
+
+def _by_relevance(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
+                  keep: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Hit]:
+    """Hits offset to offset + k by the mode's relevance. vector may be None in the keyword mode only. A side whose
+    rows have no prompt (images of one's own without metadata) has no words to fuse: its hybrid ranking is the
+    semantic one."""
     if wanted.mode == "semantic" or wanted.mode == "hybrid" and searched.keywords and not searched.keywords.documents:
         hits = find_hits(searched, vector, wanted.offset + wanted.k, wanted.dedupe_threshold, keep)
         for hit in hits:

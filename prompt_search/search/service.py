@@ -9,7 +9,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, TypeVar
 
 import numpy as np
@@ -169,14 +169,20 @@ class Searcher:
         return found
 
     def search(self, side: str, vector: np.ndarray | None, wanted: Wanted, filters: dict[str, tuple[Bound, Bound]],
-               answer: Answer) -> Answer:
+               answer: Answer, sort: str = "relevance") -> Answer:
         """The hits wanted of the query in side (hybrid.ranked), only rows whose filter columns lie in the (low, high)
-        ranges. vector: the query's CLIP vector (None in the keyword mode)."""
+        ranges, ordered by relevance or by the column sort names (SORT_KEYS). vector: the query's CLIP vector (None
+        in the keyword mode)."""
         opened = self.open_side(side)
         searched = opened.searched
         if vector is not None and len(vector) != searched.index.d:
             raise BadInput(f"the query vector has {len(vector)} dimensions, the {side} index {searched.index.d}")
         keep = self._keep(side, opened.columns, filters) if filters else None
+        if sort != "relevance":
+            if sort not in opened.columns:
+                raise BadInput(f"the {side} index has no {sort} to sort by (step 4 computes adherence and aesthetic "
+                               "for images: rebuild it)", 422)
+            wanted = replace(wanted, sort_by=opened.columns[sort].sort_values)
         start = time.perf_counter()
         try:
             hits = ranked(searched, vector, wanted, keep)
