@@ -19,7 +19,7 @@ from prompt_search.layout import KEYWORDS_FOLDER
 from prompt_search.output_sets import current_set, withdraw_set
 from prompt_search.search.core import describe, find_hits, open_index
 from prompt_search.search.hybrid import FUSION_DEPTH, Wanted, ranked
-from prompt_search.search.service import split_negatives
+from prompt_search.search.service import OpenSide, split_negatives
 
 MODEL = "ViT-B/32"  # only its fingerprint is written: the vectors here are random
 DIMENSION = 32
@@ -251,3 +251,28 @@ def test_a_word_most_prompts_hold_does_not_match_alone_beside_rarer_ones(tmp_pat
     assert {hit.position for hit in found} == rare  # "a" alone no longer makes a row a match: "robot" does
     assert found[0].position == 100  # the row of exactly these words first
     assert searched.keywords.count(parse_query("a")) == len(common)  # alone, it is the query: every row holding it
+
+
+def test_one_result_per_prompt_sorted_filtered_and_paged(tmp_path):
+    prompts = [f"a picture of thing {i % 10}" for i in range(40)]  # 10 prompts, 4 images each: row i is prompt i % 10
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, DIMENSION)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    # the prompt_group column as step 4's scores give it (one number per prompt), the seed the row number
+    index_vectors(str(tmp_path), "textual", vectors, [f"row-{i}" for i in range(40)], MODEL,
+                  {"prompt": prompts, "seed": list(range(40)), "prompt_group": [i % 10 for i in range(40)]})
+    opened = OpenSide.of(open_index(str(tmp_path / "knn_indices" / "textual")))
+    searched, groups, seeds = opened.searched, opened.columns["prompt_group"], opened.columns["seed"]
+    query = vectors[7]
+    relevance = [hit.position for hit in ranked(searched, query, Wanted(40))]
+    firsts = [at for number, at in enumerate(relevance) if at % 10 not in {p % 10 for p in relevance[:number]}]
+    grouped = ranked(searched, query, Wanted(10, group_by=groups.groups))
+    assert [hit.position for hit in grouped] == firsts and grouped[0].position == 7  # in relevance order
+    assert all(hit.grouped == 3 for hit in grouped)  # each stands for the 3 other images of its prompt
+    by_seed = ranked(searched, query, Wanted(10, group_by=groups.groups, sort_by=seeds.sort_values))
+    assert [hit.position for hit in by_seed] == list(range(39, 29, -1))  # each prompt's highest seed, highest first
+    pages = [hit.position for offset in (0, 4, 8)
+             for hit in ranked(searched, query, Wanted(4, offset, group_by=groups.groups, sort_by=seeds.sort_values))]
+    assert pages == [hit.position for hit in by_seed]
+    even = ranked(searched, query, Wanted(10, group_by=groups.groups, sort_by=seeds.sort_values), keep_even_seeds)
+    assert [hit.position for hit in even] == [38, 36, 34, 32, 30]  # filtered first: the even prompts' rows only

@@ -58,6 +58,9 @@ def test_adherence_is_clipscore_whether_step_3_embedded_the_prompt_or_step_4_did
         expected = independent_adherence(tiny_clip, images / row_id, prompt)
         assert first[row_id]["adherence"] == pytest.approx(expected, abs=1e-3), prompt
         assert second[row_id]["adherence"] == pytest.approx(expected, abs=1e-3), prompt
+    # one prompt written twice (case and spaces) is one group for one result per prompt; other prompts are others
+    groups = [first[f"{seed}.png"]["prompt_group"] for seed in range(len(PROMPTS))]
+    assert groups[0] == groups[1] and len({*groups[1:4]}) == 3 and groups[4] is None
 
 
 def linear_head(dimension: int, seed: int = 0) -> tuple[dict, torch.nn.Module]:

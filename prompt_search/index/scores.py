@@ -6,6 +6,7 @@ sorted by (items.arrow's `adherence` and `aesthetic` columns, null where a row h
              by the prompt's key (listing.prompt_keys: the prompt side's own rule); a prompt step 3' has not
              embedded is embedded here. Rows without a prompt have none.
   aesthetic  LAION's aesthetic predictor (AESTHETIC_MODEL) applied to the image's unit vector.
+  prompt_group  the image's prompt as a 64-bit number (rows of one prompt share it): results group by it.
 """
 
 import json
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -47,11 +49,16 @@ def scores_table(ids: pa.ChunkedArray, out: str, metadata_file: str, model: str,
     and out/vectors.npy in index order; its path, or "" when there is no score to compute."""
     vectors = np.load(os.path.join(out, VECTORS_FILE), mmap_mode="r")
     aesthetic = load_aesthetic(aesthetic_model, vectors.shape[1]) if aesthetic_model else None
-    if aesthetic is None and (prompts is None or not metadata_file or not os.path.isfile(metadata_file)):
+    has_metadata = bool(metadata_file) and os.path.isfile(metadata_file)
+    if aesthetic is None and (prompts is None or not has_metadata):
         return ""
     columns = {"id": ids}
-    if prompts is not None and metadata_file and os.path.isfile(metadata_file):
-        columns["adherence"] = pa.array(_adherence(ids, vectors, metadata_file, prompts.textual_set, model,
+    if prompts is not None and has_metadata:
+        metadata = pq.read_table(metadata_file, columns=["id", "prompt"])
+        keys = prompt_keys(_prompts_of(ids, metadata))
+        keys = pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys)
+        columns["prompt_group"] = _group_numbers(keys)
+        columns["adherence"] = pa.array(_adherence(ids, keys, vectors, metadata, prompts.textual_set, model,
                                                    prompts.embed), pa.float32(), from_pandas=True)
     if aesthetic is not None:
         columns["aesthetic"] = pa.array(np.concatenate(
@@ -62,13 +69,18 @@ def scores_table(ids: pa.ChunkedArray, out: str, metadata_file: str, model: str,
     return path
 
 
-def _adherence(ids: pa.ChunkedArray, vectors: np.ndarray, metadata_file: str, textual_set: str, model: str,
-               embed: EmbedSettings) -> np.ndarray:
-    """The cosine of each row's vector and its prompt's (NaN for a row without a prompt)."""
-    metadata = pq.read_table(metadata_file, columns=["id", "prompt"])
+def _group_numbers(keys: pa.Array) -> pa.Array:
+    """Each row's prompt as a number (the same for rows of one prompt, as the prompt side counts them: its key),
+    null for a row without one: what one-result-per-prompt groups by, loaded whole at 8 bytes a row."""
+    numbers = pd.util.hash_array(np.asarray(pc.fill_null(keys, "").to_numpy(zero_copy_only=False), object))
+    return pa.array(numbers, pa.uint64(), mask=pc.is_null(keys).to_numpy(zero_copy_only=False))
+
+
+def _adherence(ids: pa.ChunkedArray, keys: pa.Array, vectors: np.ndarray, metadata: pa.Table, textual_set: str,
+               model: str, embed: EmbedSettings) -> np.ndarray:
+    """The cosine of each row's vector and its prompt's (NaN for a row without a prompt); keys: each row's prompt
+    key, null where it has none."""
     prompts = _prompts_of(ids, metadata)
-    keys = prompt_keys(prompts)
-    keys = pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys)
     known_keys, known_vectors = _embedded_prompts(textual_set, metadata, model)
     unique = pc.unique(keys.drop_null())
     missing = pc.filter(unique, pc.invert(pc.is_in(unique, value_set=known_keys)))

@@ -89,7 +89,9 @@ def _decimal(seed: int | None) -> str | None:
 def result(searcher: Searcher, settings: ServerSettings, hit: Hit, index: str) -> dict:
     """One /api/search result: described, with its rank, score (the mode's: cosine, BM25, or fused), the score of
     each ranking that found it, index position and thumbnail."""
+    group = hit.extra.get("prompt_group")
     return {"rank": hit.rank, "score": round(hit.score, 6), "alike": hit.alike, "index": index,
+            "grouped": hit.grouped, "prompt_group": None if group is None else str(group),
             "found_by": {name: round(score, 6) for name, score in hit.found_by.items()},
             "position": hit.position, "thumbnail": picture(searcher, hit, index),
             **described(searcher, settings, hit, index)}

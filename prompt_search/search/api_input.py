@@ -61,6 +61,7 @@ class Filters(BaseModel):
     date: DateRange | None = None
     adherence: Range | None = None
     aesthetic: Range | None = None
+    prompt_group: Range | None = None  # a result's prompt_group as min and max: the images of its prompt
 
 
 class Like(BaseModel):
@@ -82,6 +83,7 @@ class SearchRequest(BaseModel):
     index: Literal["images", "prompts"] = "images"
     mode: Literal["hybrid", "semantic", "keyword"] | None = None  # None: hybrid for a text, semantic without one
     sort: Literal["relevance", "adherence", "aesthetic", "date"] = "relevance"
+    group: Literal["none", "prompt"] = "none"  # "prompt": one result per prompt, its best by the sort
     num_results: int = Field(20, ge=1)
     offset: int = Field(0, ge=0)
     dedupe: bool = True

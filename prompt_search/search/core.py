@@ -32,6 +32,7 @@ class Hit:
     url: str = ""
     path: str = ""  # the local image, when the hit is a downloaded or local image
     alike: int = 0  # lower-ranked results near-identical to this one (DEDUPE_THRESHOLD), shown as this one
+    grouped: int = 0  # with one result per prompt: the other results of its prompt, shown as this one
     position: int = -1  # the vector's position in its index, and its row in the item table
     extra: dict = field(default_factory=dict)  # the item table's other columns (width, height, seed...)
     found_by: dict[str, float] = field(default_factory=dict)  # each ranking that found it ("clip", "keywords"): score

@@ -11,7 +11,8 @@ import pyarrow.compute as pc
 # A filter's name -> the item table's column. Loaded whole at start (at most 9 bytes a row each: 54 MB at 1M rows) so
 # that a request filters its candidates by position, never scanning the table.
 FILTER_COLUMNS = {"width": "width", "height": "height", "steps": "num_steps", "cfg_scale": "cfg_scale",
-                  "seed": "seed", "date": "timestamp", "adherence": "adherence", "aesthetic": "aesthetic"}
+                  "seed": "seed", "date": "timestamp", "adherence": "adherence", "aesthetic": "aesthetic",
+                  "prompt_group": "prompt_group"}
 SORT_KEYS = ("adherence", "aesthetic", "date")  # besides relevance: filter columns a search may sort its results by
 Bound = int | float | None  # a filter's low or high end, None: open
 
@@ -38,6 +39,13 @@ class FilterColumn:
         if self.present is not None:
             values[~self.present[positions]] = np.nan
         return values
+
+    def groups(self, positions: np.ndarray) -> np.ndarray:
+        """The rows' values as group keys: rows without one each a group of their own (a key no value has)."""
+        keys = self.values[positions].astype(object)
+        if self.present is not None:
+            keys[~self.present[positions]] = [("row", int(at)) for at in positions[~self.present[positions]]]
+        return keys
 
     def within(self, positions: np.ndarray, low: Bound, high: Bound) -> np.ndarray:
         """Which rows at positions have a value from low to high, both included (a row without one never does)."""

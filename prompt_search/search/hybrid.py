@@ -33,23 +33,41 @@ class Wanted:
     mode: str = "semantic"
     keywords: KeywordQuery = KeywordQuery()
     sort_by: Callable[[np.ndarray], np.ndarray] | None = None  # positions -> values, highest first (NaN last)
+    group_by: Callable[[np.ndarray], np.ndarray] | None = None  # positions -> group keys: one result per group
 
 
 def ranked(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
            keep: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Hit]:
     """Hits offset to offset + k of the query in searched (positions, scores and found_by; describe reads the rest).
-    keep: only positions it marks True. With sort_by, the first SORT_DEPTH results by relevance are ordered by its
-    values (ties and rows without one keep their relevance order, those without one last), then paged: sorted
-    within the candidates, as filters apply, never by scanning the table."""
-    if wanted.sort_by is None:
+    keep: only positions it marks True. With sort_by or group_by, the first SORT_DEPTH results by relevance are
+    ordered by sort_by's values (ties keep their relevance order, rows without a value last), then only the first
+    of each group_by key is kept, then paged: within the candidates, as filters apply, never by scanning the table.
+    """
+    if wanted.sort_by is None and wanted.group_by is None:
         return _by_relevance(searched, vector, wanted, keep)
-    candidates = _by_relevance(searched, vector, replace(wanted, k=SORT_DEPTH, offset=0), keep)
-    values = wanted.sort_by(np.asarray([hit.position for hit in candidates], np.int64))
-    order = np.lexsort((np.arange(len(values)), -np.nan_to_num(values, nan=-np.inf)))
-    hits = [candidates[i] for i in order[wanted.offset:wanted.offset + wanted.k]]
+    hits = _by_relevance(searched, vector, replace(wanted, k=SORT_DEPTH, offset=0), keep)
+    positions = np.asarray([hit.position for hit in hits], np.int64)
+    if wanted.sort_by is not None:
+        values = wanted.sort_by(positions)
+        order = np.lexsort((np.arange(len(values)), -np.nan_to_num(values, nan=-np.inf)))
+        hits, positions = [hits[i] for i in order], positions[order]
+    if wanted.group_by is not None:
+        hits = _first_of_each_group(hits, wanted.group_by(positions))
+    hits = hits[wanted.offset:wanted.offset + wanted.k]
     for rank, hit in enumerate(hits, wanted.offset + 1):
         hit.rank = rank
     return hits
+
+
+def _first_of_each_group(hits: list[Hit], keys: np.ndarray) -> list[Hit]:
+    """The first hit of each group key, in order, each counting the others of its group (Hit.grouped)."""
+    first: dict = {}
+    for hit, key in zip(hits, keys, strict=True):
+        if key in first:
+            first[key].grouped += 1
+        else:
+            first[key] = hit
+    return list(first.values())
 
 
 def _by_relevance(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,

@@ -119,10 +119,12 @@ async def api_search(request: Request) -> JSONResponse:
         answer.timings["encode"] = (time.perf_counter() - start) * 1e3
         wanted = Wanted(query.num_results, query.offset, settings.dedupe_threshold if query.dedupe else 1.0, mode,
                         keywords)
-        return searcher.search(query.index, vector, wanted, filter_ranges(query.filters), answer, query.sort)
+        return searcher.search(query.index, vector, wanted, filter_ranges(query.filters), answer, query.sort,
+                               query.group)
 
     answer = await run_in_threadpool(run)
-    body = {"index": query.index, "mode": mode, "sort": query.sort, "offset": query.offset, "notes": answer.notes,
+    body = {"index": query.index, "mode": mode, "sort": query.sort, "group": query.group, "offset": query.offset,
+            "notes": answer.notes,
             "negative": negatives, "timings_ms": {name: round(ms, 3) for name, ms in answer.timings.items()},
             "results": [result(searcher, settings, hit, query.index) for hit in answer.hits]}
     if query.cards:

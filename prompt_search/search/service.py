@@ -169,10 +169,10 @@ class Searcher:
         return found
 
     def search(self, side: str, vector: np.ndarray | None, wanted: Wanted, filters: dict[str, tuple[Bound, Bound]],
-               answer: Answer, sort: str = "relevance") -> Answer:
+               answer: Answer, sort: str = "relevance", group: str = "none") -> Answer:
         """The hits wanted of the query in side (hybrid.ranked), only rows whose filter columns lie in the (low, high)
-        ranges, ordered by relevance or by the column sort names (SORT_KEYS). vector: the query's CLIP vector (None
-        in the keyword mode)."""
+        ranges, ordered by relevance or by the column sort names (SORT_KEYS), one per prompt with group "prompt".
+        vector: the query's CLIP vector (None in the keyword mode)."""
         opened = self.open_side(side)
         searched = opened.searched
         if vector is not None and len(vector) != searched.index.d:
@@ -183,6 +183,11 @@ class Searcher:
                 raise BadInput(f"the {side} index has no {sort} to sort by (step 4 computes adherence and aesthetic "
                                "for images: rebuild it)", 422)
             wanted = replace(wanted, sort_by=opened.columns[sort].sort_values)
+        if group == "prompt":
+            if "prompt_group" not in opened.columns:
+                raise BadInput(f"the {side} index has no prompt groups (step 4 computes them for images with prompts: "
+                               "rebuild it)", 422)
+            wanted = replace(wanted, group_by=opened.columns["prompt_group"].groups)
         start = time.perf_counter()
         try:
             hits = ranked(searched, vector, wanted, keep)
