@@ -75,6 +75,8 @@ ALLOWED: dict[str, Allowed] = {
     "NUM_WORKERS": minus_one_or_at_least(0, "one per CPU core"),
     "DECODE": one_of("", "cpu", "gpu"),
     "SEARCH_MODE": one_of("hybrid", "semantic", "keyword"),
+    "SORT": one_of("relevance", "adherence", "aesthetic", "date"),
+    "GROUP": one_of("none", "prompt"),
     "MAX_INDEX_MEMORY": _MEMORY,
     "CURRENT_MEMORY_AVAILABLE": _MEMORY,
     "MAX_INDEX_QUERY_TIME_MS": more_than(0),

@@ -1,7 +1,7 @@
 """Step 5: search the indices in OUT_DIR/knn_indices by text and by image, with ONNX CLIP on the CPU.
 
     python test_visual_knn_index.py [--INPUT_PROMPT="a red car"] [--INPUT_IMG_PATH=my.png] [--NUM_RESULTS=10]
-                                    [--SEARCH_MODE=hybrid|semantic|keyword]
+                                    [--SEARCH_MODE=hybrid|semantic|keyword] [--SORT=adherence] [--GROUP=prompt]
 
 The ONNX models are exported from MODEL into OUT_DIR/onnx on first use (that step needs torch).
 """
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     check_prompt(cfg.INPUT_PROMPT)
     encoder = open_encoder(onnx_dir, settings)
     queries = encode_queries(encoder, cfg.INPUT_PROMPT, image, cfg.INPUT_IMG_PATH, cfg.SEARCH_MODE)
-    search_queries(queries, sides, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD)
+    search_queries(queries, sides, cfg.NUM_RESULTS, cfg.DEDUPE_THRESHOLD, cfg.SORT, cfg.GROUP)
     print_results(queries)
     gallery = results_page(cfg.OUT_DIR)
     write_gallery(queries, gallery)

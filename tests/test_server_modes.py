@@ -169,3 +169,15 @@ def test_results_sort_and_filter_by_adherence_within_the_candidates(server):  # 
     refused = post(server, "/api/search", text="a picture", index="images", sort="aesthetic")
     assert refused.status_code == 422 and "no aesthetic to sort by" in refused.json()["error"]
     assert post(server, "/api/search", text="a picture", index="prompts", sort="adherence").status_code == 422
+
+
+def test_step_5_sorts_images_by_adherence_one_per_prompt(built):  # noqa: F811
+    work, common = built
+    image = str(sorted((work / "out" / "images").rglob("*.jpg"))[0])
+    result = run_script("test_visual_knn_index.py", *common, f"--INPUT_IMG_PATH={image}", "--NUM_RESULTS=8",
+                        "--COMPARE_WITH_TORCH=False", "--SORT=adherence", "--GROUP=prompt", "--DEDUPE_THRESHOLD=1",
+                        cwd=work)
+    assert "(the prompts index has no adherence: step 4 computes them for images; shown without)" in result.stdout
+    section = result.stdout.split("SIMILAR IMAGES TO THE TEXT", 1)[1].split("\n\n", 1)[0]
+    shown = [float(line.split("adherence ")[1].split()[0]) for line in section.splitlines() if "adherence " in line]
+    assert len(shown) == len(PROMPTS) and shown == sorted(shown, reverse=True)

@@ -11,6 +11,7 @@ from prompt_search.index.keywords import parse_query
 from prompt_search.pixels import UNREADABLE, open_rgb
 from prompt_search.search.core import Hit, Query, SearchIndex, describe, details
 from prompt_search.search.encoder import QueryEncoder
+from prompt_search.search.filters import FILTER_COLUMNS, FilterColumn
 from prompt_search.search.hybrid import Wanted, ranked
 from prompt_search.sources.image_files import not_a_file
 
@@ -46,16 +47,39 @@ def encode_queries(encoder: QueryEncoder, prompt: str, image: Image.Image, image
             Query("image", image_path, encoder.image(encoder.pixels(image)))]
 
 
-def search_queries(queries: list[Query], sides: dict[str, SearchIndex], k: int, dedupe_threshold: float) -> None:
-    """Each query's top k in each side, in its mode, described."""
-    for query in queries:
-        for side, searched in sides.items():
-            query.hits[side] = rank_query(searched, query, query.vector, k, dedupe_threshold)
+def search_queries(queries: list[Query], sides: dict[str, SearchIndex], k: int, dedupe_threshold: float,
+                   sort: str = "relevance", group: str = "none") -> None:
+    """Each query's top k in each side, in its mode, ordered by sort and one per prompt with group "prompt" (as
+    the server's, README: Triage), described."""
+    for side, searched in sides.items():
+        ordering = _ordering(side, searched, sort, group)
+        for query in queries:
+            query.hits[side] = rank_query(searched, query, query.vector, k, dedupe_threshold, ordering)
 
 
-def rank_query(searched: SearchIndex, query: Query, vector: np.ndarray, k: int, dedupe_threshold: float) -> list[Hit]:
-    """The query's top k in searched by vector (the ONNX one, or torch's to compare), in the query's mode."""
-    return describe(searched, ranked(searched, vector, Wanted(k, 0, dedupe_threshold, query.mode, query.keywords)))
+def _ordering(side: str, searched: SearchIndex, sort: str, group: str) -> dict:
+    """Wanted's sort_by and group_by for a side, from its item table's columns; a side without the column (the
+    prompts have no adherence) is left in relevance order, and says so."""
+    names = searched.items.reader.schema.names
+    ordering = {}
+    for asked, name, field, what in ((sort != "relevance", FILTER_COLUMNS.get(sort, ""), "sort_by", f"no {sort}"),
+                                     (group == "prompt", "prompt_group", "group_by", "no prompt groups")):
+        if not asked:
+            continue
+        if name not in names:
+            print(f"(the {side} index has {what}: step 4 computes them for images; shown without)")
+            continue
+        column = FilterColumn.of(searched.items.column(name))
+        ordering[field] = column.sort_values if field == "sort_by" else column.groups
+    return ordering
+
+
+def rank_query(searched: SearchIndex, query: Query, vector: np.ndarray, k: int, dedupe_threshold: float,
+               ordering: dict | None = None) -> list[Hit]:
+    """The query's top k in searched by vector (the ONNX one, or torch's to compare), in the query's mode, ordered
+    as ordering says (_ordering)."""
+    wanted = Wanted(k, 0, dedupe_threshold, query.mode, query.keywords, **(ordering or {}))
+    return describe(searched, ranked(searched, vector, wanted))
 
 
 def print_results(queries: list[Query]) -> None:
@@ -67,6 +91,7 @@ def print_results(queries: list[Query]) -> None:
             for hit in hits:
                 where = hit.url or hit.path
                 alike = f"  (and {hit.alike} near-identical)" if hit.alike else ""
+                alike += f"  (and {hit.grouped} more of its prompt)" if hit.grouped else ""
                 found = f"  [{' + '.join(hit.found_by)}]" if query.mode == "hybrid" else ""
                 print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}{found}")
                 if shown := details(hit):  # a line of its own: the result line keeps its layout for scripts

@@ -84,6 +84,7 @@ def card(hit: Hit, src: str, actions: str = "", marked: Sequence[str] = (), foun
     if is_http_url(hit.url):
         link = f'<a class="link" href="{_text(hit.url)}" rel="noopener noreferrer">{_text(hit.url)}</a>'
     alike = f'<p class="alike">and {hit.alike} near-identical</p>' if hit.alike else ""
+    alike += f'<p class="alike">and {hit.grouped} more of this prompt</p>' if hit.grouped else ""
     return (f'<li class="card" title="{_text(hit.id)}">{image}<div class="meta"><span>#{hit.rank}</span>'
             f'<span class="score">{hit.score:.4f}</span></div>{alike}{_found_by(hit) if found_by else ""}'
             f'<p class="prompt">{marked_prompt(hit.prompt, marked)}</p>{_details(hit)}{actions}{link}</li>')
