@@ -16,6 +16,7 @@ import functools
 import math
 import multiprocessing
 import os
+import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +43,18 @@ BM25_K1, BM25_B = 1.2, 0.75  # tantivy's BM25 constants, for scoring rows outsid
 def _occurrences(row: tuple[str, ...], phrase: tuple[str, ...]) -> int:
     size = len(phrase)
     return sum(1 for start in range(len(row) - size + 1) if row[start:start + size] == phrase)
+
+
+def _lockable(folder: str) -> tempfile.TemporaryDirectory | None:
+    """A folder of links to folder's files, when this process cannot write in folder (a set on a read-only mount),
+    for tantivy to take the lock file it takes to open an index (.tantivy-meta.lock); None when it can write there."""
+    if os.access(folder, os.W_OK):
+        return None
+    view = tempfile.TemporaryDirectory(prefix="prompt-search-keywords-")
+    for name in os.listdir(folder):
+        if not name.endswith(".lock"):  # its own lock files, opened for writing, are made in the view
+            os.symlink(os.path.join(folder, name), os.path.join(view.name, name))
+    return view
 
 
 def _schema() -> tantivy.Schema:
@@ -120,7 +133,8 @@ class KeywordIndex:
     """An index set's keyword index, opened for queries (memory-mapped, read-only)."""
 
     def __init__(self, folder: str, total_words: int):
-        self.index = tantivy.Index.open(folder)
+        self.view = _lockable(folder)  # kept while the index is open: a temporary folder, when there is one
+        self.index = tantivy.Index.open(self.view.name if self.view else folder)
         self.schema = self.index.schema
         self.searcher = self.index.searcher()
         self.documents = self.searcher.num_docs
