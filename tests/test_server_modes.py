@@ -181,3 +181,27 @@ def test_step_5_sorts_images_by_adherence_one_per_prompt(built):  # noqa: F811
     section = result.stdout.split("SIMILAR IMAGES TO THE TEXT", 1)[1].split("\n\n", 1)[0]
     shown = [float(line.split("adherence ")[1].split()[0]) for line in section.splitlines() if "adherence " in line]
     assert len(shown) == len(PROMPTS) and shown == sorted(shown, reverse=True)
+
+
+def test_page_sorts_by_adherence_and_offers_only_what_the_index_has(server, browser):  # noqa: F811
+    from selenium.webdriver.support.ui import Select
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(server + "/")
+    wait.until(lambda d: not d.find_element(By.ID, "group").get_attribute("disabled"))  # images: prompt groups
+    Select(browser.find_element(By.ID, "sort")).select_by_value("adherence")
+    browser.find_element(By.ID, "group").click()
+    browser.find_element(By.ID, "text").send_keys("a picture")
+
+    def adherences(driver) -> list[float]:
+        details = [element.text for element in driver.find_elements(By.CSS_SELECTOR, "#results .details")]
+        return [float(text.split("adherence ")[1].split()[0]) for text in details if "adherence " in text]
+
+    wait.until(lambda d: len(adherences(d)) >= 3)
+    shown = adherences(browser)
+    assert shown == sorted(shown, reverse=True)
+    browser.find_element(By.CSS_SELECTOR, "input[value=prompts]").click()  # prompts have neither
+    wait.until(lambda d: d.find_element(By.ID, "group").get_attribute("disabled"))
+    assert Select(browser.find_element(By.ID, "sort")).first_selected_option.get_attribute("value") == "relevance"
+    assert browser.find_element(By.CSS_SELECTOR, "#sort option[value=adherence]").get_attribute("disabled")
+    wait.until(lambda d: "error" not in (d.find_element(By.ID, "status").get_attribute("class") or ""))

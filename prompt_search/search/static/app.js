@@ -13,6 +13,7 @@ let timer = 0;
 let inflight = null;  // the AbortController of the request in flight: a newer query cancels it
 let generation = null;  // a watching server's count of changes taken in, as last seen
 let shown = null;  // that count when the results shown were searched
+let columns = {};  // the columns each index can filter and sort on (/health's filters)
 
 function side() {
   return document.querySelector("input[name=index]:checked").value;
@@ -43,6 +44,8 @@ async function search() {
   if (text.trim()) body.mode = (image || like) && mode() === "keyword" ? "hybrid" : mode();
   if (image) body.image = image;
   if (like) body.like = like;
+  body.sort = $("sort").value;
+  if ($("group").checked) body.group = "prompt";
   try {
     const response = await fetch("/api/search", {method: "POST", headers: {"Content-Type": "application/json"},
                                                  body: JSON.stringify(body), signal: inflight.signal});
@@ -69,6 +72,8 @@ async function offerBuiltIndices() {
     return;  // the choices stay as they are; a query says what is missing
   }
   const indices = health.indices || {};
+  columns = health.filters || {};
+  offerOrderings();
   if (health.watch) {
     generation = shown = health.watch.generation;
     setInterval(checkFresh, WATCH_POLL_MS);
@@ -94,6 +99,17 @@ async function checkFresh() {
   $("fresh").hidden = generation === shown || !$("results").children.length;
 }
 
+// Sort only by a column the index has, and group only where it knows each image's prompt (step 4's scores).
+function offerOrderings() {
+  const have = columns[side()] || [];
+  for (const option of $("sort").options) {
+    option.disabled = option.value !== "relevance" && !have.includes(option.value);
+  }
+  if ($("sort").selectedOptions[0].disabled) $("sort").value = "relevance";
+  $("group").disabled = !have.includes("prompt_group");
+  if ($("group").disabled) $("group").checked = false;
+}
+
 function later() {
   clearTimeout(timer);
   timer = setTimeout(search, DEBOUNCE_MS);
@@ -117,7 +133,9 @@ function useImage(file) {
 
 $("text").addEventListener("input", () => { like = null; later(); });
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(); });
-$("index").addEventListener("change", search);
+$("index").addEventListener("change", () => { offerOrderings(); search(); });
+$("sort").addEventListener("change", search);
+$("group").addEventListener("change", search);
 $("mode").addEventListener("change", search);
 $("refresh").addEventListener("click", search);
 $("file").addEventListener("change", () => useImage($("file").files[0]));
