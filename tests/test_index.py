@@ -23,10 +23,10 @@ from prompt_search.index.choice import (
 )
 from prompt_search.index.fast_scan import training_sample
 from prompt_search.items import ItemTable
-from prompt_search.layout import INDEX_FILE, INFOS_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE
+from prompt_search.layout import INDEX_FILE, INFOS_FILE, ITEMS_FILE, KEYWORDS_FOLDER, SOURCE_FILE, VECTORS_FILE
 from prompt_search.settings import IndexSettings
 
-SET_FILES = (INDEX_FILE, INFOS_FILE, ITEMS_FILE, VECTORS_FILE, SOURCE_FILE)
+SET_FILES = (INDEX_FILE, INFOS_FILE, ITEMS_FILE, VECTORS_FILE, SOURCE_FILE, KEYWORDS_FOLDER)
 
 
 def fake_embeddings(folder, sizes, dim=16, seed=0, vectors=None):

@@ -176,8 +176,9 @@ def pipeline(tmp_path_factory, tiny_open_clip: str):
                    "create_visual_knn_indices.py", "extract_textual_clip_embeddings.py",
                    "create_textual_knn_indices.py"):
         run_script(script, *common, "--CSV_FILE=prompts.csv", cwd=work)
+    # semantic: the text query's first prompt is itself by its CLIP cosine, 1.0 (the hybrid mode: test_server_modes)
     query = run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=images/c.png",
-                       f"--INPUT_PROMPT={prompts[1]}", "--NUM_RESULTS=2", cwd=work)
+                       f"--INPUT_PROMPT={prompts[1]}", "--NUM_RESULTS=2", "--SEARCH_MODE=semantic", cwd=work)
     return work, prompts, query.stdout
 
 
@@ -194,7 +195,7 @@ def test_pipeline_with_an_open_clip_model(pipeline):
 def test_query_without_torch_with_an_open_clip_model(pipeline, tiny_open_clip: str):
     work, prompts, _ = pipeline
     result = query_without_torch(work, tiny_open_clip, f"--INPUT_PROMPT={prompts[2]}", "--INPUT_IMG_PATH=images/a.png",
-                                 "--IMG_DIR=images")
+                                 "--IMG_DIR=images", "--SEARCH_MODE=semantic")
     assert result.returncode == 0, result.stderr
     assert "torch imported: False" in result.stdout
     assert first_hit(result.stdout, "SIMILAR IMAGES TO THE IMAGE") == (1.0, "a.png")

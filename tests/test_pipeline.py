@@ -42,8 +42,9 @@ def pipeline(tmp_path_factory, tiny_clip):
     run_script("extract_textual_clip_embeddings.py", *common, cwd=work)
     run_script("create_textual_knn_indices.py", *common, cwd=work)
     query_image = sorted((work / "out" / "images" / "00000").glob("*.jpg"))[0]
+    # semantic: these tests read CLIP's cosines and folding (the hybrid mode: test_hybrid, test_server_modes)
     query = run_script("test_visual_knn_index.py", *common, f"--INPUT_IMG_PATH={query_image}",
-                       f"--INPUT_PROMPT={PROMPTS[1]}", "--NUM_RESULTS=4", cwd=work)
+                       f"--INPUT_PROMPT={PROMPTS[1]}", "--NUM_RESULTS=4", "--SEARCH_MODE=semantic", cwd=work)
     return work, download.stdout, visual.stdout, query.stdout, query_image
 
 

@@ -18,7 +18,7 @@ from conftest import make_image, run_script, serve, write_open_prompts_csv
 from prompt_search.embedding.textual import embed_prompts
 from prompt_search.embedding.visual import embed_images
 from prompt_search.index.build import build_index
-from prompt_search.layout import INDEX_FILE, INFOS_FILE, METADATA_FILE
+from prompt_search.layout import INDEX_FILE, INFOS_FILE, KEYWORDS_FOLDER, METADATA_FILE
 from prompt_search.settings import DownloadSettings, EmbedSettings, IndexSettings
 from prompt_search.sources.download import download_images
 from prompt_search.sources.open_prompts import extract_links
@@ -36,10 +36,11 @@ def spark():
 
 
 def files_of(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
-    """Every file below folder (the set a link points to, followed), by relative path."""
+    """Every file below folder (the set a link points to, followed), by relative path; the keyword index's files
+    by what they hold (tantivy names its segments by random ids): its documents and words, in source.json."""
     root = folder.resolve()
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(skip)}
+            if p.is_file() and not p.name.endswith(skip) and KEYWORDS_FOLDER not in p.relative_to(root).parts}
 
 
 def test_download_on_spark_gives_the_same_images_sidecars_and_summary(tmp_path, spark):

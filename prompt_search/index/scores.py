@@ -82,15 +82,18 @@ def _adherence(ids: pa.ChunkedArray, keys: pa.Array, vectors: np.ndarray, metada
     key, null where it has none."""
     prompts = _prompts_of(ids, metadata)
     known_keys, known_vectors = _embedded_prompts(textual_set, metadata, model)
+    known_vectors = known_vectors.reshape(-1, vectors.shape[1])  # none: (0, d)
     unique = pc.unique(keys.drop_null())
     missing = pc.filter(unique, pc.invert(pc.is_in(unique, value_set=known_keys)))
     if len(missing):  # the first row's prompt of each key not embedded yet
         first = pc.index_in(missing, value_set=keys)
         embedded = _embed(prompts.take(first).to_pylist(), embed, model, vectors.shape[1])
         known_keys = pa.concat_arrays([known_keys, missing])
-        known_vectors = np.concatenate([known_vectors.reshape(-1, embedded.shape[1]), embedded])
+        known_vectors = np.concatenate([known_vectors, embedded])
     at = pc.index_in(keys, value_set=known_keys)
     present = at.is_valid().to_numpy(zero_copy_only=False)
+    if not present.any():  # no row has a prompt
+        return np.full(len(ids), np.nan, np.float32)
     at = pc.fill_null(at, 0).to_numpy()
     scores = np.full(len(ids), np.nan, np.float32)
     for start in range(0, len(ids), CHUNK_ROWS):

@@ -92,9 +92,9 @@ def print_results(queries: list[Query]) -> None:
                 where = hit.url or hit.path
                 alike = f"  (and {hit.alike} near-identical)" if hit.alike else ""
                 alike += f"  (and {hit.grouped} more of its prompt)" if hit.grouped else ""
-                found = f"  [{' + '.join(hit.found_by)}]" if query.mode == "hybrid" else ""
-                print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}{found}")
-                if shown := details(hit):  # a line of its own: the result line keeps its layout for scripts
+                print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}")
+                found = f"found by {' and '.join(hit.found_by)}" if query.mode == "hybrid" else ""
+                if shown := " · ".join(filter(None, [found, details(hit)])):  # the result line keeps its layout
                     print(f"      {shown}")
 
 
