@@ -1,4 +1,5 @@
-"""Issue 14: serve.py's warm latency and throughput at 1M vectors, against the script path (step 5), on loopback.
+"""Issue 14: serve.py's warm latency and throughput at 1M vectors, against the script path (step 5), on loopback;
+issue 31: a sorted, grouped, filtered query against a plain one.
 
     .venv/bin/python benchmarks/bench_serve.py [--rows=1000000] [--work=/tmp/bench_serve] [--clients=32]
 
@@ -74,7 +75,10 @@ def build(work: Path, rows: int) -> str:
                           "seed": pa.array(np.arange(rows, dtype=np.int64)),
                           "cfg_scale": pa.array(np.full(rows, 7.0, np.float32)),
                           "num_steps": pa.array(np.full(rows, 50, np.int32)),
-                          "timestamp": pa.array(1660000000 + np.arange(rows), pa.timestamp("s", tz="UTC"))})
+                          "timestamp": pa.array(1660000000 + np.arange(rows), pa.timestamp("s", tz="UTC")),
+                          # step 4's scores (issue 31): adherence as CLIP cosines are spread, 4 images a prompt
+                          "adherence": pa.array(rng.normal(0.28, 0.05, rows).astype(np.float32)),
+                          "prompt_group": pa.array(np.arange(rows, dtype=np.uint64) // 4)})
         with pa.OSFile(str(folder / "items.arrow"), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=65_536)
         (folder / "source.json").write_text(json.dumps({"model": model_fingerprint(str(checkpoint)), "lossy": True}))
@@ -169,6 +173,12 @@ def main() -> None:
         image_ms, image_parts = timed_requests(url, [{"image": picture, "num_results": 10}] * (args.requests // 2))
         filtered_ms, _ = timed_requests(url, [{**warm, "filters": {"height": {"min": 700}, "seed": {"max": 800_000}}}]
                                         * (args.requests // 2))
+        # issue 31: sorted by adherence, one per prompt, filtered, against the plain query, interleaved
+        triage = {"sort": "adherence", "group": "prompt", "filters": {"adherence": {"min": 0.2}}}
+        pairs = [body for i in range(args.requests) for body in ({**warm, "text": f"{PROMPT} {i}"},
+                                                                  {**warm, "text": f"{PROMPT} {i}", **triage})]
+        paired_ms, _ = timed_requests(url, pairs)
+        plain_ms, triage_ms = paired_ms[0::2], paired_ms[1::2]
         count, errors, loaded = load(url, args.clients, 5.0, warm)
     finally:
         server.terminate()
@@ -188,6 +198,9 @@ def main() -> None:
     print(f"| text request, end to end | {percentiles(text_ms)} | {split(text_parts)} |")
     print(f"| image request (512x512 PNG, base64), end to end | {percentiles(image_ms)} | {split(image_parts)} |")
     print(f"| text request with filters (height ≥ 700, seed ≤ 800k) | {percentiles(filtered_ms)} | |")
+    print(f"| text request, plain (interleaved with the next) | {percentiles(plain_ms)} | |")
+    print(f"| text request sorted by adherence, one per prompt, adherence ≥ 0.2 | {percentiles(triage_ms)} | "
+          f"p50 {statistics.median(triage_ms) / statistics.median(plain_ms):.2f}x the plain one |")
     print(f"| {args.clients} concurrent clients, 5 s, text | {percentiles(loaded)} | {count / 5:.1f} requests/s, "
           f"{errors} errors |")
     print(f"| script path (test_visual_knn_index.py, one process: text + image on both sides) | "
