@@ -276,3 +276,17 @@ def test_one_result_per_prompt_sorted_filtered_and_paged(tmp_path):
     assert pages == [hit.position for hit in by_seed]
     even = ranked(searched, query, Wanted(10, group_by=groups.groups, sort_by=seeds.sort_values), keep_even_seeds)
     assert [hit.position for hit in even] == [38, 36, 34, 32, 30]  # filtered first: the even prompts' rows only
+
+
+def test_step_5_searches_a_set_without_keyword_index_by_clip_and_says_so(generated, capsys):
+    from dataclasses import replace
+
+    from prompt_search.search.console import search_queries
+    from prompt_search.search.core import Query
+
+    _, searched, vectors = generated
+    query = Query("text", "a cat", vectors[0], mode="hybrid", keywords=parse_query("a cat"))
+    search_queries([query], {"prompts": replace(searched, keywords=None)}, 5, 1.0)
+    assert "the prompts index has no keyword index" in capsys.readouterr().out
+    assert [hit.position for hit in query.hits["prompts"]] == [hit.position for hit in
+                                                                 ranked(searched, vectors[0], Wanted(5))]

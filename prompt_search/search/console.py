@@ -2,6 +2,7 @@
 CLIP's own answers (torch imported only for it: the query path needs none)."""
 
 import os
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -53,8 +54,13 @@ def search_queries(queries: list[Query], sides: dict[str, SearchIndex], k: int, 
     the server's, README: Triage), described."""
     for side, searched in sides.items():
         ordering = _ordering(side, searched, sort, group)
+        if searched.keywords is None and any(query.mode == "hybrid" for query in queries):
+            print(f"(the {side} index has no keyword index: step 4 built it before it made one; searched by CLIP "
+                  "only: rebuild it to search by words too)")
         for query in queries:
-            query.hits[side] = rank_query(searched, query, query.vector, k, dedupe_threshold, ordering)
+            plain = query.mode == "hybrid" and searched.keywords is None
+            query.hits[side] = rank_query(searched, replace(query, mode="semantic") if plain else query,
+                                          query.vector, k, dedupe_threshold, ordering)
 
 
 def _ordering(side: str, searched: SearchIndex, sort: str, group: str) -> dict:
