@@ -41,11 +41,12 @@ def ranked(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
     """Hits offset to offset + k of the query in searched (positions, scores and found_by; describe reads the rest).
     keep: only positions it marks True. With sort_by or group_by, the first SORT_DEPTH results by relevance are
     ordered by sort_by's values (ties keep their relevance order, rows without a value last), then only the first
-    of each group_by key is kept, then paged: within the candidates, as filters apply, never by scanning the table.
-    """
+    of each group_by key is kept, then near-identical ones fold in that order and pages apply: within the
+    candidates, as filters apply, never by scanning the table."""
     if wanted.sort_by is None and wanted.group_by is None:
         return _by_relevance(searched, vector, wanted, keep)
-    hits = _by_relevance(searched, vector, replace(wanted, k=SORT_DEPTH, offset=0), keep)
+    # the candidates unfolded (folding a thousand costs a thousand comparisons each); folded once in their new order
+    hits = _by_relevance(searched, vector, replace(wanted, k=SORT_DEPTH, offset=0, dedupe_threshold=1.0), keep)
     positions = np.asarray([hit.position for hit in hits], np.int64)
     if wanted.sort_by is not None:
         values = wanted.sort_by(positions)
@@ -53,10 +54,13 @@ def ranked(searched: SearchIndex, vector: np.ndarray | None, wanted: Wanted,
         hits, positions = [hits[i] for i in order], positions[order]
     if wanted.group_by is not None:
         hits = _first_of_each_group(hits, wanted.group_by(positions))
-    hits = hits[wanted.offset:wanted.offset + wanted.k]
-    for rank, hit in enumerate(hits, wanted.offset + 1):
-        hit.rank = rank
-    return hits
+    by_position = {hit.position: hit for hit in hits}
+    folded = collapse(searched, np.asarray([hit.score for hit in hits], np.float32),
+                      np.asarray([hit.position for hit in hits], np.int64), wanted.offset + wanted.k,
+                      wanted.dedupe_threshold)[wanted.offset:]
+    for hit in folded:
+        hit.found_by, hit.grouped = by_position[hit.position].found_by, by_position[hit.position].grouped
+    return folded
 
 
 def _first_of_each_group(hits: list[Hit], keys: np.ndarray) -> list[Hit]:
