@@ -72,6 +72,8 @@ def test_an_image_query_is_ranked_by_clip(server, built):  # noqa: F811
     ({"text": "red", "mode": "fuzzy"}, "mode"),
     ({"text": "!!! ???", "mode": "keyword"}, "no words"),
     ({"text": "red", "mode": "keyword", "like": {"index": "prompts", "position": 0}}, "words only"),
+    ({"text": "red", "sort": "date", "offset": 395, "num_results": 10}, "must be at most 400"),
+    ({"text": "red", "group": "photo"}, "group"),
 ])
 def test_bad_modes_get_a_422_and_a_message(server, body, message):  # noqa: F811
     answer = requests.post(f"{server}/api/search", json=body, timeout=30)

@@ -20,7 +20,10 @@ from prompt_search.search.fusion import fuse
 
 MODES = ("hybrid", "semantic", "keyword")
 FUSION_DEPTH = 1000  # results of each ranking fused: the deepest page a request may ask for (answers.MAX_RESULT_DEPTH)
-SORT_DEPTH = 1000  # results by relevance a sort orders, whatever the page: pages of one sorted list follow each other
+# Results by relevance a sort or grouping orders, whatever the page, so that pages of one sorted list follow each other:
+# the candidates a lossy index re-ranks anyway (choice.RERANK_CANDIDATES). 1,000 made a sorted query at 1M vectors
+# cost 2x a plain one (benchmarks/bench_serve.py).
+SORT_DEPTH = 400
 
 
 @dataclass(frozen=True)

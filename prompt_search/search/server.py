@@ -32,7 +32,7 @@ from prompt_search.search.api_input import (
     validated,
 )
 from prompt_search.search.core import Hit, combine
-from prompt_search.search.hybrid import Wanted
+from prompt_search.search.hybrid import SORT_DEPTH, Wanted
 from prompt_search.search.service import Answer, BadInput, Searcher, split_negatives
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -101,6 +101,9 @@ async def api_search(request: Request) -> JSONResponse:
     searcher, settings = state(request)
     query = validated(SearchRequest, await read_json(request, settings.max_upload_bytes, settings.upload_timeout))
     check_count(settings, query.num_results, query.offset)
+    if (query.sort != "relevance" or query.group != "none") and query.offset + query.num_results > SORT_DEPTH:
+        raise BadInput(f"a sorted or grouped query orders the first {SORT_DEPTH} results by relevance: offset + "
+                       f"num_results must be at most {SORT_DEPTH}", 422)
     positive, negatives = split_negatives(query.text)
     negatives += [text for text in query.negative if text.strip()]
     if len(negatives) > settings.max_negatives:  # each is one encoder run
