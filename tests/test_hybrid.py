@@ -12,7 +12,7 @@ import pytest
 from scaffolding import index_vectors
 
 from prompt_search.errors import UserError
-from prompt_search.index import build
+from prompt_search.index import build, keyword_index
 from prompt_search.index.keyword_index import COMMON_SHARE
 from prompt_search.index.keywords import parse_query, words
 from prompt_search.layout import KEYWORDS_FOLDER
@@ -242,9 +242,12 @@ def test_the_keyword_index_is_replaced_and_withdrawn_with_its_set(tmp_path, monk
     assert open_index(str(out / "knn_indices" / "textual")) is None and keyword_folders(out) == []
 
 
-def test_a_word_most_prompts_hold_does_not_match_alone_beside_rarer_ones(tmp_path):
+def test_a_word_most_prompts_hold_does_not_match_alone_beside_rarer_ones(tmp_path, monkeypatch):
     prompts = [f"a picture, number {i}" for i in range(100)] + ["a robot", "(a red robot:1.2)", "robot", "the sea"]
     searched, _ = indexed(tmp_path, prompts)
+    small = ranked(searched, None, Wanted(1000, 0, 1.0, "keyword", parse_query("a robot")))
+    assert {hit.position for hit in small} == holding(prompts, ("a",)) | holding(prompts, ("robot",))  # every word
+    monkeypatch.setattr(keyword_index, "COMMON_MIN_DOCUMENTS", 100)  # as in an index of 100,000 rows or more
     common, rare = holding(prompts, ("a",)), holding(prompts, ("robot",))
     assert len(common) > COMMON_SHARE * len(prompts) >= len(rare) > 0
     found = ranked(searched, None, Wanted(1000, 0, 1.0, "keyword", parse_query("a robot")))

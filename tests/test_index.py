@@ -3,6 +3,7 @@ or the build is refused and the published set stays."""
 
 import json
 import os
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -136,7 +137,7 @@ def test_refused_build_keeps_the_previous_set(tmp_path, monkeypatch):
     folder = tmp_path / "emb"
     fake_embeddings(folder, [5])
     index_set, _ = build(tmp_path, folder)
-    before = {name: (index_set / name).read_bytes() for name in SET_FILES}
+    before = contents(index_set)
     fake_embeddings(folder, [5, 5], seed=3)
 
     def disagree(*args):
@@ -145,8 +146,14 @@ def test_refused_build_keeps_the_previous_set(tmp_path, monkeypatch):
     monkeypatch.setattr(index_module, "check_alignment", disagree)
     with pytest.raises(UserError):
         build(tmp_path, folder)
-    assert before == {name: (index_set / name).read_bytes() for name in SET_FILES}
+    assert before == contents(index_set) and sorted(before).count("knn.index") == 1
     assert sorted(os.listdir(tmp_path / "knn")) == [".visual.1", "visual"]
+
+
+def contents(index_set: Path) -> dict[str, bytes]:
+    """Every file of a published set (its keyword index's included), by relative path."""
+    root = index_set.resolve()
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_empty_or_incomplete_folder_is_a_clear_error(tmp_path):

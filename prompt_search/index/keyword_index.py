@@ -36,6 +36,9 @@ EXACT_ROWS = 100_000  # rows of one exact prompt looked at (one prompt's images,
 # most rows (a pasted 20-word prompt took 38 ms at 1M prompts with them, 5 ms without: RESULTS.md, issue 30). It
 # still counts in phrases and in the words-in-order boost.
 COMMON_SHARE = 0.05
+# ...in an index of at least this many rows: below, every word is cheap to match, and matches then never depend on
+# the collection's statistics (a live index's delta and a rebuilt set find the same rows)
+COMMON_MIN_DOCUMENTS = 100_000
 PHRASE_BOOST = 4.0  # a prompt holding the query's words in order ranks above those holding them apart
 BM25_K1, BM25_B = 1.2, 0.75  # tantivy's BM25 constants, for scoring rows outside the index as it does (scan)
 
@@ -206,9 +209,11 @@ class KeywordIndex:
 
     def _clauses(self, query: KeywordQuery) -> list[tuple[tantivy.Occur, tuple[str, ...], float]]:
         """The query as clauses of (occur, phrase, boost): any of its words (BM25), leaving out those most rows hold
-        when it has rarer ones (COMMON_SHARE); its words in order, boosted; every quoted phrase; no excluded one."""
+        when it has rarer ones (COMMON_SHARE, in a large index); its words in order, boosted; every quoted phrase;
+        no excluded one."""
         unique = list(dict.fromkeys(query.words))
-        rare = [word for word in unique if self.document_frequency(word) <= COMMON_SHARE * self.documents]
+        large = self.documents >= COMMON_MIN_DOCUMENTS
+        rare = [word for word in unique if large and self.document_frequency(word) <= COMMON_SHARE * self.documents]
         clauses = [(tantivy.Occur.Should, (word,), 1.0) for word in rare or unique]
         if len(query.words) > 1:
             clauses.append((tantivy.Occur.Should, query.words, PHRASE_BOOST))

@@ -99,9 +99,10 @@ def print_results(queries: list[Query]) -> None:
                 alike = f"  (and {hit.alike} near-identical)" if hit.alike else ""
                 alike += f"  (and {hit.grouped} more of its prompt)" if hit.grouped else ""
                 print(f"  {hit.rank:>2}  {hit.score:.4f}  {hit.id}  {hit.prompt[:80]!r}  {where}{alike}")
-                found = f"found by {' and '.join(hit.found_by)}" if query.mode == "hybrid" else ""
-                if shown := " · ".join(filter(None, [found, details(hit)])):  # the result line keeps its layout
+                if shown := details(hit):  # lines of their own: the result line keeps its layout for scripts
                     print(f"      {shown}")
+                if query.mode == "hybrid":
+                    print(f"      found by {' and '.join(hit.found_by)}")
 
 
 def compare_with_torch(queries: list[Query], sides: dict[str, SearchIndex], model_name: str, model_dir: str,
