@@ -104,6 +104,8 @@ def test_step_4_stores_the_aesthetic_score_and_refuses_a_wrong_file_in_one_line(
     expected = model.score(stored.astype(np.float32))
     assert [rows[row_id]["aesthetic"] for row_id in table.ids()] == pytest.approx(expected.tolist(), abs=1e-5)
     assert table.reader.schema.field("aesthetic").type == pa.float32()
+    prompts_side = ItemTable(f"{current_set(index_set(str(out), 'textual'))}/{ITEMS_FILE}")
+    assert "aesthetic" not in prompts_side.reader.schema.names  # a prompt's vector is not scored as a picture
     for content, message in ((linear_head(64)[0], "scores 64-d vectors, but the index holds 32-d"),
                              ({"something": torch.zeros(2)}, "is not LAION's aesthetic predictor"),
                              (None, "is not a PyTorch checkpoint")):

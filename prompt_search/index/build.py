@@ -267,6 +267,8 @@ def create_index(out_dir: str, name: str, settings: IndexSettings, embed: EmbedS
     embedded with embed."""
     index_set = layout.index_set(out_dir, name)
     prompts = Prompts(layout.embeddings_set(out_dir, "textual"), embed) if embed and name == "visual" else None
+    if name != "visual":  # the aesthetic predictor scores images: a prompt's vector is no picture
+        settings = replace(settings, aesthetic_model="")
     infos = build_index(layout.embeddings_set(out_dir, name), index_set, settings,
                         os.path.join(out_dir, METADATA_FILE), os.path.join(out_dir, layout.STAMPS_FILE), prompts)
     recall = f", recall@10 {infos['recall@10']}" if "recall@10" in infos else ""
