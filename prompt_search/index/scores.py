@@ -55,10 +55,11 @@ def scores_table(ids: pa.ChunkedArray, out: str, metadata_file: str, model: str,
     columns = {"id": ids}
     if prompts is not None and has_metadata:
         metadata = pq.read_table(metadata_file, columns=["id", "prompt"])
-        keys = prompt_keys(_prompts_of(ids, metadata))
+        row_prompts = _prompts_of(ids, metadata)
+        keys = prompt_keys(row_prompts)
         keys = pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys)
         columns["prompt_group"] = _group_numbers(keys)
-        columns["adherence"] = pa.array(_adherence(ids, keys, vectors, metadata, prompts.textual_set, model,
+        columns["adherence"] = pa.array(_adherence(row_prompts, keys, vectors, metadata, prompts.textual_set, model,
                                                    prompts.embed), pa.float32(), from_pandas=True)
     if aesthetic is not None:
         columns["aesthetic"] = pa.array(np.concatenate(
@@ -76,11 +77,10 @@ def _group_numbers(keys: pa.Array) -> pa.Array:
     return pa.array(numbers, pa.uint64(), mask=pc.is_null(keys).to_numpy(zero_copy_only=False))
 
 
-def _adherence(ids: pa.ChunkedArray, keys: pa.Array, vectors: np.ndarray, metadata: pa.Table, textual_set: str,
+def _adherence(prompts: pa.Array, keys: pa.Array, vectors: np.ndarray, metadata: pa.Table, textual_set: str,
                model: str, embed: EmbedSettings) -> np.ndarray:
-    """The cosine of each row's vector and its prompt's (NaN for a row without a prompt); keys: each row's prompt
-    key, null where it has none."""
-    prompts = _prompts_of(ids, metadata)
+    """The cosine of each row's vector and its prompt's (NaN for a row without a prompt); prompts and keys: each
+    row's prompt and its key, null where it has none."""
     known_keys, known_vectors = _embedded_prompts(textual_set, metadata, model)
     known_vectors = known_vectors.reshape(-1, vectors.shape[1])  # none: (0, d)
     unique = pc.unique(keys.drop_null())
@@ -93,10 +93,10 @@ def _adherence(ids: pa.ChunkedArray, keys: pa.Array, vectors: np.ndarray, metada
     at = pc.index_in(keys, value_set=known_keys)
     present = at.is_valid().to_numpy(zero_copy_only=False)
     if not present.any():  # no row has a prompt
-        return np.full(len(ids), np.nan, np.float32)
+        return np.full(len(prompts), np.nan, np.float32)
     at = pc.fill_null(at, 0).to_numpy()
-    scores = np.full(len(ids), np.nan, np.float32)
-    for start in range(0, len(ids), CHUNK_ROWS):
+    scores = np.full(len(prompts), np.nan, np.float32)
+    for start in range(0, len(prompts), CHUNK_ROWS):
         image = unit_rows(np.asarray(vectors[start:start + CHUNK_ROWS], np.float32))
         prompt = known_vectors[at[start:start + CHUNK_ROWS]]
         scores[start:start + CHUNK_ROWS] = np.einsum("ij,ij->i", image, prompt)
