@@ -15,6 +15,7 @@ import pytest
 import requests
 from conftest import run_script
 from generations import a1111_text, png
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_gallery import browser  # noqa: F401  (the headless Chromium fixture)
@@ -168,7 +169,8 @@ def test_wrong_tokens_are_rate_limited(own):
 
 def test_the_page_logs_in_with_a_cookie_only_the_page_can_use(own, browser):  # noqa: F811
     with running_server(*own, f"--SERVE_TOKEN={TOKEN}") as base:
-        wait = WebDriverWait(browser, 30)
+        # the login form posts and the browser loads a new page: an element read mid-load goes stale
+        wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
         browser.get(base + "/")
         browser.find_element(By.ID, "token").send_keys("not the token at all")
         browser.find_element(By.CSS_SELECTOR, "#login button").click()
