@@ -53,7 +53,7 @@ INPUT_IMG_PATH = "data/prompt-search.png"  # image query; the default is downloa
 INPUT_IMG_URL = "https://raw.githubusercontent.com/krea-ai/prompt-search/master/prompt-search.png"  # source of the default INPUT_IMG_PATH
 INPUT_IMG_SHA256 = "8577ecb206cb7a7ec185427285f8a96a51052bd0dca5cea15c705c2bd200e0f5"  # checksum of the default INPUT_IMG_PATH
 NUM_RESULTS = 5  # results shown per query
-SORT = "relevance"  # results in order of "relevance", or of step 4's "adherence" or "aesthetic" (images), or "date", among the first 1,000 by relevance; README: Triage
+SORT = "relevance"  # results in order of "relevance", or of step 4's "adherence" or "aesthetic" (images), or "date", among the first 400 by relevance; README: Triage
 GROUP = "none"  # "prompt": one result per prompt (its first by SORT), saying how many more it has
 SEARCH_MODE = "hybrid"  # the text query's ranking: "hybrid" (CLIP and the prompts' words, fused by reciprocal rank), "semantic" (CLIP only) or "keyword" (the prompts' words only, BM25); README: Queries
 DEDUPE_THRESHOLD = 0.94  # results whose cosine similarity to a better result is at least this are shown as one result (clip-retrieval's default); 1 shows every result
@@ -75,6 +75,14 @@ SERVE_OPEN = False  # True lets the server listen beyond loopback without SERVE_
 SERVE_URL = ""  # the server's address as clients reach it (https://search.example), for the absolute thumbnail URLs results carry; "" = the address it listens on
 CORS_ORIGINS = ""  # web pages (origins, comma-separated, e.g. http://127.0.0.1:8080; "*" = any) allowed to call clip-retrieval's endpoints from a browser; "" = none
 ALLOWED_HOSTS = ""  # host names the server answers to (the Host header), comma-separated; "" = localhost, 127.0.0.1, ::1 and SERVE_HOST; "*" = any (README: Search server)
+
+# --- export: a query's results as a training set (export_results.py, POST /api/export; README: Triage) ---
+EXPORT_DIR = ""  # the folder export_results.py creates (it never writes into an existing one); "" = OUT_DIR's exports/<UTC date and time>
+EXPORT_INDEX = "images"  # export_results.py: the index whose results are exported, "images" or "prompts" (each prompt with its image)
+EXPORT_QUERY = "text"  # export_results.py: the query exported, "text" (INPUT_PROMPT in SEARCH_MODE, with SORT and GROUP) or "image" (INPUT_IMG_PATH)
+MAX_EXPORT = 1000  # most results one export may hold (export_results.py's NUM_RESULTS, /api/export's num_results); sorted or grouped: 400
+EXPORT_SUBFOLDER = "1_prompt-search"  # kohya's dataset folder in the export, "<repeats>_<name>": each image beside its .txt caption
+EXPORT_STRIP_WEIGHTS = True  # captions without A1111's weights ("(castle:1.2)" -> "castle") and LoRA, LyCORIS and hypernetwork tags ("<lora:x:0.8>")
 
 # --- serve.py --WATCH: the index kept in step with IMG_DIR as images arrive (README: Your own generations) ---
 WATCH = False  # True: new, changed, renamed and deleted images of IMG_DIR are searchable within seconds, without a rebuild or a restart

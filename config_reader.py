@@ -98,6 +98,12 @@ ALLOWED: dict[str, Allowed] = {
     "CORS_ORIGINS": Allowed(lambda v: type(v) is str and all(re.fullmatch(r"\*|https?://[^/?#\s]+", o.strip())
                                                              for o in v.split(",") if v),
                             '"" (none), "*" (any) or origins like "http://127.0.0.1:8080", separated by commas'),
+    "EXPORT_INDEX": one_of("images", "prompts"),
+    "EXPORT_QUERY": one_of("text", "image"),
+    "MAX_EXPORT": at_least(1),
+    # kohya reads "<repeats>_<name>"; one folder name, so the export never writes outside its folder
+    "EXPORT_SUBFOLDER": Allowed(lambda v: type(v) is str and re.fullmatch(r"[1-9][0-9]*_[A-Za-z0-9][A-Za-z0-9 ._-]*", v)
+                                is not None, 'kohya\'s "<repeats>_<name>", like "10_castles": letters, digits, " ._-"'),
     "WATCH_POLL_S": at_least(0),
     "WATCH_COMPACT_ITEMS": at_least(1),
     "ALLOWED_HOSTS": Allowed(lambda v: type(v) is str and all(name.strip() for name in v.split(",")) or v == "",

@@ -18,14 +18,12 @@ import uvicorn
 from config_reader import load_config
 from prompt_search.cli import run
 from prompt_search.errors import UserError
-from prompt_search.layout import images_folder, index_set, onnx_folder
+from prompt_search.layout import index_set
 from prompt_search.output_sets import current_set
 from prompt_search.search.access import check_exposure
 from prompt_search.search.answers import ServerSettings
-from prompt_search.search.core import open_sides
-from prompt_search.search.encoder import ensure_export, open_encoder
 from prompt_search.search.server import create_app, listening_socket
-from prompt_search.search.service import DecodeLimits, Searcher
+from prompt_search.search.service import DecodeLimits, open_searcher
 from prompt_search.settings import EmbedSettings, IndexSettings, QuerySettings, WatchSettings
 
 
@@ -47,15 +45,11 @@ def main(argv: list[str]) -> None:
 
 def serve(cfg: SimpleNamespace, watcher: Callable | None) -> None:
     """Open the indices and answer until Ctrl-C; with watcher (live.watch.Watch), kept in step with IMG_DIR."""
-    sides = open_sides(cfg.OUT_DIR, cfg.MODEL)  # first: a wrong OUT_DIR is said before anything is written
+    searcher = open_searcher(cfg.OUT_DIR, cfg.IMG_DIR, QuerySettings.of(cfg),
+                             DecodeLimits.of(cfg.MAX_DECODE_PIXELS, cfg.DECODE_SLOTS))
     sock = listening_socket(cfg.SERVE_HOST, cfg.SERVE_PORT)  # port 0 is a known free port before the URL is printed
     host = f"[{cfg.SERVE_HOST}]" if sock.family == socket.AF_INET6 else cfg.SERVE_HOST
     listening_url = f"http://{host}:{sock.getsockname()[1]}"
-    onnx_dir, settings = onnx_folder(cfg.OUT_DIR), QuerySettings.of(cfg)
-    ensure_export(onnx_dir, settings)
-    encoder = open_encoder(onnx_dir, settings)
-    searcher = Searcher(sides, cfg.MODEL, encoder, images_folder(cfg.OUT_DIR, cfg.IMG_DIR),
-                        DecodeLimits.of(cfg.MAX_DECODE_PIXELS, cfg.DECODE_SLOTS))
     app = create_app(searcher, ServerSettings.of(cfg, listening_url))
     watch = watcher(searcher, WatchSettings.of(cfg), EmbedSettings.of(cfg), IndexSettings.of(cfg)) if watcher else None
     if watch:

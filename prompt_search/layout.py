@@ -6,6 +6,7 @@ all find a set by these names.
     visual_embeddings/   step 3's set, textual_embeddings/ step 3''s
     knn_indices/visual/  step 4's index set over visual_embeddings, knn_indices/textual/ step 4''s
     onnx/, results.html  step 5's models and page, on this machine (a remote OUT_DIR's copy: storage.local_dir)
+    exports/             export_results.py's training sets, on this machine, when EXPORT_DIR is ""
 """
 
 import os
@@ -23,6 +24,7 @@ IMAGES_FOLDER = "images"
 INDICES_FOLDER = "knn_indices"
 ONNX_FOLDER = "onnx"
 RESULTS_PAGE = "results.html"
+EXPORTS_FOLDER = "exports"
 
 # An embeddings set's files beside its vectors
 IMAGES_FILE = "images.parquet"  # id and path of every image, to show results
@@ -61,3 +63,7 @@ def onnx_folder(out_dir: str) -> str:
 
 def results_page(out_dir: str) -> str:
     return os.path.join(local_dir(out_dir), RESULTS_PAGE)
+
+
+def exports_folder(out_dir: str) -> str:
+    return os.path.join(local_dir(out_dir), EXPORTS_FOLDER)

@@ -281,6 +281,19 @@ def test_one_result_per_prompt_sorted_filtered_and_paged(tmp_path):
     assert [hit.position for hit in even] == [38, 36, 34, 32, 30]  # filtered first: the even prompts' rows only
 
 
+def test_images_without_a_prompt_each_stand_alone_when_grouped(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((12, DIMENSION)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    groups = [None if i % 2 else 5 for i in range(12)]  # odd rows: no prompt (step 4 leaves their group null)
+    index_vectors(str(tmp_path), "visual", vectors, [f"row-{i}" for i in range(12)], MODEL,
+                  {"prompt": ["" if i % 2 else "one prompt" for i in range(12)], "prompt_group": groups})
+    opened = OpenSide.of(open_index(str(tmp_path / "knn_indices" / "visual")))
+    grouped = ranked(opened.searched, vectors[0], Wanted(12, group_by=opened.columns["prompt_group"].groups))
+    assert sorted(hit.position for hit in grouped if hit.position % 2) == [1, 3, 5, 7, 9, 11]
+    assert [hit.grouped for hit in grouped if hit.position % 2 == 0] == [5]  # the six of one prompt are one result
+
+
 def test_step_5_searches_a_set_without_keyword_index_by_clip_and_says_so(generated, capsys):
     from dataclasses import replace
 

@@ -9,9 +9,13 @@ from fastapi import Request
 
 from prompt_search.search.access import TokenGate, allowed_hosts, cors_origins
 from prompt_search.search.core import Hit
+from prompt_search.search.query_run import QueryLimits
 from prompt_search.search.service import BadInput, Searcher
+from prompt_search.settings import ExportSettings
 from prompt_search.storage import is_http_url
 
+# What a folder of one's own generations also records (folder_metadata.SCHEMA); null for open-prompts' rows
+GENERATION_TEXTS = ("negative_prompt", "sampler", "model", "model_hash", "tool")
 MAX_RESULT_DEPTH = 1000  # offset + num_results: deeper pages would search past MAX_CANDIDATES anyway
 
 
@@ -27,22 +31,28 @@ class ServerSettings:
     cors: frozenset[str]  # origins whose pages may call clip-retrieval's protocol; "*": any
     public_url: str  # the server's address as its clients reach it, for absolute links: never from a request
     gate: TokenGate
+    export: ExportSettings
 
     @classmethod
     def of(cls, cfg: SimpleNamespace, listening_url: str) -> "ServerSettings":
         public_url = (cfg.SERVE_URL or listening_url).rstrip("/")
         return cls(int(cfg.MAX_UPLOAD_MB * 2**20), cfg.MAX_NUM_RESULTS, cfg.DEDUPE_THRESHOLD, cfg.MAX_NEGATIVES,
                    cfg.UPLOAD_TIMEOUT, allowed_hosts(cfg.ALLOWED_HOSTS, cfg.SERVE_HOST), cors_origins(cfg.CORS_ORIGINS),
-                   public_url, TokenGate(cfg.SERVE_TOKEN, secure_cookie=public_url.startswith("https://")))
+                   public_url, TokenGate(cfg.SERVE_TOKEN, secure_cookie=public_url.startswith("https://")),
+                   ExportSettings.of(cfg))
+
+    @property
+    def limits(self) -> QueryLimits:
+        return QueryLimits(self.dedupe_threshold, self.max_negatives, self.max_upload_bytes)
 
 
 def state(request: Request) -> tuple[Searcher, ServerSettings]:
     return request.app.state.searcher, request.app.state.settings
 
 
-def check_count(settings: ServerSettings, k: int, offset: int = 0) -> None:
-    if not 1 <= k <= settings.max_results:
-        raise BadInput(f"the number of results must be from 1 to {settings.max_results}, got {k}", 422)
+def check_count(most: int, k: int, offset: int = 0) -> None:
+    if not 1 <= k <= most:
+        raise BadInput(f"the number of results must be from 1 to {most}, got {k}", 422)
     if offset + k > MAX_RESULT_DEPTH:
         raise BadInput(f"offset + num_results must be at most {MAX_RESULT_DEPTH}", 422)
 
@@ -74,7 +84,8 @@ def described(searcher: Searcher, settings: ServerSettings, hit: Hit, index: str
             "width": extra.get("width"), "height": extra.get("height"), "seed": _decimal(extra.get("seed")),
             "cfg_scale": extra.get("cfg_scale"), "steps": extra.get("num_steps"),
             "date": date.isoformat() if isinstance(date, datetime.datetime) else None,
-            "adherence": _rounded(extra.get("adherence")), "aesthetic": _rounded(extra.get("aesthetic"))}
+            "adherence": _rounded(extra.get("adherence")), "aesthetic": _rounded(extra.get("aesthetic")),
+            **{name: extra.get(name) for name in GENERATION_TEXTS}}
 
 
 def _rounded(score: float | None) -> float | None:

@@ -91,6 +91,11 @@ class SearchRequest(BaseModel):
     cards: bool = False  # also the results as the page's card markup, escaped by gallery.card
 
 
+class ExportRequest(SearchRequest):
+    """POST /api/export: a query as /api/search takes it, its results a training set (README: Triage)."""
+    strip_weights: bool | None = None  # captions without weights and LoRA tags; None: EXPORT_STRIP_WEIGHTS
+
+
 def search_mode(query: SearchRequest, keywords: KeywordQuery, index: KeywordIndex | None, notes: list[str]) -> str:
     """The mode a request is ranked in: its own, else hybrid for a text with words, else semantic. A side without a
     keyword index (built before step 4 made one) answers a text semantically, and says so; so does a side whose

@@ -35,7 +35,7 @@ async def knn_service(request: Request) -> JSONResponse:
     searcher, settings = state(request)
     query = validated(KnnRequest, await read_json(request, settings.max_upload_bytes, settings.upload_timeout))
     _check_knn(query)
-    check_count(settings, query.num_images)
+    check_count(settings.max_results, query.num_images)
     side = "images" if query.modality == "image" else "prompts"
 
     def run() -> Answer:

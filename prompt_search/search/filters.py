@@ -44,7 +44,9 @@ class FilterColumn:
         """The rows' values as group keys: rows without one each a group of their own (a key no value has)."""
         keys = self.values[positions].astype(object)
         if self.present is not None:
-            keys[~self.present[positions]] = [("row", int(at)) for at in positions[~self.present[positions]]]
+            missing = ~self.present[positions]
+            # text, which never equals a number; a 1-D array of them (numpy would read a list of tuples as 2-D)
+            keys[missing] = np.array([f"row {at}" for at in positions[missing]], dtype=object)
         return keys
 
     def within(self, positions: np.ndarray, low: Bound, high: Bound) -> np.ndarray:

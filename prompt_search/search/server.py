@@ -9,34 +9,27 @@ import os
 import socket
 import time
 import urllib.parse
+from dataclasses import replace
 
-import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from prompt_search.errors import UserError
-from prompt_search.index.keywords import parse_query
 from prompt_search.search import clip_protocol, gallery
 from prompt_search.search.access import cors_headers, host_refusal, login_page, preflight
 from prompt_search.search.answers import ServerSettings, check_count, picture, result, state
-from prompt_search.search.api_input import (
-    SearchRequest,
-    decode_base64,
-    filter_ranges,
-    read_body,
-    read_json,
-    search_mode,
-    validated,
-)
-from prompt_search.search.core import Hit, combine
-from prompt_search.search.hybrid import SORT_DEPTH, Wanted
-from prompt_search.search.service import Answer, BadInput, Searcher, split_negatives
+from prompt_search.search.api_input import ExportRequest, SearchRequest, read_body, read_json, validated
+from prompt_search.search.core import Hit
+from prompt_search.search.export import exported_files, zip_stream
+from prompt_search.search.query_run import run_query
+from prompt_search.search.service import BadInput, Searcher
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 MAX_FORM_BYTES = 4096  # the login form: one token
+EXPORT_NAME = "prompt-search-export.zip"
 # The page's own script and style only (no inline script, no CDN); result images from here or the links' hosts.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data: http: https:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -100,54 +93,32 @@ async def api_search(request: Request) -> JSONResponse:
     page's cards."""
     searcher, settings = state(request)
     query = validated(SearchRequest, await read_json(request, settings.max_upload_bytes, settings.upload_timeout))
-    check_count(settings, query.num_results, query.offset)
-    if (query.sort != "relevance" or query.group != "none") and query.offset + query.num_results > SORT_DEPTH:
-        raise BadInput(f"a sorted or grouped query orders the first {SORT_DEPTH} results by relevance: offset + "
-                       f"num_results must be at most {SORT_DEPTH}", 422)
-    positive, negatives = split_negatives(query.text)
-    negatives += [text for text in query.negative if text.strip()]
-    if len(negatives) > settings.max_negatives:  # each is one encoder run
-        raise BadInput(f"at most {settings.max_negatives} negative phrases, got {len(negatives)}", 422)
-    if not (positive or query.image or query.like):
-        raise BadInput("give a text, an image or a result to search like")
-    notes: list[str] = []
-    keywords = parse_query(positive, negatives)
-    mode = search_mode(query, keywords, searcher.side(query.index).keywords, notes)
-
-    def run() -> Answer:
-        answer = Answer([], notes)
-        start = time.perf_counter()
-        vector = None if mode == "keyword" else combine(_vector_parts(searcher, settings, query, positive, negatives,
-                                                                      answer.notes))
-        answer.timings["encode"] = (time.perf_counter() - start) * 1e3
-        wanted = Wanted(query.num_results, query.offset, settings.dedupe_threshold if query.dedupe else 1.0, mode,
-                        keywords)
-        return searcher.search(query.index, vector, wanted, filter_ranges(query.filters), answer, query.sort,
-                               query.group)
-
-    answer = await run_in_threadpool(run)
-    body = {"index": query.index, "mode": mode, "sort": query.sort, "group": query.group, "offset": query.offset,
+    check_count(settings.max_results, query.num_results, query.offset)
+    ran = await run_in_threadpool(run_query, searcher, query, settings.limits)
+    answer = ran.answer
+    body = {"index": query.index, "mode": ran.mode, "sort": query.sort, "group": query.group, "offset": query.offset,
             "notes": answer.notes,
-            "negative": negatives, "timings_ms": {name: round(ms, 3) for name, ms in answer.timings.items()},
+            "negative": ran.negatives, "timings_ms": {name: round(ms, 3) for name, ms in answer.timings.items()},
             "results": [result(searcher, settings, hit, query.index) for hit in answer.hits]}
     if query.cards:
-        marked = keywords.all_words() if mode != "semantic" else ()
+        marked = ran.keywords.all_words() if ran.mode != "semantic" else ()
         body["cards"] = "".join(gallery.card(hit, picture(searcher, hit, query.index), _actions(hit, query.index),
-                                             marked, found_by=mode == "hybrid") for hit in answer.hits)
+                                             marked, found_by=ran.mode == "hybrid") for hit in answer.hits)
     timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in answer.timings.items())
     return JSONResponse(body, headers={"Server-Timing": timing})
 
 
-def _vector_parts(searcher: Searcher, settings: ServerSettings, query: SearchRequest, positive: str,
-                  negatives: list[str], notes: list[str]) -> list[tuple[np.ndarray, float]]:
-    """The query's weighted unit vectors: its text, its negative texts (subtracted), its image, its liked result."""
-    parts = [(searcher.encode_text(positive, notes), query.text_weight)] if positive else []
-    parts += [(searcher.encode_text(text, notes), -query.negative_weight) for text in negatives]
-    if query.image:
-        parts.append((searcher.encode_image(decode_base64(query.image, settings.max_upload_bytes)), query.image_weight))
-    if query.like:
-        parts.append((searcher.stored_vector(query.like.index, query.like.position), 1.0))
-    return parts
+async def api_export(request: Request) -> StreamingResponse:
+    """A query's results as a training set (README: Triage): kohya's layout as a zip, streamed as it is made."""
+    searcher, settings = state(request)
+    query = validated(ExportRequest, await read_json(request, settings.max_upload_bytes, settings.upload_timeout))
+    check_count(settings.export.max_export, query.num_results, query.offset)
+    ran = await run_in_threadpool(run_query, searcher, query, settings.limits)
+    export = settings.export if query.strip_weights is None else replace(settings.export,
+                                                                          export_strip_weights=query.strip_weights)
+    files = exported_files(searcher, query.index, ran.answer.hits, export)
+    return StreamingResponse(zip_stream(files), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{EXPORT_NAME}"'})
 
 
 async def thumbnail(request: Request, index: str, position: str) -> Response:
@@ -215,6 +186,7 @@ def create_app(searcher: Searcher, settings: ServerSettings) -> FastAPI:
     app.post("/knn-service")(clip_protocol.knn_service)
     app.post("/metadata")(clip_protocol.metadata)
     app.post("/api/search")(api_search)
+    app.post("/api/export")(api_export)
     app.get("/thumbnail/{index}/{position}")(thumbnail)
     app.post("/login")(login)
     app.get("/login")(login_form)

@@ -18,11 +18,13 @@ from PIL import Image, UnidentifiedImageError
 from prompt_search import storage
 from prompt_search.errors import UserError
 from prompt_search.item_ids import IdPositions
+from prompt_search.layout import images_folder, onnx_folder
 from prompt_search.pixels import UNREADABLE, open_rgb
-from prompt_search.search.core import Hit, SearchIndex, describe
-from prompt_search.search.encoder import QueryEncoder
+from prompt_search.search.core import Hit, SearchIndex, describe, open_sides
+from prompt_search.search.encoder import QueryEncoder, ensure_export, open_encoder
 from prompt_search.search.filters import FILTER_COLUMNS, Bound, FilterColumn
 from prompt_search.search.hybrid import Wanted, ranked
+from prompt_search.settings import QuerySettings
 from prompt_search.sources.image_files import path_from_text
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens, a few hundred characters: longer text is cut before the tokenizer
@@ -218,23 +220,32 @@ class Searcher:
         return keep
 
     def thumbnail(self, side: str, position: str) -> bytes | None:
-        """A JPEG thumbnail of the result's local image, or None: only files inside the images folder, whatever the
+        """A JPEG thumbnail of the result's local image (image_file), or None."""
+        path = self.image_file(side, int(position)) if POSITION.fullmatch(position) else None
+        return None if path is None else _thumbnail(path, storage.stamp(path), self.decoding)
+
+    def image_file(self, side: str, position: int) -> str | None:
+        """The local image of a row of side's item table, or None: only a file inside the images folder, whatever the
         request or the item table's path says (the path is resolved, links included, before it is compared)."""
         opened = self.view.get(side)
         searched = opened and opened.searched
-        if searched is None or not POSITION.fullmatch(position) or int(position) >= len(searched.items):
+        if searched is None or not 0 <= position < len(searched.items):
             return None
-        path = path_from_text(searched.items.rows([int(position)])[0].get("path") or "")  # as path_as_text wrote it
+        path = path_from_text(searched.items.rows([position])[0].get("path") or "")  # as path_as_text wrote it
         if self.images_at_url:  # object stores have no links: a path inside starts with the folder, never goes up
             inside = path.startswith(self.images_dir + "/") and ".." not in path.split("/")
-            if not inside or not storage.is_file(path):
-                return None
-            return _thumbnail(path, storage.stamp(path), self.decoding)
+            return path if inside and storage.is_file(path) else None
         local = storage.local_path(path) if path else None
         real = os.path.realpath(local) if local else ""
-        if not real.startswith(self.images_dir + os.sep) or not os.path.isfile(real):
-            return None
-        return _thumbnail(real, storage.stamp(real), self.decoding)
+        return real if real.startswith(self.images_dir + os.sep) and os.path.isfile(real) else None
+
+
+def open_searcher(out_dir: str, img_dir: str, settings: QuerySettings, decoding: DecodeLimits) -> Searcher:
+    """A Searcher over out_dir's published indices, the ONNX export made first where it is missing (as step 5's)."""
+    sides = open_sides(out_dir, settings.model)  # first: a wrong OUT_DIR is said before anything is written
+    onnx_dir = onnx_folder(out_dir)
+    ensure_export(onnx_dir, settings)
+    return Searcher(sides, settings.model, open_encoder(onnx_dir, settings), images_folder(out_dir, img_dir), decoding)
 
 
 def declared_pixels(source: IO[bytes]) -> int:
