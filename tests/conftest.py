@@ -136,6 +136,14 @@ def index_prompts(work: Path, csv_file: str, *common: str) -> None:
     run_script("create_textual_knn_indices.py", *common, cwd=work)
 
 
+def index_folder(work: Path, *common: str) -> None:
+    """Steps 1, 3, 4, 3' and 4' as `make own` runs them from work, over the folder common's --IMG_DIR names."""
+    for script in ("extract_metadata_from_images.py", "extract_visual_clip_embeddings.py",
+                   "create_visual_knn_indices.py", "extract_textual_clip_embeddings.py",
+                   "create_textual_knn_indices.py"):
+        run_script(script, *common, cwd=work)
+
+
 def write_open_prompts_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     """An open-prompts CSV (prompt, raw_data) whose rows point at the given (prompt, url)s, as Discord rows do."""
     import csv

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import requests
-from conftest import index_prompts, make_image, run_script, write_open_prompts_csv
+from conftest import index_folder, index_prompts, make_image, run_script, write_open_prompts_csv
 from generations import a1111_text, png
 from test_server import post, running_server
 
@@ -51,9 +51,7 @@ def own(tmp_path_factory, tiny_clip) -> tuple[Path, list[str]]:
     make_image(work / "secret.png", (64, 64), "RGB", 9)
     (work / "images" / "link.png").symlink_to(work / "secret.png")
     common = ["--IMG_DIR=images", "--OUT_DIR=out", f"--MODEL={tiny_clip}", "--NUM_WORKERS=0", "--BATCH_SIZE=4"]
-    for script in ("extract_metadata_from_images.py", "extract_visual_clip_embeddings.py",
-                   "create_visual_knn_indices.py", "extract_textual_clip_embeddings.py", "create_textual_knn_indices.py"):
-        run_script(script, *common, cwd=work)
+    index_folder(work, *common)
     return work, common
 
 

@@ -61,6 +61,15 @@ def test_adherence_is_clipscore_whether_step_3_embedded_the_prompt_or_step_4_did
     # one prompt written twice (case and spaces) is one group for one result per prompt; other prompts are others
     groups = [first[f"{seed}.png"]["prompt_group"] for seed in range(len(PROMPTS))]
     assert groups[0] == groups[1] and len({*groups[1:4]}) == 3 and groups[4] is None
+    # a new image with a new prompt: step 4 reads the others' vectors from step 3''s set and embeds this one itself
+    late = "a lighthouse made of glass"
+    png(images / "late.png", {"parameters": a1111_text(late, 99)}, 99)
+    fold(*settings)
+    third = items_of(out)
+    assert third["late.png"]["adherence"] == pytest.approx(independent_adherence(tiny_clip, images / "late.png",
+                                                                                 late), abs=1e-3)
+    assert {row_id: row["adherence"] for row_id, row in third.items() if row_id != "late.png"} == \
+        {row_id: row["adherence"] for row_id, row in second.items()}
 
 
 def linear_head(dimension: int, seed: int = 0) -> tuple[dict, torch.nn.Module]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import run_script
+from conftest import index_folder, run_script
 from generations import a1111_text, png
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -51,10 +51,7 @@ def own(tmp_path_factory, tiny_clip) -> tuple[Path, list[str]]:
     for seed, prompt in enumerate(PROMPTS):
         png(work / "images" / f"{seed}.png", {"parameters": a1111_text(prompt, seed)}, seed)
     common = ["--IMG_DIR=images", "--OUT_DIR=out", f"--MODEL={tiny_clip}", "--NUM_WORKERS=0", "--BATCH_SIZE=4"]
-    steps = ("extract_metadata_from_images.py", "extract_visual_clip_embeddings.py", "create_visual_knn_indices.py",
-             "extract_textual_clip_embeddings.py", "create_textual_knn_indices.py")
-    for script in steps:
-        run_script(script, *common, cwd=work)
+    index_folder(work, *common)
     run_script("test_visual_knn_index.py", *common, "--INPUT_IMG_PATH=images/0.png", "--COMPARE_WITH_TORCH=False",
                cwd=work)
     return work, common

@@ -25,7 +25,7 @@ from prompt_search.embedding.set_writer import MANIFEST, unit_rows
 from prompt_search.embedding.textual import encode_prompts
 from prompt_search.errors import UserError
 from prompt_search.index.aesthetic import load_aesthetic
-from prompt_search.index.embedding_files import source_files
+from prompt_search.index.embedding_files import SourceFile, source_files, take_vectors
 from prompt_search.layout import VECTORS_FILE
 from prompt_search.models.names import model_fingerprint
 from prompt_search.output_sets import current_set
@@ -80,16 +80,16 @@ def _group_numbers(keys: pa.Array) -> pa.Array:
 def _adherence(prompts: pa.Array, keys: pa.Array, vectors: np.ndarray, metadata: pa.Table, textual_set: str,
                model: str, embed: EmbedSettings) -> np.ndarray:
     """The cosine of each row's vector and its prompt's (NaN for a row without a prompt); prompts and keys: each
-    row's prompt and its key, null where it has none."""
-    known_keys, known_vectors = _embedded_prompts(textual_set, metadata, model)
-    known_vectors = known_vectors.reshape(-1, vectors.shape[1])  # none: (0, d)
+    row's prompt and its key, null where it has none. Step 3''s vectors are read memory-mapped, a chunk's at a time."""
+    known_keys, files = _embedded_prompts(textual_set, metadata, model)
+    stored = len(known_keys)
     unique = pc.unique(keys.drop_null())
     missing = pc.filter(unique, pc.invert(pc.is_in(unique, value_set=known_keys)))
+    embedded = np.zeros((0, vectors.shape[1]), np.float32)
     if len(missing):  # the first row's prompt of each key not embedded yet
         first = pc.index_in(missing, value_set=keys)
         embedded = _embed(prompts.take(first).to_pylist(), embed, model, vectors.shape[1])
         known_keys = pa.concat_arrays([known_keys, missing])
-        known_vectors = np.concatenate([known_vectors, embedded])
     at = pc.index_in(keys, value_set=known_keys)
     present = at.is_valid().to_numpy(zero_copy_only=False)
     if not present.any():  # no row has a prompt
@@ -98,16 +98,23 @@ def _adherence(prompts: pa.Array, keys: pa.Array, vectors: np.ndarray, metadata:
     scores = np.full(len(prompts), np.nan, np.float32)
     for start in range(0, len(prompts), CHUNK_ROWS):
         image = unit_rows(np.asarray(vectors[start:start + CHUNK_ROWS], np.float32))
-        prompt = known_vectors[at[start:start + CHUNK_ROWS]]
+        rows = at[start:start + CHUNK_ROWS]
+        in_files = rows < stored
+        prompt = np.empty_like(image)
+        if in_files.any():
+            prompt[in_files] = unit_rows(take_vectors(files, rows[in_files]))
+        if not in_files.all():
+            prompt[~in_files] = embedded[rows[~in_files] - stored]
         scores[start:start + CHUNK_ROWS] = np.einsum("ij,ij->i", image, prompt)
     scores[~present] = np.nan
     return scores
 
 
-def _embedded_prompts(textual_set: str, metadata: pa.Table, model: str) -> tuple[pa.Array, np.ndarray]:
-    """(key, unit vector) of every prompt step 3' embedded with this model, by its row's prompt."""
+def _embedded_prompts(textual_set: str, metadata: pa.Table, model: str) -> tuple[pa.Array, list[SourceFile]]:
+    """The key of every prompt step 3' embedded with this model (by its row's prompt), in the order of its set's
+    files, and those files."""
     folder = current_set(textual_set)
-    empty = (pa.array([], pa.string()), np.zeros((0, 0), np.float32))
+    empty = (pa.array([], pa.string()), [])
     if folder is None or not os.path.isfile(os.path.join(folder, MANIFEST)):
         return empty
     with open(os.path.join(folder, MANIFEST)) as f:
@@ -117,8 +124,7 @@ def _embedded_prompts(textual_set: str, metadata: pa.Table, model: str) -> tuple
     if not files:
         return empty
     ids = pa.chunked_array([pa.array(np.load(f.ids, allow_pickle=False), pa.string()) for f in files])
-    vectors = np.concatenate([np.load(f.vectors, allow_pickle=False) for f in files]).astype(np.float32)
-    return prompt_keys(_prompts_of(ids, metadata)), unit_rows(vectors)
+    return prompt_keys(_prompts_of(ids, metadata)), files
 
 
 def _prompts_of(ids: pa.ChunkedArray, metadata: pa.Table) -> pa.Array:
