@@ -134,6 +134,18 @@ def test_live_index_equals_a_batch_build_of_the_folder(watched, tiny_clip):
                 assert results(searcher, side, vector, k, offset, dedupe, filters) == expected, (side, dedupe, filters)
                 compared += len(expected)
     assert compared > 500
+    # step 4's scores: new images are filtered, sorted and grouped by their adherence and prompt before a fold
+    for _ in range(4):
+        vector = rng.standard_normal(dimension).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        for sort, group in (("adherence", "none"), ("relevance", "prompt"), ("adherence", "prompt")):
+            live, expected = (opened.search("images", vector, Wanted(20, dedupe_threshold=1.0),
+                                            {"adherence": (-1.0, 1.0)}, Answer([]), sort, group).hits
+                              for opened in (searcher, built))
+            assert [(hit.id, hit.grouped) for hit in live] == [(hit.id, hit.grouped) for hit in expected], sort
+            assert [hit.extra["adherence"] for hit in live] == pytest.approx(
+                [hit.extra["adherence"] for hit in expected], abs=1e-4)
+    assert "new/kite.png" in {hit.id for hit in live} and "new/plain.png" not in {hit.id for hit in live}
     # by words: a delta row matches as it would in a rebuilt index, a hidden one no more (scores use the published
     # index's statistics, so only the rows found are compared; the rows of exactly a pasted prompt come first)
     found = {}

@@ -58,7 +58,7 @@ def scores_table(ids: pa.ChunkedArray, out: str, metadata_file: str, model: str,
         row_prompts = _prompts_of(ids, metadata)
         keys = prompt_keys(row_prompts)
         keys = pc.if_else(pc.equal(keys, ""), pa.scalar(None, pa.string()), keys)
-        columns["prompt_group"] = _group_numbers(keys)
+        columns["prompt_group"] = group_numbers(keys)
         columns["adherence"] = pa.array(_adherence(row_prompts, keys, vectors, metadata, prompts.textual_set, model,
                                                    prompts.embed), pa.float32(), from_pandas=True)
     if aesthetic is not None:
@@ -70,7 +70,7 @@ def scores_table(ids: pa.ChunkedArray, out: str, metadata_file: str, model: str,
     return path
 
 
-def _group_numbers(keys: pa.Array) -> pa.Array:
+def group_numbers(keys: pa.Array) -> pa.Array:
     """Each row's prompt as a number (the same for rows of one prompt, as the prompt side counts them: its key),
     null for a row without one: what one-result-per-prompt groups by, loaded whole at 8 bytes a row."""
     numbers = pd.util.hash_array(np.asarray(pc.fill_null(keys, "").to_numpy(zero_copy_only=False), object))

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from prompt_search.embedding.listing import prompt_keys
 from prompt_search.errors import UserError
+from prompt_search.index.scores import group_numbers
 from prompt_search.search.live_view import Delta, merged_side
 from prompt_search.search.service import OpenSide
 from prompt_search.sources.image_files import path_from_text
@@ -153,7 +155,9 @@ class LiveState:
             if new is None:
                 continue
             if item_id in vectors:
-                new.image = images.add({**new.row, "path": new.path}, vectors[item_id])
+                key = prompt_key(new.row.get("prompt"))
+                group = group_numbers(pa.array([key or None], pa.string()))[0].as_py()  # step 4's, for one row
+                new.image = images.add({**new.row, "path": new.path, "prompt_group": group}, vectors[item_id])
             self.files[item_id] = new
             self.waiting.add(prompt_key(new.row.get("prompt")))
             self._hold(item_id, prompt_key(new.row.get("prompt")))
@@ -183,10 +187,37 @@ class LiveState:
                 del self.prompt_rows[key]
         for (key, first), vector in zip(adding, vectors, strict=True):
             self.prompt_rows[key] = (first, prompts.add(dict(self.files[first].row), vector))
+        for key in keys:
+            self._score_images_of(key)
         self.waiting.difference_update(keys)
         if not self.waiting:
             self.touched.clear()
         return self.view()
+
+    def _score_images_of(self, key: str) -> None:
+        """The adherence of the new images of a prompt (step 4's score: the cosine of the image's vector and its
+        prompt's), now that its prompt has a vector: searchable by it before the next fold."""
+        vector = self._prompt_vector(key)
+        images = self.deltas["images"]
+        for _, item_id in self.holders.get(key, []) if vector is not None else []:
+            at = self.files[item_id].image
+            if at is not None and at >= images.published:
+                row = images.rows[at - images.published]  # replaced, not changed: a frozen view keeps its own
+                images.rows[at - images.published] = {**row, "adherence": float(images.vectors[at - images.published]
+                                                                                 @ vector)}
+
+    def _prompt_vector(self, key: str) -> np.ndarray | None:
+        """The unit vector of the prompt row of key, published or added since; None when it has none yet."""
+        found = self.prompt_rows.get(key)
+        if found is None:
+            return None
+        prompts = self.deltas["prompts"]
+        if found[1] >= prompts.published:
+            vector = prompts.vectors[found[1] - prompts.published]
+        else:
+            vector = self.published["prompts"].searched.vectors[found[1]]
+        vector = np.asarray(vector, np.float32)
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
     def view(self) -> dict[str, OpenSide]:
         return {side: merged_side(opened, self.deltas[side].frozen(self.dimension))
