@@ -36,16 +36,3 @@ def source_files(folder: str) -> list[SourceFile]:
             start += count
     return files
 
-
-def take_vectors(files: list[SourceFile], positions: np.ndarray) -> np.ndarray:
-    """The vectors at positions of files read as one array, as float32: memory-mapped, so only those rows are read
-    (a 10M-prompt set is 20 GB of vectors; the rows a step needs are a fraction)."""
-    dimension = np.load(files[0].vectors, mmap_mode="r").shape[1] if files else 0
-    taken = np.empty((len(positions), dimension), np.float32)
-    which = np.searchsorted([f.start for f in files], positions, side="right") - 1
-    for number in np.unique(which):
-        chosen = which == number
-        rows = positions[chosen] - files[number].start
-        order = np.argsort(rows, kind="stable")  # read in file order
-        taken[np.flatnonzero(chosen)[order]] = np.load(files[number].vectors, mmap_mode="r")[rows[order]]
-    return taken

@@ -25,7 +25,7 @@ from prompt_search.embedding.set_writer import MANIFEST, unit_rows
 from prompt_search.embedding.textual import encode_prompts
 from prompt_search.errors import UserError
 from prompt_search.index.aesthetic import load_aesthetic
-from prompt_search.index.embedding_files import SourceFile, source_files, take_vectors
+from prompt_search.index.embedding_files import SourceFile, source_files
 from prompt_search.layout import VECTORS_FILE
 from prompt_search.models.names import model_fingerprint
 from prompt_search.output_sets import current_set
@@ -80,7 +80,8 @@ def group_numbers(keys: pa.Array) -> pa.Array:
 def _adherence(prompts: pa.Array, keys: pa.Array, vectors: np.ndarray, metadata: pa.Table, textual_set: str,
                model: str, embed: EmbedSettings) -> np.ndarray:
     """The cosine of each row's vector and its prompt's (NaN for a row without a prompt); prompts and keys: each
-    row's prompt and its key, null where it has none. Step 3''s vectors are read memory-mapped, a chunk's at a time."""
+    row's prompt and its key, null where it has none. Step 3''s vectors are read a file at a time, each once, with
+    the images of its prompts: never the whole set (20 GB at 10M prompts)."""
     known_keys, files = _embedded_prompts(textual_set, metadata, model)
     stored = len(known_keys)
     unique = pc.unique(keys.drop_null())
@@ -90,23 +91,22 @@ def _adherence(prompts: pa.Array, keys: pa.Array, vectors: np.ndarray, metadata:
         first = pc.index_in(missing, value_set=keys)
         embedded = _embed(prompts.take(first).to_pylist(), embed, model, vectors.shape[1])
         known_keys = pa.concat_arrays([known_keys, missing])
-    at = pc.index_in(keys, value_set=known_keys)
-    present = at.is_valid().to_numpy(zero_copy_only=False)
-    if not present.any():  # no row has a prompt
-        return np.full(len(prompts), np.nan, np.float32)
-    at = pc.fill_null(at, 0).to_numpy()
+    at = pc.index_in(keys, value_set=known_keys)  # each row's prompt: its position in the files, then in embedded
     scores = np.full(len(prompts), np.nan, np.float32)
-    for start in range(0, len(prompts), CHUNK_ROWS):
-        image = unit_rows(np.asarray(vectors[start:start + CHUNK_ROWS], np.float32))
-        rows = at[start:start + CHUNK_ROWS]
-        in_files = rows < stored
-        prompt = np.empty_like(image)
-        if in_files.any():
-            prompt[in_files] = unit_rows(take_vectors(files, rows[in_files]))
-        if not in_files.all():
-            prompt[~in_files] = embedded[rows[~in_files] - stored]
-        scores[start:start + CHUNK_ROWS] = np.einsum("ij,ij->i", image, prompt)
-    scores[~present] = np.nan
+    rows = np.flatnonzero(at.is_valid().to_numpy(zero_copy_only=False))
+    targets = pc.fill_null(at, 0).to_numpy()[rows]
+    order = np.argsort(targets, kind="stable")  # rows by their prompt's position: a file's rows are together
+    rows, targets = rows[order], targets[order]
+    ends = np.searchsorted(targets, [f.start + f.count for f in files] + [stored + len(embedded)])
+    for source, begin, end in zip([*files, None], [0, *ends[:-1]], ends, strict=True):
+        if begin == end:
+            continue
+        prompt = embedded if source is None else unit_rows(np.load(source.vectors, allow_pickle=False))
+        offset = stored if source is None else source.start
+        for start in range(begin, end, CHUNK_ROWS):
+            chosen = rows[start:min(start + CHUNK_ROWS, end)]
+            image = unit_rows(np.asarray(vectors[chosen], np.float32))
+            scores[chosen] = np.einsum("ij,ij->i", image, prompt[targets[start:start + len(chosen)] - offset])
     return scores
 
 
