@@ -1,11 +1,20 @@
 // The search page: queries /api/search as the user types (debounced), by a dropped or pasted image, or by a
-// result ("more like this"). Result cards come from the server already escaped (gallery.card); everything this
-// script itself writes goes in as text, never as markup.
-"use strict";
+// result ("more like this"), within the filters' bounds (filters.js); a page of results at a time, the next one
+// fetched as the end of the results nears. Result cards come from the server already escaped (gallery.card);
+// everything the page's scripts write goes in as text, never as markup. A module: strict, and run once the page is
+// parsed.
+import {openDetail, setUpDetail} from "./detail.js";
+import {chosenFilters, offerFilters, setUpFilters} from "./filters.js";
+import {offerExport, setUpExport} from "./export.js";
+import {setUpKeys} from "./keys.js";
 
 const DEBOUNCE_MS = 250;
 const WATCH_POLL_MS = 2000;  // how often the page asks a watching server (serve.py --WATCH) whether images arrived
-const NUM_RESULTS = 40;
+const PAGE_SIZE = 40;  // results a request asks for: the first page, and each next one
+// How deep the server pages: a sorted or grouped query's results are among the first SORT_DEPTH by relevance
+// (hybrid.SORT_DEPTH), any other's among the first MAX_RESULT_DEPTH (answers.py); it refuses a page beyond
+const SORT_DEPTH = 400;
+const MAX_RESULT_DEPTH = 1000;
 const $ = (id) => document.getElementById(id);
 let image = null;  // the query image, base64
 let like = null;  // {index, position} of the result to search like
@@ -14,6 +23,8 @@ let inflight = null;  // the AbortController of the request in flight: a newer q
 let generation = null;  // a watching server's count of changes taken in, as last seen
 let shown = null;  // that count when the results shown were searched
 let columns = {};  // the columns each index can filter and sort on (/health's filters)
+let results = [];  // the results shown, as /api/search gives them, in the cards' order
+let asked = null;  // the request of the results shown, but its offset: a next page asks the same
 
 function side() {
   return document.querySelector("input[name=index]:checked").value;
@@ -30,37 +41,91 @@ function status(text, isError) {
 
 async function search() {
   const text = $("text").value;
+  if (inflight) inflight.abort();
   if (!text.trim() && !image && !like) {
-    $("results").replaceChildren();
+    show([], "");
+    offerMore(false);
     status("");
     return;
   }
-  if (inflight) inflight.abort();
-  inflight = new AbortController();
+  let filters;
+  try {
+    filters = chosenFilters();
+  } catch (error) {
+    status(error.message, true);
+    return;
+  }
   shown = generation;
   $("fresh").hidden = true;
-  const body = {text, index: side(), num_results: NUM_RESULTS, cards: true};
+  const body = {text, index: side(), cards: true};
   // a text is ranked in the chosen mode; an image or a result has no words, so with one "words only" is "both"
   if (text.trim()) body.mode = (image || like) && mode() === "keyword" ? "hybrid" : mode();
   if (image) body.image = image;
   if (like) body.like = like;
   body.sort = $("sort").value;
   if ($("group").checked) body.group = "prompt";
+  if (Object.keys(filters).length) body.filters = filters;
+  await fetchPage(body, 0);
+}
+
+// The page of body's results from offset: the first (offset 0) replaces the results shown, a next one is appended.
+// A new query has cancelled the request in flight (search); a next page waits for none (loadMore).
+async function fetchPage(body, offset) {
+  const controller = inflight = new AbortController();
+  const depth = body.sort !== "relevance" || body.group === "prompt" ? SORT_DEPTH : MAX_RESULT_DEPTH;
+  const count = Math.min(PAGE_SIZE, depth - offset);
   try {
-    const response = await fetch("/api/search", {method: "POST", headers: {"Content-Type": "application/json"},
-                                                 body: JSON.stringify(body), signal: inflight.signal});
+    const response = await fetch("/api/search", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({...body, offset, num_results: count}), signal: controller.signal});
     const answer = await response.json();
     if (!response.ok) {
       status(answer.error || response.statusText, true);
+      offerMore(false);
       return;
     }
-    $("results").innerHTML = answer.cards;  // escaped by the server; the CSP runs no inline script anyway
+    asked = body;
+    show(offset ? [...results, ...answer.results] : answer.results, answer.cards, offset > 0);
+    // a short page was the last; and none is asked for past the depth the server pages to
+    offerMore(answer.results.length === count && offset + count < depth);
     const timings = Object.entries(answer.timings_ms).map(([name, ms]) => `${name} ${ms.toFixed(1)} ms`).join(", ");
     const notes = answer.notes.length ? ` (${answer.notes.join("; ")})` : "";
-    status(`${answer.results.length} results (${answer.mode}): ${timings}${notes}`, false);
+    status(`${results.length} results (${answer.mode}): ${timings}${notes}`, false);
   } catch (error) {
-    if (error.name !== "AbortError") status(`search failed: ${error.message}`, true);
+    if (error.name !== "AbortError") {
+      status(`search failed: ${error.message}`, true);
+      offerMore(false);
+    }
+  } finally {
+    if (inflight === controller) inflight = null;
   }
+}
+
+// The results all, their new cards (markup escaped by the server) appended or in place of those shown.
+function show(all, cards, append = false) {
+  const template = document.createElement("template");
+  template.innerHTML = cards;  // the CSP runs no inline script anyway
+  for (const card of template.content.children) card.tabIndex = 0;  // reached by Tab and the arrow keys (keys.js)
+  if (append) $("results").append(template.content);
+  else $("results").replaceChildren(template.content);
+  results = all;
+  offerExport(results.length);
+}
+
+function loadMore() {
+  if (!inflight && !$("more").hidden) fetchPage(asked, results.length);
+}
+
+// Infinite scroll: the next page is fetched as the "Load more" button comes near the viewport. An observer reports
+// changes only, so it observes the button anew after each page: a button still in view then asks for another.
+const nearEnd = new IntersectionObserver((entries) => {
+  if (entries.some((entry) => entry.isIntersecting)) loadMore();
+}, {rootMargin: "300px"});
+
+function offerMore(more) {
+  $("more").hidden = !more;
+  nearEnd.unobserve($("more"));
+  if (more) nearEnd.observe($("more"));
 }
 
 // Open on an index that exists: after `make run` on data whose image links are dead, only the prompts index does.
@@ -74,6 +139,7 @@ async function offerBuiltIndices() {
   const indices = health.indices || {};
   columns = health.filters || {};
   offerOrderings();
+  offerFilters(columns[side()] || []);
   if (health.watch) {
     generation = shown = health.watch.generation;
     setInterval(checkFresh, WATCH_POLL_MS);
@@ -110,6 +176,14 @@ function offerOrderings() {
   if ($("group").disabled) $("group").checked = false;
 }
 
+function searchLike(result) {
+  like = {index: result.index, position: result.position};
+  image = null;
+  $("query-image").hidden = true;
+  $("text").value = "";
+  search();
+}
+
 function later() {
   clearTimeout(timer);
   timer = setTimeout(search, DEBOUNCE_MS);
@@ -133,11 +207,16 @@ function useImage(file) {
 
 $("text").addEventListener("input", () => { like = null; later(); });
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(); });
-$("index").addEventListener("change", () => { offerOrderings(); search(); });
+$("index").addEventListener("change", () => {
+  offerOrderings();
+  offerFilters(columns[side()] || []);
+  search();
+});
 $("sort").addEventListener("change", search);
 $("group").addEventListener("change", search);
 $("mode").addEventListener("change", search);
 $("refresh").addEventListener("click", search);
+$("more").addEventListener("click", loadMore);
 $("file").addEventListener("change", () => useImage($("file").files[0]));
 $("clear-image").addEventListener("click", () => {
   image = null;
@@ -158,9 +237,10 @@ document.addEventListener("paste", (event) => {
   if (item) useImage(item.getAsFile());
 });
 $("results").addEventListener("click", async (event) => {
+  const card = event.target.closest(".card");
+  if (card && event.target.closest("img, .no-image")) openDetail([...$("results").children].indexOf(card));
   const button = event.target.closest("button");
   if (!button) return;
-  const card = button.closest(".card");
   if (button.classList.contains("copy")) {
     const prompt = card.querySelector(".prompt").textContent;
     try {
@@ -170,11 +250,11 @@ $("results").addEventListener("click", async (event) => {
       status(`could not copy: ${error.message}`, true);
     }
   } else if (button.classList.contains("more")) {
-    like = {index: button.dataset.index, position: Number(button.dataset.position)};
-    image = null;
-    $("query-image").hidden = true;
-    $("text").value = "";
-    search();
+    searchLike({index: button.dataset.index, position: Number(button.dataset.position)});
   }
 });
+setUpFilters(later);
+setUpDetail(() => results, searchLike);
+setUpKeys();
+setUpExport(() => asked && {body: asked, count: results.length}, status);
 offerBuiltIndices();
