@@ -43,7 +43,8 @@ READ_CLIPBOARD = "navigator.clipboard.readText().then(arguments[0], (error) => a
 
 
 def prompt_of(i: int) -> str:
-    return PLANTED if i == 0 else f"a {SUBJECTS[i % len(SUBJECTS)]} in {STYLES[i // len(SUBJECTS)]} style"
+    """Images 50-59 repeat the prompts of 40-49 (sketch): a prompt of two images, for one result per prompt."""
+    return PLANTED if i == 0 else f"a {SUBJECTS[i % len(SUBJECTS)]} in {STYLES[min(i // len(SUBJECTS), 4)]} style"
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +256,22 @@ def test_the_export_button_downloads_the_results_shown_as_a_training_set(own, se
         assert files[row["file"].replace(".png", ".txt")].decode() == caption(row["prompt"], True)
         assert row["seed"] == BASE_SEED + int(row["id"].split(".")[0])  # exact, as the item table holds it
     assert len(files) == 2 * len(rows) and len(rows) in (PAGE, COUNT)
+
+
+def test_one_result_per_prompt_opens_the_images_of_its_prompt(server, browser):  # noqa: F811
+    search(browser, server, "a dragon in sketch style")
+    browser.find_element(By.ID, "group").click()
+    rerendered(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .prompt-images"))
+    first = browser.find_element(By.CSS_SELECTOR, "#results > .card")
+    assert first.get_attribute("title") in ("47.png", "57.png")  # the prompt's own words first, once
+    assert "and 1 more of this prompt" in first.text and not browser.find_element(By.ID, "one-prompt").is_displayed()
+    first.find_element(By.CSS_SELECTOR, ".prompt-images").click()
+    rerendered(browser).until(lambda d: sorted(d.execute_script(CARD_IDS)) == ["47.png", "57.png"])
+    assert browser.find_element(By.ID, "one-prompt").is_displayed()
+    assert not browser.find_element(By.ID, "group").is_selected()
+    browser.find_element(By.ID, "all-prompts").click()  # back to one per prompt
+    rerendered(browser).until(lambda d: len(d.execute_script(CARD_IDS)) > 2)
+    assert browser.find_element(By.ID, "group").is_selected()
+    assert not browser.find_element(By.ID, "one-prompt").is_displayed()
+    ids = browser.execute_script(CARD_IDS)
+    assert len(ids) == len(set(ids)) and not {"47.png", "57.png"} <= set(ids)  # each prompt once

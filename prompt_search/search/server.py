@@ -36,9 +36,13 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def _actions(hit: Hit, index: str) -> str:
+    group = hit.extra.get("prompt_group")
+    # one result per prompt: its prompt's images, by its group (a number: nothing of the data goes in as markup)
+    images = (f'<button type="button" class="prompt-images" data-group="{int(group)}">All {hit.grouped + 1} images'
+              "</button>" if hit.grouped and group is not None else "")
     return (f'<div class="actions"><button type="button" class="copy">Copy prompt</button>'
             f'<button type="button" class="more" data-index="{index}" data-position="{hit.position}">'
-            f'More like this</button></div>')
+            f'More like this</button>{images}</div>')
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

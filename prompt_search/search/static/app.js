@@ -25,6 +25,7 @@ let shown = null;  // that count when the results shown were searched
 let columns = {};  // the columns each index can filter and sort on (/health's filters)
 let results = [];  // the results shown, as /api/search gives them, in the cards' order
 let asked = null;  // the request of the results shown, but its offset: a next page asks the same
+let promptGroup = null;  // the prompt whose images are shown ("All N images" of one result per prompt), as text
 
 function side() {
   return document.querySelector("input[name=index]:checked").value;
@@ -64,6 +65,7 @@ async function search() {
   if (like) body.like = like;
   body.sort = $("sort").value;
   if ($("group").checked) body.group = "prompt";
+  if (promptGroup !== null) filters.prompt_group = {min: promptGroup, max: promptGroup};  // exact: decimal text
   if (Object.keys(filters).length) body.filters = filters;
   await fetchPage(body, 0);
 }
@@ -205,15 +207,16 @@ function useImage(file) {
   reader.readAsDataURL(file);
 }
 
-$("text").addEventListener("input", () => { like = null; later(); });
+$("text").addEventListener("input", () => { like = null; leavePrompt(); later(); });
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("index").addEventListener("change", () => {
+  leavePrompt();  // the prompts index has no prompt groups
   offerOrderings();
   offerFilters(columns[side()] || []);
   search();
 });
 $("sort").addEventListener("change", search);
-$("group").addEventListener("change", search);
+$("group").addEventListener("change", () => { leavePrompt(); search(); });
 $("mode").addEventListener("change", search);
 $("refresh").addEventListener("click", search);
 $("more").addEventListener("click", loadMore);
@@ -251,7 +254,28 @@ $("results").addEventListener("click", async (event) => {
     }
   } else if (button.classList.contains("more")) {
     searchLike({index: button.dataset.index, position: Number(button.dataset.position)});
+  } else if (button.classList.contains("prompt-images")) {
+    showPromptImages(button.dataset.group);
   }
+});
+
+// The images of one prompt (a result of "One per prompt"): the same query, within them.
+function showPromptImages(group) {
+  promptGroup = group;
+  $("one-prompt").hidden = false;
+  $("group").checked = false;
+  search();
+}
+
+// Back from one prompt's images: a new text, another index, or the grouping changed.
+function leavePrompt() {
+  promptGroup = null;
+  $("one-prompt").hidden = true;
+}
+$("all-prompts").addEventListener("click", () => {
+  leavePrompt();
+  $("group").checked = true;
+  search();
 });
 setUpFilters(later);
 setUpDetail(() => results, searchLike);
