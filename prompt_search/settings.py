@@ -90,11 +90,10 @@ class WatchSettings(StepSettings):
 @dataclass(frozen=True)
 class ExportSettings(StepSettings):
     """export_results.py and POST /api/export: a query's results as a training set (search/export.py); images
-    fetched from their links with step 2's timeout, retries and threads."""
+    fetched from their links with step 2's timeout and retries."""
 
     max_export: int
     export_subfolder: str
     export_strip_weights: bool
     download_timeout: int = 10
     download_retries: int = 0
-    download_threads: int = 16

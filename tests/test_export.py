@@ -8,6 +8,7 @@ import io
 import re
 import shutil
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -122,12 +123,16 @@ def test_the_api_streams_the_same_results_as_a_zip(own):
 
 
 class _Links(http.server.BaseHTTPRequestHandler):
-    """Each way a link can fail step 2's rules, and one that passes."""
+    """Each way a link can fail step 2's rules, one that passes, and one that passes slowly."""
     image = b""
+    slow = threading.Event()  # set when the slow link is asked for
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         headers, body, status = {"Content-Type": "image/png"}, self.image, 200
-        if self.path == "/opted-out.png":
+        if self.path == "/slow.png":
+            self.slow.set()
+            time.sleep(2)
+        elif self.path == "/opted-out.png":
             headers["X-Robots-Tag"] = "noindex, noai"
         elif self.path == "/to-ftp.png":
             headers, body, status = {"Location": "ftp://127.0.0.1/x.png"}, b"", 302
@@ -151,20 +156,33 @@ def test_links_are_fetched_by_the_download_steps_rules(tmp_path, tiny_clip):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Links)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    reasons = {"ok": None, "opted-out": "opts its images out", "to-ftp": "not an http(s) link",
+    reasons = {"ok": None, "slow": None, "opted-out": "opts its images out", "to-ftp": "not an http(s) link",
                "missing": "Not Found", "page": "not an image"}
+    common = ["--OUT_DIR=out", f"--MODEL={tiny_clip}", "--BATCH_SIZE=4"]
+    query = {"text": "a picture", "index": "prompts", "num_results": len(reasons), "dedupe": False}
     try:
         write_open_prompts_csv(tmp_path / "links.csv", [(f"a picture {name}", f"{base}/{name}.png")
                                                         for name in reasons])
-        common = ["--OUT_DIR=out", f"--MODEL={tiny_clip}", "--BATCH_SIZE=4"]
         index_prompts(tmp_path, "links.csv", *common)
         run_script("export_results.py", *common, "--EXPORT_INDEX=prompts", "--INPUT_PROMPT=a picture",
-                   "--NUM_RESULTS=5", "--DEDUPE_THRESHOLD=1", "--EXPORT_DIR=fetched", "--DOWNLOAD_TIMEOUT=5",
-                   cwd=tmp_path)
+                   f"--NUM_RESULTS={len(reasons)}", "--DEDUPE_THRESHOLD=1", "--EXPORT_DIR=fetched",
+                   "--DOWNLOAD_TIMEOUT=5", cwd=tmp_path)
+        with running_server(tmp_path, common) as api:  # one export at a time: another meanwhile is refused
+            _Links.slow.clear()
+            first = {}
+            sending = threading.Thread(target=lambda: first.update(answer=post(api, "/api/export", **query)))
+            sending.start()
+            assert _Links.slow.wait(30)  # the first export is fetching its slow link
+            refused = post(api, "/api/export", **query)
+            sending.join(60)
+            assert refused.status_code == 429 and "one at a time" in refused.json()["error"]
+            assert first["answer"].status_code == 200 and post(api, "/api/export", **query).status_code == 200
     finally:
         server.shutdown()
         server.server_close()
     rows = pq.read_table(tmp_path / "fetched" / "results.parquet").to_pylist()
+    with zipfile.ZipFile(io.BytesIO(first["answer"].content)) as archive:
+        assert pq.read_table(io.BytesIO(archive.read("results.parquet"))).to_pylist() == rows  # script and API alike
     by_name = {row["prompt"].removeprefix("a picture "): row for row in rows}
     assert set(by_name) == set(reasons)
     for name, reason in reasons.items():
@@ -172,8 +190,9 @@ def test_links_are_fetched_by_the_download_steps_rules(tmp_path, tiny_clip):
         assert (row["skipped"] is None) if reason is None else (reason in row["skipped"]), row
     ok = tmp_path / "fetched" / by_name["ok"]["file"]
     assert ok.read_bytes() == _Links.image and ok.with_suffix(".txt").read_text() == "a picture ok"
-    assert sorted(path.name for path in (tmp_path / "fetched" / "1_prompt-search").iterdir()) == [ok.name,
-                                                                                                    ok.stem + ".txt"]
+    exported = sorted(path.name for path in (tmp_path / "fetched" / "1_prompt-search").iterdir())
+    assert exported == sorted(f"{by_name[name]['file'].split('/')[1].split('.')[0]}{suffix}"
+                              for name in ("ok", "slow") for suffix in (".png", ".txt"))
 
 
 def test_the_api_export_needs_the_token(own):

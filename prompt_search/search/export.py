@@ -30,6 +30,7 @@ from prompt_search.settings import ExportSettings
 from prompt_search.sources.image_fetch import FetchFailed, fetch_image, image_suffix
 
 RESULTS_FILE = "results.parquet"
+AT_ONCE = 8  # images read or fetched at once: an export holds at most AT_ONCE x image_fetch.MAX_IMAGE_BYTES
 # results.parquet's own columns, before the item table's
 OWN_FIELDS = [("rank", pa.int32()), ("score", pa.float64()), ("file", pa.string()), ("caption", pa.string()),
               ("skipped", pa.string()), ("index", pa.string()), ("id", pa.string()), ("prompt", pa.string()),
@@ -48,11 +49,11 @@ class Picked:
 def exported_files(searcher: Searcher, side: str, hits: list[Hit], settings: ExportSettings
                    ) -> Iterator[tuple[str, bytes]]:
     """(name inside the export, bytes) of each file: each image and its caption in rank order, results.parquet
-    last. Images are read or fetched download_threads at a time, and only that many are held at once."""
+    last. Images are read or fetched AT_ONCE at a time, and only that many are held at once."""
     rows = []
-    with ThreadPoolExecutor(settings.download_threads, thread_name_prefix="export") as pool:
-        for start in range(0, len(hits), settings.download_threads):
-            chunk = hits[start : start + settings.download_threads]
+    with ThreadPoolExecutor(AT_ONCE, thread_name_prefix="export") as pool:
+        for start in range(0, len(hits), AT_ONCE):
+            chunk = hits[start : start + AT_ONCE]
             for number, picked in enumerate(pool.map(lambda hit: _pick(searcher, side, hit, settings), chunk),
                                             start + 1):
                 text = caption(picked.hit.prompt, settings.export_strip_weights)

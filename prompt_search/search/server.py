@@ -5,10 +5,12 @@ aborted client holds only its own connection. Each route is one function over th
 and the ServerSettings).
 """
 
+import inspect
 import os
 import socket
 import time
 import urllib.parse
+import weakref
 from dataclasses import replace
 
 from fastapi import FastAPI, Request
@@ -118,10 +120,16 @@ async def api_export(request: Request) -> StreamingResponse:
     query = validated(ExportRequest, await read_json(request, settings.max_upload_bytes, settings.upload_timeout))
     check_count(settings.export.max_export, query.num_results, query.offset)
     ran = await run_in_threadpool(run_query, searcher, query, settings.limits)
+    # checked and set with no await between, by the event loop's one thread: the export being streamed, if any, is
+    # one whose stream (a generator) still exists and has not ended; one its client left unread is dropped with it
+    running = request.app.state.export and request.app.state.export()
+    if running is not None and inspect.getgeneratorstate(running) != inspect.GEN_CLOSED:
+        raise BadInput("an export is being made: the server makes one at a time; ask again when it has ended", 429)
     export = settings.export if query.strip_weights is None else replace(settings.export,
                                                                           export_strip_weights=query.strip_weights)
-    files = exported_files(searcher, query.index, ran.answer.hits, export)
-    return StreamingResponse(zip_stream(files), media_type="application/zip",
+    stream = zip_stream(exported_files(searcher, query.index, ran.answer.hits, export))
+    request.app.state.export = weakref.ref(stream)
+    return StreamingResponse(stream, media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{EXPORT_NAME}"'})
 
 
@@ -183,6 +191,7 @@ def create_app(searcher: Searcher, settings: ServerSettings) -> FastAPI:
     """The server's routes over an opened Searcher."""
     app = FastAPI(title="prompt-search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.searcher, app.state.settings = searcher, settings
+    app.state.export = None  # a weak reference to the export being streamed (api_export)
     app.middleware("http")(guard_and_headers)
     app.add_exception_handler(UserError, user_error)
     app.add_exception_handler(HTTPException, http_error)
