@@ -80,7 +80,7 @@ ALLOWED_HOSTS = ""  # host names the server answers to (the Host header), comma-
 EXPORT_DIR = ""  # the folder export_results.py creates (it never writes into an existing one); "" = OUT_DIR's exports/<UTC date and time>
 EXPORT_INDEX = "images"  # export_results.py: the index whose results are exported, "images" or "prompts" (each prompt with its image)
 EXPORT_QUERY = "text"  # export_results.py: the query exported, "text" (INPUT_PROMPT in SEARCH_MODE, with SORT and GROUP) or "image" (INPUT_IMG_PATH)
-MAX_EXPORT = 1000  # most results one export may hold (export_results.py's NUM_RESULTS, /api/export's num_results); sorted or grouped: 400
+MAX_EXPORT = 1000  # most results one export may hold, 1 to 1000 (export_results.py's NUM_RESULTS, /api/export's num_results); sorted or grouped: 400
 EXPORT_SUBFOLDER = "1_prompt-search"  # kohya's dataset folder in the export, "<repeats>_<name>": each image beside its .txt caption
 EXPORT_STRIP_WEIGHTS = True  # captions without A1111's weights ("(castle:1.2)" -> "castle") and LoRA, LyCORIS and hypernetwork tags ("<lora:x:0.8>")
 

@@ -100,7 +100,8 @@ ALLOWED: dict[str, Allowed] = {
                             '"" (none), "*" (any) or origins like "http://127.0.0.1:8080", separated by commas'),
     "EXPORT_INDEX": one_of("images", "prompts"),
     "EXPORT_QUERY": one_of("text", "image"),
-    "MAX_EXPORT": at_least(1),
+    "MAX_EXPORT": Allowed(lambda v: type(v) is int and 1 <= v <= 1000, "a whole number from 1 to 1000 (the deepest "
+                          "page a query answers)"),
     # kohya reads "<repeats>_<name>"; one folder name, so the export never writes outside its folder
     "EXPORT_SUBFOLDER": Allowed(lambda v: type(v) is str and re.fullmatch(r"[1-9][0-9]*_[A-Za-z0-9][A-Za-z0-9 ._-]*", v)
                                 is not None, 'kohya\'s "<repeats>_<name>", like "10_castles": letters, digits, " ._-"'),

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     ran = run_query(searcher, query, QueryLimits(cfg.DEDUPE_THRESHOLD, cfg.MAX_NEGATIVES, 2**62))
     for note in ran.answer.notes:
         print(f"({note})")
-    write_folder(folder, exported_files(searcher, cfg.EXPORT_INDEX, ran.answer.hits, ExportSettings.of(cfg)))
+    write_folder(folder, exported_files(searcher, cfg.EXPORT_INDEX, ran.answer, ExportSettings.of(cfg)))
     results = pq.read_table(os.path.join(folder, RESULTS_FILE), columns=["skipped"]).column("skipped").to_pylist()
     print(f"{folder}: {results.count(None)} of {len(results)} results exported, each image beside its caption "
           f"({os.path.join(folder, cfg.EXPORT_SUBFOLDER)}), every field in {RESULTS_FILE}")

@@ -48,11 +48,11 @@ def die_with_spawner() -> None:
     spawner = int(os.environ.get(SPAWNER_PID, "0"))
     if spawner == os.getppid():
         die_with(spawner)
-    elif spawner and not _exists(spawner):  # it was killed while this process started
+    elif spawner and not process_exists(spawner):  # it was killed while this process started
         os._exit(1)
 
 
-def _exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,12 +1,17 @@
 """Export (issue 31): a query's results as a kohya training set, by export_results.py into a new folder and by
 POST /api/export as a zip. Over a folder of generations the real tools wrote (tests/fixtures/generations) and a few
 A1111 PNGs whose prompts carry weights and LoRA tags; and over open-prompts rows whose images are fetched from a
-loopback server by step 2's rules (an X-Robots-Tag opt-out, a redirect to ftp, a 404, a page that is no image)."""
+loopback server by step 2's rules (an X-Robots-Tag opt-out, a redirect to ftp, a 404, a page that is no image,
+a body cut short, a reply that is no HTTP, a GIF converted to PNG, a slow one)."""
 
 import http.server
 import io
+import json
+import os
 import re
 import shutil
+import stat
+import subprocess
 import threading
 import time
 import zipfile
@@ -17,6 +22,7 @@ import pytest
 import requests
 from conftest import index_folder, index_prompts, make_image, run_script, write_open_prompts_csv
 from generations import a1111_text, png
+from PIL import Image
 from test_server import post, running_server
 
 from prompt_search.items import ItemTable
@@ -34,11 +40,21 @@ WEIGHTED = {
 NAME = re.compile(r"1_prompt-search/[0-9]{4}\.(png|jpg|webp|txt)|results\.parquet")
 
 
-@pytest.mark.parametrize(("prompt", "expected"), [*WEIGHTED.items(), ("  a plain prompt ", "a plain prompt"),
-                                                  ("a (b:.5) c, , d", "a b c, d")])
+@pytest.mark.parametrize(("prompt", "expected"), [
+    *WEIGHTED.items(), ("  a plain prompt ", "a plain prompt"), ("a (b:.5) c, , d", "a b c, d"),
+    ("((a (b:1.1):1.2) c)", "a b c"),  # nested weights
+    ("[castle:forest:0.5], [cat|dog], [hat::10], [moon:5]", "forest, cat, dog, moon"),  # what the last steps drew
+    ("aspect ratio 16:9, 1,000 soldiers, a sign saying :3)", "aspect ratio 16:9, 1,000 soldiers, a sign saying :3"),
+])
 def test_captions_lose_weights_and_network_tags(prompt, expected):
     assert caption(prompt, strip_weights=True) == expected
     assert caption(prompt, strip_weights=False) == prompt.strip()
+
+
+def test_a_caption_is_one_line():  # kohya reads a caption file's first line only
+    prompt = "masterpiece, best quality\nBREAK\na castle, (red:1.2) flags"
+    assert caption(prompt, strip_weights=True) == "masterpiece, best quality, a castle, red flags"
+    assert caption(prompt, strip_weights=False) == "masterpiece, best quality, BREAK, a castle, (red:1.2) flags"
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +110,19 @@ def test_the_script_writes_a_new_folder_and_never_into_an_existing_one(own):
     assert (duck["negative_prompt"], duck["sampler"], duck["seed"]) == ("monochrome", "UniPC", 235284042)
     assert f"{len(rows) - 1} of {len(rows)} results exported" in done.stdout and "1 skipped" in done.stdout
     assert [path.name for path in work.iterdir() if ".partial-" in path.name] == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask  # as any folder the user makes (not mkdtemp's 0700)
     again = run_script("export_results.py", *args, cwd=work, check=False)
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "exists" in again.stderr, again.stderr
     assert {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()} == set(files)
+    gone = subprocess.Popen(["true"])  # a process that has ended: what a killed export of its own left is removed
+    gone.wait()
+    (work / f".set2.partial-{gone.pid}" / "1_prompt-search").mkdir(parents=True)
+    run_script("export_results.py", *common, "--INPUT_PROMPT=a castle", "--NUM_RESULTS=2", "--EXPORT_DIR=set2",
+               cwd=work)
+    assert [path.name for path in work.iterdir() if ".partial-" in path.name] == []
+    assert len(list((work / "set2" / "1_prompt-search").iterdir())) == 4
     too_many = run_script("export_results.py", *common, "--NUM_RESULTS=5", "--MAX_EXPORT=4", "--EXPORT_DIR=other",
                           cwd=work, check=False)
     assert too_many.returncode == 1 and "MAX_EXPORT=4" in too_many.stderr and not (work / "other").exists()
@@ -114,6 +140,9 @@ def test_the_api_streams_the_same_results_as_a_zip(own):
         refused = post(base, "/api/export", **{**query, "num_results": 21})
         assert refused.status_code == 422 and "from 1 to 20" in refused.json()["error"]
         assert post(base, "/api/export", **{**query, "num_results": 401}).status_code == 422
+        as_text = requests.post(f"{base}/api/export", data=json.dumps(query), timeout=30,
+                                headers={"Content-Type": "text/plain"})  # what a page elsewhere may send unasked
+        assert as_text.status_code == 415 and "application/json" in as_text.json()["error"]
     with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
         assert archive.testzip() is None
         files = {name: archive.read(name) for name in archive.namelist()}
@@ -125,11 +154,24 @@ def test_the_api_streams_the_same_results_as_a_zip(own):
 class _Links(http.server.BaseHTTPRequestHandler):
     """Each way a link can fail step 2's rules, one that passes, and one that passes slowly."""
     image = b""
+    gif = b""
     slow = threading.Event()  # set when the slow link is asked for
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         headers, body, status = {"Content-Type": "image/png"}, self.image, 200
-        if self.path == "/slow.png":
+        if self.path == "/garbled.png":  # no HTTP at all
+            self.wfile.write(b"this is not HTTP\r\n\r\n")
+            return
+        if self.path == "/cut.png":  # the connection closes before the body declared has come
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.image)))
+            self.end_headers()
+            self.wfile.write(self.image[: len(self.image) // 2])
+            self.close_connection = True
+            return
+        if self.path == "/gif.png":  # a GIF, which kohya does not read
+            body = self.gif
+        elif self.path == "/slow.png":
             self.slow.set()
             time.sleep(2)
         elif self.path == "/opted-out.png":
@@ -153,11 +195,14 @@ class _Links(http.server.BaseHTTPRequestHandler):
 
 def test_links_are_fetched_by_the_download_steps_rules(tmp_path, tiny_clip):
     _Links.image = make_image(tmp_path / "ok.png", (80, 60)).read_bytes()
+    Image.open(tmp_path / "ok.png").convert("P").save(tmp_path / "ok.gif")
+    _Links.gif = (tmp_path / "ok.gif").read_bytes()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Links)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    reasons = {"ok": None, "slow": None, "opted-out": "opts its images out", "to-ftp": "not an http(s) link",
-               "missing": "Not Found", "page": "not an image"}
+    reasons = {"ok": None, "slow": None, "gif": None, "opted-out": "opts its images out",
+               "to-ftp": "not an http(s) link", "missing": "Not Found", "page": "not an image",
+               "cut": "cut short", "garbled": "not HTTP"}
     common = ["--OUT_DIR=out", f"--MODEL={tiny_clip}", "--BATCH_SIZE=4"]
     query = {"text": "a picture", "index": "prompts", "num_results": len(reasons), "dedupe": False}
     try:
@@ -190,9 +235,12 @@ def test_links_are_fetched_by_the_download_steps_rules(tmp_path, tiny_clip):
         assert (row["skipped"] is None) if reason is None else (reason in row["skipped"]), row
     ok = tmp_path / "fetched" / by_name["ok"]["file"]
     assert ok.read_bytes() == _Links.image and ok.with_suffix(".txt").read_text() == "a picture ok"
+    converted = tmp_path / "fetched" / by_name["gif"]["file"]  # as PNG, the same pixels
+    assert converted.suffix == ".png" and Image.open(converted).format == "PNG"
+    assert Image.open(converted).convert("RGB").tobytes() == Image.open(tmp_path / "ok.gif").convert("RGB").tobytes()
     exported = sorted(path.name for path in (tmp_path / "fetched" / "1_prompt-search").iterdir())
     assert exported == sorted(f"{by_name[name]['file'].split('/')[1].split('.')[0]}{suffix}"
-                              for name in ("ok", "slow") for suffix in (".png", ".txt"))
+                              for name in ("ok", "slow", "gif") for suffix in (".png", ".txt"))
 
 
 def test_the_api_export_needs_the_token(own):

@@ -12,7 +12,7 @@ export is made here from the rank, never from an id, a path or a prompt: nothing
 
 import io
 import os
-import tempfile
+import re
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,15 +22,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prompt_search import storage
+from prompt_search.children import process_exists
 from prompt_search.errors import UserError
 from prompt_search.search.captions import caption
 from prompt_search.search.core import Hit
-from prompt_search.search.service import Searcher
+from prompt_search.search.service import Answer, OpenSide, Searcher
 from prompt_search.settings import ExportSettings
-from prompt_search.sources.image_fetch import FetchFailed, fetch_image, image_suffix
+from prompt_search.sources.image_fetch import MAX_IMAGE_BYTES, NETWORK_ERRORS, FetchFailed, fetch_image, training_image
 
 RESULTS_FILE = "results.parquet"
-AT_ONCE = 8  # images read or fetched at once: an export holds at most AT_ONCE x image_fetch.MAX_IMAGE_BYTES
+AT_ONCE = 8  # images read or fetched at once: an export holds at most AT_ONCE x MAX_IMAGE_BYTES
 # results.parquet's own columns, before the item table's
 OWN_FIELDS = [("rank", pa.int32()), ("score", pa.float64()), ("file", pa.string()), ("caption", pa.string()),
               ("skipped", pa.string()), ("index", pa.string()), ("id", pa.string()), ("prompt", pa.string()),
@@ -46,37 +47,43 @@ class Picked:
     skipped: str = ""
 
 
-def exported_files(searcher: Searcher, side: str, hits: list[Hit], settings: ExportSettings
+def exported_files(searcher: Searcher, side: str, answer: Answer, settings: ExportSettings
                    ) -> Iterator[tuple[str, bytes]]:
-    """(name inside the export, bytes) of each file: each image and its caption in rank order, results.parquet
-    last. Images are read or fetched AT_ONCE at a time, and only that many are held at once."""
+    """(name inside the export, bytes) of each file of answer's hits: each image and its caption in rank order,
+    results.parquet last. Images are read or fetched AT_ONCE at a time, and only that many are held at once. Each
+    hit is found in the sides it was searched in (answer.view): a live index's fold meanwhile renumbers the rows."""
     rows = []
-    with ThreadPoolExecutor(AT_ONCE, thread_name_prefix="export") as pool:
-        for start in range(0, len(hits), AT_ONCE):
-            chunk = hits[start : start + AT_ONCE]
-            for number, picked in enumerate(pool.map(lambda hit: _pick(searcher, side, hit, settings), chunk),
-                                            start + 1):
+    pool = ThreadPoolExecutor(AT_ONCE, thread_name_prefix="export")
+    try:
+        for start in range(0, len(answer.hits), AT_ONCE):
+            chunk = answer.hits[start : start + AT_ONCE]
+            for number, picked in enumerate(pool.map(lambda hit: _pick(searcher, side, hit, answer.view, settings),
+                                                     chunk), start + 1):
                 text = caption(picked.hit.prompt, settings.export_strip_weights)
                 name = f"{settings.export_subfolder}/{number:04d}" if not picked.skipped else ""
                 if name:
                     yield name + picked.suffix, picked.image
                     yield name + ".txt", text.encode("utf-8")
                 rows.append(_row(picked, side, name and name + picked.suffix, text))
-    yield RESULTS_FILE, _results_table(searcher, side, rows)
+    finally:  # a client gone mid-export: its stream is closed on the server's event loop, which must not wait
+        pool.shutdown(wait=False, cancel_futures=True)
+    yield RESULTS_FILE, _results_table(answer.view[side], rows)
 
 
-def _pick(searcher: Searcher, side: str, hit: Hit, settings: ExportSettings) -> Picked:
-    """The hit's image: its file in the images folder, else its link fetched."""
-    position = searcher.picture(side, hit)
-    path = searcher.image_file("images", position) if position is not None else None
+def _pick(searcher: Searcher, side: str, hit: Hit, view: dict[str, OpenSide], settings: ExportSettings) -> Picked:
+    """The hit's image: its file in the images folder, else its link fetched. Whatever fails, the hit is skipped
+    with the reason, and the export goes on."""
+    position = searcher.picture(side, hit, view)
+    path = searcher.image_file("images", position, view) if position is not None else None
     try:
         if path is not None:
-            body = storage.read_bytes(path)
-            return Picked(hit, body, image_suffix(body))
+            if storage.size(path) > MAX_IMAGE_BYTES:
+                return Picked(hit, skipped=f"larger than {MAX_IMAGE_BYTES // 2**20} MB")
+            return Picked(hit, *training_image(storage.read_bytes(path)))
         if not hit.url:
             return Picked(hit, skipped="no image here and no link")
         return Picked(hit, *fetch_image(hit.url, settings.download_timeout, settings.download_retries))
-    except (FetchFailed, OSError) as error:
+    except (FetchFailed, UserError, *NETWORK_ERRORS) as error:  # UserError: storage at a URL that failed
         return Picked(hit, skipped=str(error) or type(error).__name__)
 
 
@@ -87,9 +94,9 @@ def _row(picked: Picked, side: str, file: str, text: str) -> dict:
             "url": hit.url or None, "path": hit.path or None, **hit.extra}
 
 
-def _results_table(searcher: Searcher, side: str, rows: list[dict]) -> bytes:
+def _results_table(opened: OpenSide, rows: list[dict]) -> bytes:
     """results.parquet: the item table's columns in its own types (a seed stays an exact uint64)."""
-    schema = searcher.side(side).items.reader.schema
+    schema = opened.searched.items.reader.schema
     taken = {name for name, _ in OWN_FIELDS}
     fields = [*OWN_FIELDS, *((field.name, field.type) for field in schema if field.name not in taken)]
     table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
@@ -123,7 +130,9 @@ def zip_stream(files: Iterator[tuple[str, bytes]]) -> Iterator[bytes]:
     with zipfile.ZipFile(sink, "w") as archive:
         for name, data in files:
             packed = zipfile.ZIP_STORED if not name.endswith((".txt", ".parquet")) else zipfile.ZIP_DEFLATED
-            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, compress_type=packed)
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16  # -rw-r--r-- when unpacked, as a file written to a folder
+            archive.writestr(info, data, compress_type=packed)
             yield sink.take()
     yield sink.take()  # the central directory, written on close
 
@@ -135,13 +144,16 @@ def check_new(folder: str) -> None:
 
 
 def write_folder(folder: str, files: Iterator[tuple[str, bytes]]) -> int:
-    """The files in folder, which must not exist: written in a hidden folder beside it, then renamed to it whole, so
-    a reader (or kohya) never sees half an export. Returns the number of files."""
+    """The files in folder, which must not exist: written in a hidden folder beside it (.NAME.partial-PID), then
+    renamed to it whole, so that a reader (or kohya) never sees half an export. What a killed export left is removed
+    by the next. Returns the number of files."""
     folder = os.path.abspath(folder)
     check_new(folder)
-    parent = os.path.dirname(folder)
+    parent, base = os.path.split(folder)
     os.makedirs(parent, exist_ok=True)
-    partial = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=parent)
+    _remove_left_partials(parent, base)
+    partial = os.path.join(parent, f".{base}.partial-{os.getpid()}")
+    os.mkdir(partial)  # the umask's mode, as any folder the user makes
     count = 0
     try:
         for name, data in files:
@@ -156,3 +168,13 @@ def write_folder(folder: str, files: Iterator[tuple[str, bytes]]) -> int:
         storage.remove_tree(partial)
         raise
     return count
+
+
+def _remove_left_partials(parent: str, base: str) -> None:
+    """The partial folders of exports to base whose process is gone (killed), and this process's own of an earlier
+    process that had its number."""
+    for entry in os.scandir(parent):
+        found = re.fullmatch(re.escape(f".{base}.partial-") + r"([0-9]+)", entry.name)
+        if found and (int(found.group(1)) == os.getpid() or not process_exists(int(found.group(1)))):
+            storage.remove_tree(entry.path)
+

@@ -117,20 +117,29 @@ async def api_search(request: Request) -> JSONResponse:
 async def api_export(request: Request) -> StreamingResponse:
     """A query's results as a training set (README: Triage): kohya's layout as a zip, streamed as it is made."""
     searcher, settings = state(request)
+    # JSON only: a page elsewhere may post a form or text/plain to a server on loopback without asking (no CORS
+    # preflight), and an export spends the server's time fetching images
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise BadInput("an export's body is JSON: send Content-Type: application/json", 415)
     query = validated(ExportRequest, await read_json(request, settings.max_upload_bytes, settings.upload_timeout))
     check_count(settings.export.max_export, query.num_results, query.offset)
+    _one_export_at_a_time(request)  # before the query, and again after it
     ran = await run_in_threadpool(run_query, searcher, query, settings.limits)
-    # checked and set with no await between, by the event loop's one thread: the export being streamed, if any, is
-    # one whose stream (a generator) still exists and has not ended; one its client left unread is dropped with it
-    running = request.app.state.export and request.app.state.export()
-    if running is not None and inspect.getgeneratorstate(running) != inspect.GEN_CLOSED:
-        raise BadInput("an export is being made: the server makes one at a time; ask again when it has ended", 429)
+    _one_export_at_a_time(request)  # and set with no await between, by the event loop's one thread
     export = settings.export if query.strip_weights is None else replace(settings.export,
                                                                           export_strip_weights=query.strip_weights)
-    stream = zip_stream(exported_files(searcher, query.index, ran.answer.hits, export))
+    stream = zip_stream(exported_files(searcher, query.index, ran.answer, export))
     request.app.state.export = weakref.ref(stream)
     return StreamingResponse(stream, media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{EXPORT_NAME}"'})
+
+
+def _one_export_at_a_time(request: Request) -> None:
+    """A 429 while an export is being streamed: one whose stream (a generator) still exists and has not ended. A
+    stream its client left unread is dropped with its response."""
+    running = request.app.state.export and request.app.state.export()
+    if running is not None and inspect.getgeneratorstate(running) != inspect.GEN_CLOSED:
+        raise BadInput("an export is being made: the server makes one at a time; ask again when it has ended", 429)
 
 
 async def thumbnail(request: Request, index: str, position: str) -> Response:

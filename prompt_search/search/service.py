@@ -63,6 +63,7 @@ class Answer:
     hits: list[Hit]
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds: encode, search, lookup
+    view: dict[str, "OpenSide"] | None = None  # the sides searched: the hits' positions are rows of these
 
 
 def split_negatives(text: str) -> tuple[str, list[str]]:
@@ -153,11 +154,12 @@ class Searcher:
         vector = np.asarray(searched.vectors[position], dtype=np.float32)
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
-    def picture(self, side: str, hit: Hit) -> int | None:
-        """The images index's position of the hit's local image: its own, or for a prompt, the image of its id."""
+    def picture(self, side: str, hit: Hit, view: dict[str, OpenSide] | None = None) -> int | None:
+        """The images index's position of the hit's local image: its own, or for a prompt, the image of its id (in
+        view, the sides the hit was found in; the current ones by default)."""
         if side == "images":
             return hit.position if hit.path else None
-        images = self.view.get("images")
+        images = (self.view if view is None else view).get("images")
         return images.ids.position(hit.id) if images else None
 
     def by_ids(self, ids: list[str]) -> list[tuple[str, Hit]]:
@@ -175,7 +177,8 @@ class Searcher:
         """The hits wanted of the query in side (hybrid.ranked), only rows whose filter columns lie in the (low, high)
         ranges, ordered by relevance or by the column sort names (SORT_KEYS), one per prompt with group "prompt".
         vector: the query's CLIP vector (None in the keyword mode)."""
-        opened = self.open_side(side)
+        answer.view = self.view  # read once: a live index's fold replaces it whole meanwhile
+        opened = self.open_side(side, answer.view)
         searched = opened.searched
         if vector is not None and len(vector) != searched.index.d:
             raise BadInput(f"the query vector has {len(vector)} dimensions, the {side} index {searched.index.d}")
@@ -224,10 +227,11 @@ class Searcher:
         path = self.image_file(side, int(position)) if POSITION.fullmatch(position) else None
         return None if path is None else _thumbnail(path, storage.stamp(path), self.decoding)
 
-    def image_file(self, side: str, position: int) -> str | None:
-        """The local image of a row of side's item table, or None: only a file inside the images folder, whatever the
-        request or the item table's path says (the path is resolved, links included, before it is compared)."""
-        opened = self.view.get(side)
+    def image_file(self, side: str, position: int, view: dict[str, OpenSide] | None = None) -> str | None:
+        """The local image of a row of side's item table (in view; the current one by default), or None: only a file
+        inside the images folder, whatever the request or the item table's path says (the path is resolved, links
+        included, before it is compared)."""
+        opened = (self.view if view is None else view).get(side)
         searched = opened and opened.searched
         if searched is None or not 0 <= position < len(searched.items):
             return None

@@ -73,7 +73,9 @@ function show(result) {
 // server's thumbnail when that link is dead; a folder's image only has the thumbnail (its url is the thumbnail's).
 function picture(result) {
   const image = $("detail-image");
-  const own = /^https?:\/\//i.test(result.url) && !result.url.endsWith(result.thumbnail) ? result.url : "";
+  // a folder's image: its url is this server's thumbnail of it, made absolute
+  const thumbnailUrl = result.thumbnail.startsWith("/") && result.url.endsWith(result.thumbnail);
+  const own = /^https?:\/\//i.test(result.url) && !thumbnailUrl ? result.url : "";
   const src = own || result.thumbnail;
   image.onerror = own ? () => { image.onerror = null; image.src = result.thumbnail; } : null;
   if (src) image.src = src;
