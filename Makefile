@@ -60,7 +60,7 @@ java:
 	fi
 
 test: setup browser java
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=25 tests
 
 # ruff, and the import-linter contracts of pyproject.toml: the package's wings import only downwards.
 lint: setup

@@ -135,7 +135,8 @@ def test_metadata_and_absolute_urls(own):
 ENDPOINTS = [("GET", "/", None), ("GET", "/static/app.js", None), ("GET", "/gallery.css", None),
              ("GET", "/thumbnail/images/0", None), ("GET", "/indices-list", None),
              ("POST", "/knn-service", {"text": "a castle"}), ("POST", "/metadata", {"ids": []}),
-             ("POST", "/api/search", {"text": "a castle"})]
+             ("POST", "/api/search", {"text": "a castle"}),
+             ("POST", "/api/export", {"text": "a castle", "num_results": 2})]
 
 
 def call(base: str, method: str, path: str, body: dict | None, **headers: str) -> requests.Response:
