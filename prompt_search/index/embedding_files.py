@@ -35,4 +35,3 @@ def source_files(folder: str) -> list[SourceFile]:
             files.append(SourceFile(path, ids_path, start, count))
             start += count
     return files
-

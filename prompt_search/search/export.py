@@ -143,10 +143,10 @@ def check_new(folder: str) -> None:
                         "new one")
 
 
-def write_folder(folder: str, files: Iterator[tuple[str, bytes]]) -> int:
+def write_folder(folder: str, files: Iterator[tuple[str, bytes]]) -> None:
     """The files in folder, which must not exist: written in a hidden folder beside it (.NAME.partial-PID), then
     renamed to it whole, so that a reader (or kohya) never sees half an export. What a killed export left is removed
-    by the next. Returns the number of files."""
+    by the next."""
     folder = os.path.abspath(folder)
     check_new(folder)
     parent, base = os.path.split(folder)
@@ -154,20 +154,17 @@ def write_folder(folder: str, files: Iterator[tuple[str, bytes]]) -> int:
     _remove_left_partials(parent, base)
     partial = os.path.join(parent, f".{base}.partial-{os.getpid()}")
     os.mkdir(partial)  # the umask's mode, as any folder the user makes
-    count = 0
     try:
         for name, data in files:
             path = os.path.join(partial, *name.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "xb") as out:
                 out.write(data)
-            count += 1
         check_new(folder)  # one made while the export ran is left as it is
         os.rename(partial, folder)
     except BaseException:
         storage.remove_tree(partial)
         raise
-    return count
 
 
 def _remove_left_partials(parent: str, base: str) -> None:
