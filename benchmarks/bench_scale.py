@@ -48,6 +48,7 @@ from prompt_search.sources.metadata_table import PARQUET_OPTIONS, SCHEMA  # noqa
 
 DIM = 512
 BATCH = 128
+TEXT_BATCH = 1024  # prompts a step 3' batch file holds
 CENTRES = 20_000
 MAXRSS = "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; " \
          "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
@@ -59,22 +60,31 @@ def vectors_of(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndar
 
 
 def make_collection(out: Path, n: int, model: str, seed: int = 0) -> None:
-    """out/visual_embeddings and out/metadata/metadata.parquet for n items, written a batch at a time."""
+    """out/visual_embeddings, out/textual_embeddings and out/metadata/metadata.parquet for n items, written a batch
+    at a time. Half the rows repeat another row's prompt (open-prompts repeats many), and step 3' has embedded each
+    distinct prompt once, as a user runs the steps: step 4 then scores adherence from those vectors."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    folder = out / "visual_embeddings"
-    for sub in ("embeddings", "ids", "batches"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
     ids = [hashlib.blake2b(f"https://example.com/{seed}/{i}.png".encode(), digest_size=8).hexdigest()
            for i in range(n)]
-    for batch, start in enumerate(range(0, n, BATCH)):
-        chunk = vectors_of(rng, centres, min(BATCH, n - start))
+    prompts = -(-n // 2)
+    write_set(out / "visual_embeddings", ids, BATCH, lambda size: vectors_of(rng, centres, size), model)
+    write_set(out / "textual_embeddings", ids[:prompts], TEXT_BATCH, lambda size: vectors_of(rng, centres, size),
+              model)
+    write_metadata(out / METADATA_FILE, ids, seed, prompts)
+
+
+def write_set(folder: Path, ids: list[str], batch_size: int, vectors, model: str) -> None:
+    """An embeddings set as step 3 or 3' writes it: a vector for each id, from vectors(count), in batch files."""
+    for sub in ("embeddings", "ids", "batches"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for batch, start in enumerate(range(0, len(ids), batch_size)):
+        chunk = vectors(min(batch_size, len(ids) - start))
         np.save(folder / "embeddings" / f"{batch:09d}.npy", chunk)
         np.save(folder / "ids" / f"{batch:09d}.npy", np.array(ids[start : start + len(chunk)]))
         (folder / "batches" / f"{batch:09d}.json").write_text(json.dumps({"count": len(chunk), "skipped": []}))
-    (folder / MANIFEST).write_text(json.dumps({"model": model_fingerprint(model), "count": n}))
-    write_metadata(out / METADATA_FILE, ids, seed)
+    (folder / MANIFEST).write_text(json.dumps({"model": model_fingerprint(model), "count": len(ids)}))
 
 
 class StoredVectors:
@@ -95,8 +105,9 @@ class StoredVectors:
         return np.stack([np.load(self.files[row // BATCH], mmap_mode="r")[row % BATCH] for row in rows])
 
 
-def write_metadata(path: Path, ids: list[str], seed: int) -> None:
-    """A metadata table in step 1's schema with a row for each id."""
+def write_metadata(path: Path, ids: list[str], seed: int, prompts: int = 0) -> None:
+    """A metadata table in step 1's schema with a row for each id; row i's prompt is prompt i % prompts (all
+    distinct when prompts is 0)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     words = "castle robot portrait neon city ocean dragon forest cyberpunk painting of a the in with".split()
     with pq.ParquetWriter(path, SCHEMA, **PARQUET_OPTIONS) as writer:
@@ -106,7 +117,8 @@ def write_metadata(path: Path, ids: list[str], seed: int) -> None:
             columns = {
                 "id": chunk,
                 "url": [f"https://example.com/{seed}/{i}.png" for i in rows],
-                "prompt": [" ".join(words[(i * k) % len(words)] for k in range(1, 12)) + f" {i}" for i in rows],
+                "prompt": [" ".join(words[(p * k) % len(words)] for k in range(1, 12)) + f" {p}"
+                           for p in (i % (prompts or len(ids)) for i in rows)],
                 "width": [512] * len(chunk), "height": [768] * len(chunk), "seed": list(rows),
                 "csv_line": [i + 2 for i in rows],
             }
@@ -276,12 +288,15 @@ def measure_size(work: Path, count: int, model: Path, image: Path, args: argpars
         make_collection(big, count, str(model))
     say(f"\n{count:,} vectors (collection made in {time.perf_counter() - start:.0f} s), step 4:")
     if not args.skip_build:
-        wall, gib, printed = run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={big}"], work)
+        wall, gib, printed = run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={big}",
+                                            f"--MODEL={model}"], work)
         say(f"  create_visual_knn_indices.py: {wall:.0f} s, peak {gib:.2f} GiB; it said: {printed.splitlines()[0]}")
         infos = json.loads((big / "knn_indices" / "visual" / "infos.json").read_text())
         if "train seconds" in infos:  # step 4's own build (index/fast_scan.py): where its time went
             say(f"  of which training on {infos['train points']:,} vectors {infos['train seconds']} s, adding them all "
                 f"{infos['add seconds']} s")
+        say(f"  the item table with the scores {infos['items seconds']:.1f} s, the keyword index "
+            f"{infos['keyword seconds']:.1f} s")
         floor = measure_floor(big, count, say)
         if floor:
             say(f"  step 4 / floor: {wall / floor:.1f}x (load average {os.getloadavg()[0]:.1f})")
@@ -320,7 +335,8 @@ def main() -> None:
     say(f"bench_scale: {args.vectors} vectors, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}")
     make_collection(work / "small", 1000, str(model), seed=5)
-    run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={work / 'small'}"], work)
+    run_measured([str(REPO / "create_visual_knn_indices.py"), f"--OUT_DIR={work / 'small'}", f"--MODEL={model}"],
+                 work)
     for count in (int(size) for size in args.vectors.split(",")):
         measure_size(work, count, model, image, args, say)
 

@@ -106,12 +106,14 @@ def build_index(embeddings: str, index_set: str, settings: IndexSettings, metada
         if index is None or index.ntotal != total:
             raise UserError(f"the index holds {getattr(index, 'ntotal', 0)} vectors but {folder} holds {total}")
         metadata = local_published_file(metadata_file)
+        items_start = time.perf_counter()
         scores = scores_table(ids, out, metadata, manifest["model"], settings.aesthetic_model, prompts)
         write_items(os.path.join(out, ITEMS_FILE), ids,
                     [os.path.join(folder, IMAGES_FILE), metadata,
                      local_published_file(stamps_file) if stamps_file else "", scores], out)
         if scores:
             os.remove(scores)
+        infos["items seconds"] = round(time.perf_counter() - items_start, 3)
         lossy = check_alignment(index, ItemTable(os.path.join(out, ITEMS_FILE)).ids(), files)
         keyword_start = time.perf_counter()
         keywords = infos["keywords"] = build_keywords(os.path.join(out, ITEMS_FILE), out)
