@@ -16,7 +16,7 @@ from test_fast_query import IMAGES, cosines, first_hit, generated_prompts, query
 
 from prompt_search.errors import UserError
 from prompt_search.models.clip import load
-from prompt_search.models.names import model_fingerprint
+from prompt_search.models.names import fingerprint_model, model_fingerprint, model_mismatch
 from prompt_search.models.onnx_clip import (
     TEXTUAL_FILE,
     VISUAL_FILE,
@@ -163,6 +163,21 @@ def test_fingerprint_names_architecture_and_pretrained(tiny_open_clip: str):
     assert f"/{checkpoint}:{size}:" in model_fingerprint(tiny_open_clip)
 
 
+def test_a_mismatch_names_a_model_to_run_with(tmp_path, tiny_open_clip: str):
+    """Messages name the model as MODEL takes it, without the size and time a fingerprint holds."""
+    recorded = model_fingerprint(tiny_open_clip)
+    assert fingerprint_model(recorded) != recorded and model_mismatch(recorded, fingerprint_model(recorded)) == ""
+    assert f"run with --MODEL={fingerprint_model(recorded)}, or" in model_mismatch(recorded, "ViT-B/32")
+    checkpoint = tmp_path / "clip.pt"
+    checkpoint.write_bytes(b"weights")
+    recorded = model_fingerprint(str(checkpoint))
+    assert model_mismatch(recorded, str(checkpoint)) == ""
+    assert model_mismatch(recorded, "ViT-B/32").endswith(f"run with --MODEL={checkpoint}, or recompute them with "
+                                                         "MODEL ViT-B/32")
+    checkpoint.write_bytes(b"other weights")  # the same path, other weights: naming it again would not help
+    assert "before its file changed" in model_mismatch(recorded, str(checkpoint))
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_open_clip: str):
     """Steps 1 and 3 to 5 with the OpenCLIP model, on local images (step 2 is the same for every model)."""
@@ -207,4 +222,4 @@ def test_index_of_another_model_is_refused(pipeline):
     result = run_script("test_visual_knn_index.py", "--OUT_DIR=out", "--MODEL=ViT-B/32",
                         "--INPUT_IMG_PATH=images/a.png", cwd=work, check=False)
     assert result.returncode == 1 and "holds vectors of the model open_clip:" in result.stderr
-    assert "encoded with ViT-B/32" in result.stderr
+    assert "not of MODEL ViT-B/32: run with --MODEL=open_clip:" in result.stderr

@@ -12,12 +12,15 @@ from generations import a1111_text, png
 from PIL import Image
 from test_live_index import settings_for
 
+from prompt_search.embedding.visual import embed_images
 from prompt_search.errors import UserError
 from prompt_search.index.aesthetic import load_aesthetic
+from prompt_search.index.build import create_index
 from prompt_search.items import ItemTable
-from prompt_search.layout import ITEMS_FILE, index_set
+from prompt_search.layout import ITEMS_FILE, embeddings_set, index_set
 from prompt_search.live.compaction import fold
 from prompt_search.output_sets import current_set
+from prompt_search.sources.folder_metadata import extract_folder_metadata
 
 PROMPTS = ["a red fox in the snow", "A red fox in the  snow", "portrait of a robot", "a castle at night", ""]
 
@@ -70,6 +73,20 @@ def test_adherence_is_clipscore_whether_step_3_embedded_the_prompt_or_step_4_did
                                                                                  late), abs=1e-3)
     assert {row_id: row["adherence"] for row_id, row in third.items() if row_id != "late.png"} == \
         {row_id: row["adherence"] for row_id, row in second.items()}
+
+
+def test_a_new_prompt_of_another_model_is_refused_naming_the_images_model(folder, tiny_clip):
+    """Step 4 embeds a prompt step 3' has not: with another MODEL than the images', it says which to run with (the
+    checkpoint's path, as MODEL takes it) and keeps the published index."""
+    images, out, (watch, embed, index) = folder
+    fold(watch, embed, index)
+    published = current_set(index_set(str(out), "visual"))
+    png(images / "late.png", {"parameters": a1111_text("a lighthouse made of glass", 99)}, 99)
+    extract_folder_metadata(str(images), str(out), "a1111")
+    embed_images(str(images), embeddings_set(str(out), "visual"), embed)
+    with pytest.raises(UserError, match=f"not of MODEL ViT-B/32: run with --MODEL={tiny_clip}, or"):
+        create_index(str(out), "visual", index, replace(embed, model="ViT-B/32"))
+    assert current_set(index_set(str(out), "visual")) == published
 
 
 def linear_head(dimension: int, seed: int = 0) -> tuple[dict, torch.nn.Module]:

@@ -27,7 +27,7 @@ from prompt_search.errors import UserError
 from prompt_search.index.aesthetic import load_aesthetic
 from prompt_search.index.embedding_files import SourceFile, source_files
 from prompt_search.layout import VECTORS_FILE
-from prompt_search.models.names import model_fingerprint
+from prompt_search.models.names import model_mismatch
 from prompt_search.output_sets import current_set
 from prompt_search.settings import EmbedSettings
 
@@ -136,9 +136,9 @@ def _prompts_of(ids: pa.ChunkedArray, metadata: pa.Table) -> pa.Array:
 
 def _embed(prompts: Sequence[str], embed: EmbedSettings, model: str, dimension: int) -> np.ndarray:
     """The unit vectors of prompts step 3' has not embedded, with the index's model."""
-    if model_fingerprint(embed.model) != model:
-        raise UserError(f"the index's vectors are of the model {model}, but MODEL is {embed.model}: its prompts "
-                        f"cannot be scored against them; run with --MODEL={model}")
+    mismatch = model_mismatch(model, embed.model)
+    if mismatch:  # a prompt's vector must be of the images' model to score them
+        raise UserError(f"prompts step 3' has not embedded are embedded here, but the images' vectors are {mismatch}")
     items = [(str(i), prompt) for i, prompt in enumerate(prompts)]
     ranges = [range(start, min(start + embed.batch_size, len(items))) for start in range(0, len(items),
                                                                                          embed.batch_size)]

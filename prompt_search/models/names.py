@@ -2,9 +2,11 @@
 of the model its vectors came from (the query path checks it against MODEL without loading the model)."""
 
 import os
+import re
 
 OPEN_CLIP = "open_clip:"
 CONFIG_SUFFIX = ".json"
+FILE_STAMP = re.compile(r":\d+:\d+(?=/|$)")  # a checkpoint's ":size:mtime" in a fingerprint
 
 def split_open_clip(name: str) -> tuple[str, str] | None:
     """(architecture, pretrained) of an open_clip: name; None for any other name.
@@ -31,3 +33,19 @@ def model_fingerprint(model: str) -> str:
         stat = os.stat(model)
         return f"{os.path.abspath(model)}:{stat.st_size}:{stat.st_mtime_ns}"
     return model
+
+
+def fingerprint_model(fingerprint: str) -> str:
+    """The MODEL a fingerprint was taken of: its checkpoints' paths without their size and mtime."""
+    return FILE_STAMP.sub("", fingerprint)
+
+
+def model_mismatch(recorded: str, model: str) -> str:
+    """How vectors recorded with the fingerprint `recorded` differ from MODEL `model`, and what to run, to follow
+    "... vectors " in a message; "" when they are of that model."""
+    if recorded == model_fingerprint(model):
+        return ""
+    named = fingerprint_model(recorded)
+    if named == fingerprint_model(model_fingerprint(model)):
+        return f"of {model} as it was before its file changed (size or time): recompute them with it"
+    return f"of the model {named}, not of MODEL {model}: run with --MODEL={named}, or recompute them with MODEL {model}"

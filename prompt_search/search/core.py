@@ -16,7 +16,7 @@ from prompt_search.index.keyword_index import KeywordIndex
 from prompt_search.index.keywords import KeywordQuery
 from prompt_search.items import ItemTable
 from prompt_search.layout import INDEX_FILE, ITEMS_FILE, SOURCE_FILE, VECTORS_FILE, indices_folder
-from prompt_search.models.names import model_fingerprint
+from prompt_search.models.names import model_mismatch
 from prompt_search.output_sets import local_set
 
 MAX_CANDIDATES = 4096  # most hits searched for one query while near-identical ones are folded together
@@ -110,10 +110,9 @@ def open_sides(out_dir: str, model_name: str) -> dict[str, SearchIndex]:
 
 def check_model(searched: SearchIndex, model_name: str) -> None:
     """Refuse to search an index with query vectors of another model than the one its vectors came from."""
-    if searched.model != model_fingerprint(model_name):
-        raise UserError(f"{searched.folder} holds vectors of the model {searched.model}, but the queries would be "
-                        f"encoded with {model_fingerprint(model_name)}: query with --MODEL={searched.model}, or "
-                        f"recompute the embeddings and index with --MODEL={model_name}")
+    mismatch = model_mismatch(searched.model, model_name)
+    if mismatch:
+        raise UserError(f"{searched.folder} holds vectors {mismatch}")
 
 
 def search(searched: SearchIndex, vector: np.ndarray, k: int, dedupe_threshold: float) -> list[Hit]:
