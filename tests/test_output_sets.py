@@ -69,7 +69,7 @@ def test_step_1_killed_at_every_swap(tmp_path, monkeypatch):
 
 
 def test_step_3_killed_at_every_swap(tmp_path, monkeypatch, tiny_clip):
-    for seed in range(5):
+    for seed in range(4):
         make_image(tmp_path / "images" / f"{seed}.png", (64, 64), "RGB", seed)
     common = ["--IMG_DIR=images", f"--MODEL={tiny_clip}", "--BATCH_SIZE=2", "--NUM_WORKERS=0"]
 
@@ -87,7 +87,7 @@ def test_step_3_killed_at_every_swap(tmp_path, monkeypatch, tiny_clip):
 
     swaps = kill_at_every_swap(tmp_path, monkeypatch, "extract_visual_clip_embeddings.py", common,
                                "visual_embeddings", old_set, lambda out: None, same)
-    assert swaps >= 3 * 4 + 2  # three batches of four files each, the manifest, the publishing swaps
+    assert swaps >= 2 * 4 + 2  # two batches of four files each (one between batches), the manifest, the publishing
 
 
 def test_step_4_killed_at_every_swap(tmp_path, monkeypatch):
