@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,9 @@ def make_collection(out: Path, n: int, model: str, seed: int = 0) -> None:
     ids = [hashlib.blake2b(f"https://example.com/{seed}/{i}.png".encode(), digest_size=8).hexdigest()
            for i in range(n)]
     prompts = -(-n // 2)
-    write_set(out / "visual_embeddings", ids, BATCH, lambda size: vectors_of(rng, centres, size), model)
-    write_set(out / "textual_embeddings", ids[:prompts], TEXT_BATCH, lambda size: vectors_of(rng, centres, size),
-              model)
+    draw = partial(vectors_of, rng, centres)
+    write_set(out / "visual_embeddings", ids, BATCH, draw, model)
+    write_set(out / "textual_embeddings", ids[:prompts], TEXT_BATCH, draw, model)
     write_metadata(out / METADATA_FILE, ids, seed, prompts)
 
 

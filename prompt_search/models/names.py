@@ -43,9 +43,10 @@ def fingerprint_model(fingerprint: str) -> str:
 def model_mismatch(recorded: str, model: str) -> str:
     """How vectors recorded with the fingerprint `recorded` differ from MODEL `model`, and what to run, to follow
     "... vectors " in a message; "" when they are of that model."""
-    if recorded == model_fingerprint(model):
+    current = model_fingerprint(model)
+    if recorded == current:
         return ""
     named = fingerprint_model(recorded)
-    if named == fingerprint_model(model_fingerprint(model)):
+    if named == fingerprint_model(current):
         return f"of {model} as it was before its file changed (size or time): recompute them with it"
     return f"of the model {named}, not of MODEL {model}: run with --MODEL={named}, or recompute them with MODEL {model}"
